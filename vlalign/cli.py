@@ -1,0 +1,44 @@
+"""The ``vlalign`` command line: argument parsing and wiring only.
+
+Each sub-command lives in a module of :mod:`vlalign.commands` exposing ``register(subparsers)``; adding a
+command means adding one module and one entry to ``COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "vlalign.commands.data",
+    "vlalign.commands.pretrain",
+    "vlalign.commands.evaluate",
+    "vlalign.commands.demo",
+    "vlalign.commands.train",
+    "vlalign.commands.experiment",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlalign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vlalign`` console script."""
+    from vlalign.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"vlalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

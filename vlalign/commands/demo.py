@@ -1,0 +1,25 @@
+"""``vlalign demo``: the main job on the embedded default model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="show the embedded MiniCLIP fooled by written words (and the fix)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    parser.add_argument("--n", type=int, default=600, help="test images per split")
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vlalign.experiments.demo import run_demo
+    from vlalign.models.loading import load_model
+
+    torch.manual_seed(args.seed)
+    run_demo(load_model("mini"), args.out, n=args.n, seed=args.seed)
+    return 0

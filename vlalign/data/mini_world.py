@@ -1,0 +1,241 @@
+"""The procedural mini world: coloured shapes on noisy backgrounds, with rendered words.
+
+Every image is a pure function of (stream, seed, index), so splits are reproducible and test splits never
+overlap pretraining. Test splits share their scene stream: the typographic image at (seed, i) is the clean
+image at (seed, i) with a word written on it, which makes before/after comparisons paired.
+
+Splits (``sample(split, n, seed)``):
+- ``pretrain``: captioned images; ``word_prob`` of them carry the object's own name, and ``word_only_prob`` of
+  those show only the word, so a model pretrained on them learns to read.
+- ``clean``: the object only.   ``typographic``: a *different* class name written.   ``matching``: the
+  object's own name written.
+- a ``zeroshot-`` prefix restricts any test split to the held-out classes (never used for preference
+  training); an ``indomain-`` prefix to the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from vlalign.data.image_set import ImageSet
+from vlalign.data.shapes import SHAPE_NAMES, draw_shape_mask
+from vlalign.data.typographic import WordStyle, draw_word
+
+HELDOUT_CLASSES: tuple[str, ...] = ("moon", "diamond", "hexagon", "bolt")
+INDOMAIN_CLASSES: tuple[str, ...] = tuple(c for c in SHAPE_NAMES if c not in HELDOUT_CLASSES)
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40),
+    "purple": (140, 50, 180), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
+    "cyan": (40, 200, 210), "pink": (240, 120, 180), "brown": (130, 80, 40), "gray": (128, 128, 128),
+}
+
+CLASS_PROMPT_TEMPLATES: tuple[str, ...] = ("a photo of a {}",)
+
+_OBJECT_TEMPLATES = (
+    "a photo of a {colour} {shape}", "a {size} {colour} {shape}", "a photo of a {shape}", "a {shape}",
+    "a drawing of a {colour} {shape}", "a {size} {shape} on a noisy background", "a photo of a {size} {shape}",
+)
+_WITH_WORD_SUFFIX = (" with the word {word}", " and the text {word}", "")
+_WORD_ONLY_TEMPLATES = ("the word {word}", "a photo of a {word}", "a sign that says {word}", "the text {word}")
+
+_STREAM_PRETRAIN = 1
+_STREAM_TEST = 2
+_KIND_CODES = {"clean": 11, "typographic": 12, "matching": 13}
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Knobs of the mini world. Sizes are in pixels of a square ``image_size`` image."""
+
+    image_size: int = 64
+    word_prob: float = 0.5
+    word_only_prob: float = 0.3
+    min_radius: float = 7.0
+    max_radius: float = 22.0
+    min_distractors: int = 2
+    max_distractors: int = 4
+    noise_std: float = 14.0
+    word_style: WordStyle = field(default_factory=WordStyle)
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        for name in ("word_prob", "word_only_prob"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 2 <= self.min_radius <= self.max_radius <= self.image_size / 2:
+            raise ValueError(f"need 2 <= min_radius <= max_radius <= image_size/2, got {self.min_radius}, {self.max_radius}")
+        if not 0 <= self.min_distractors <= self.max_distractors:
+            raise ValueError("need 0 <= min_distractors <= max_distractors")
+
+
+def parse_split(split: str) -> tuple[str, tuple[str, ...]]:
+    """``'zeroshot-typographic'`` -> (``'typographic'``, held-out classes); plain kinds use all classes."""
+    subsets = {"zeroshot": HELDOUT_CLASSES, "indomain": INDOMAIN_CLASSES}
+    prefix, _, kind = split.partition("-")
+    if kind and prefix in subsets:
+        classes = subsets[prefix]
+    else:
+        kind, classes = split, SHAPE_NAMES
+    if kind not in _KIND_CODES and kind != "pretrain":
+        allowed = ["pretrain", *(_KIND_CODES), *(f"{p}-{k}" for p in subsets for k in _KIND_CODES)]
+        raise ValueError(f"unknown split {split!r}; expected one of {allowed}")
+    return kind, classes
+
+
+_NOISE_BANK = np.random.default_rng(12345).standard_normal((256, 256, 3)).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, size: int, noise_std: float) -> np.ndarray:
+    # Noise comes from a fixed Gaussian texture, cropped at a random offset: drawing 3*size^2 fresh normals
+    # per image was the generator's bottleneck.
+    base = rng.integers(0, 256, size=3).astype(np.float32)
+    if rng.random() < 0.5:
+        other = rng.integers(0, 256, size=3).astype(np.float32)
+        angle = rng.uniform(0, 2 * math.pi)
+        ramp = np.linspace(0, 1, size, dtype=np.float32)
+        grad = math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None]
+        grad = (grad - grad.min()) / max(float(grad.max() - grad.min()), 1e-6)
+        img = base + grad[..., None] * (other - base)
+    else:
+        img = np.broadcast_to(base, (size, size, 3)).copy()
+    bank = _NOISE_BANK.shape[0]
+    if size <= bank:
+        oy, ox = rng.integers(0, bank - size + 1, size=2)
+        noise = _NOISE_BANK[oy:oy + size, ox:ox + size]
+    else:
+        noise = rng.standard_normal((size, size, 3), dtype=np.float32)
+    img += noise * np.float32(noise_std * rng.uniform(0.3, 1.0))
+    return img
+
+
+class MiniWorld:
+    """Seed-deterministic generator of mini-world image sets."""
+
+    classnames: tuple[str, ...] = SHAPE_NAMES
+
+    def __init__(self, config: WorldConfig | None = None) -> None:
+        self.config = config or WorldConfig()
+
+    def render(self, stream: int, seed: int, index: int, label: int, word: str | None, word_only: bool,
+               word_seed: int = 0) -> tuple[np.ndarray, str, str, str]:
+        """Render one image; returns (uint8 HxWx3, colour name, size name, shape name)."""
+        cfg = self.config
+        size = cfg.image_size
+        rng = np.random.default_rng([stream, seed, index])
+        shape = SHAPE_NAMES[label]
+        colour_name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        img = _background(rng, size, cfg.noise_std)
+        radius = rng.uniform(cfg.min_radius, cfg.max_radius)
+        size_name = "small" if radius < (cfg.min_radius + cfg.max_radius) / 2 else "large"
+        cx, cy = rng.uniform(radius + 1, size - radius - 1, size=2)
+        angle = rng.uniform(-math.pi / 5, math.pi / 5) if shape in ("heart", "arrow") or rng.random() < 0.5 else rng.uniform(0, 2 * math.pi)
+        if not word_only:
+            mask_img = Image.new("L", (size, size), 0)
+            draw_shape_mask(ImageDraw.Draw(mask_img), shape, cx, cy, radius, angle)
+            mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0
+            colour = np.asarray(COLOURS[colour_name], dtype=np.float32) + rng.normal(0, 12, size=3)
+            img = img * (1 - mask) + colour * mask
+        pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(pil)
+        for _ in range(int(rng.integers(cfg.min_distractors, cfg.max_distractors + 1))):
+            x0, y0, x1, y1 = rng.uniform(0, size, size=4)
+            draw.line((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)), width=int(rng.integers(1, 3)))
+        if word is not None:
+            draw_word(pil, word, np.random.default_rng([stream, seed, index, 7, word_seed]), cfg.word_style)
+        return np.asarray(pil), colour_name, size_name, shape
+
+    def sample(self, split: str, n: int, seed: int = 0, classes: tuple[str, ...] | None = None,
+               start: int = 0, workers: int = 1) -> ImageSet:
+        """Generate images ``start .. start+n-1`` of ``split`` (see module docstring) from ``seed``.
+
+        Labels are balanced (image i shows class i mod K). ``classes`` overrides the split's class subset;
+        labels always index the full 12-class list so every split is scored against the same prompts.
+        ``workers`` > 1 renders chunks in parallel processes; the result is identical.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if workers > 1 and n >= 2000:
+            return self._sample_parallel(split, n, seed, classes, start, workers)
+        kind, subset = parse_split(split)
+        subset = tuple(classes) if classes is not None else subset
+        unknown = [c for c in subset if c not in SHAPE_NAMES]
+        if unknown or not subset:
+            raise ValueError(f"classes must be a non-empty subset of {SHAPE_NAMES}, got {list(subset)}")
+        class_ids = [SHAPE_NAMES.index(c) for c in subset]
+        cfg = self.config
+        stream = _STREAM_PRETRAIN if kind == "pretrain" else _STREAM_TEST
+        images = np.empty((n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+        labels = np.empty(n, dtype=np.int64)
+        written = np.full(n, -1, dtype=np.int64)
+        captions: list[str] = []
+        for row, i in enumerate(range(start, start + n)):
+            label = class_ids[i % len(class_ids)]
+            choice = np.random.default_rng([stream, seed, i, _KIND_CODES.get(kind, 0)])
+            word, word_only = None, False
+            if kind == "pretrain":
+                if choice.random() < cfg.word_prob:
+                    word = SHAPE_NAMES[label]
+                    word_only = choice.random() < cfg.word_only_prob
+            elif kind == "typographic":
+                others = [c for c in range(len(SHAPE_NAMES)) if c != label]
+                word = SHAPE_NAMES[others[int(choice.integers(len(others)))]]
+            elif kind == "matching":
+                word = SHAPE_NAMES[label]
+            image, colour, size_name, shape = self.render(stream, seed, i, label, word, word_only)
+            images[row] = image
+            labels[row] = label
+            if word is not None:
+                written[row] = SHAPE_NAMES.index(word)
+            captions.append(_caption(choice, shape, colour, size_name, word, word_only))
+        return ImageSet(
+            images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            labels=torch.from_numpy(labels),
+            classnames=SHAPE_NAMES,
+            written=torch.from_numpy(written),
+            captions=captions,
+        )
+
+    def _sample_parallel(self, split: str, n: int, seed: int, classes: tuple[str, ...] | None, start: int,
+                         workers: int) -> ImageSet:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunk = -(-n // workers)
+        starts = list(range(start, start + n, chunk))
+        sizes = [min(chunk, start + n - s) for s in starts]
+        # "spawn": forked children of a process whose torch thread pool is running can deadlock.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts),
+                                  [classes] * len(starts), starts))
+        return ImageSet(
+            images=torch.cat([p.images for p in parts]), labels=torch.cat([p.labels for p in parts]),
+            classnames=SHAPE_NAMES, written=torch.cat([p.written for p in parts]),
+            captions=[c for p in parts for c in p.captions],
+        )
+
+
+def vocabulary() -> list[str]:
+    """Every word the mini world's captions and prompts can contain (sorted)."""
+    from vlalign.models.tokenizer import split_words
+
+    texts = [*_OBJECT_TEMPLATES, *_WITH_WORD_SUFFIX, *_WORD_ONLY_TEMPLATES, *CLASS_PROMPT_TEMPLATES,
+             *SHAPE_NAMES, *COLOURS, "small large"]
+    words = {w for t in texts for w in split_words(t.replace("{", " ").replace("}", " "))}
+    return sorted(words - {"colour", "shape", "size", "word"} | {"word"})
+
+
+def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, word: str | None, word_only: bool) -> str:
+    if word_only:
+        return _WORD_ONLY_TEMPLATES[int(rng.integers(len(_WORD_ONLY_TEMPLATES)))].format(word=word)
+    text = _OBJECT_TEMPLATES[int(rng.integers(len(_OBJECT_TEMPLATES)))].format(colour=colour, shape=shape, size=size)
+    if word is not None:
+        text += _WITH_WORD_SUFFIX[int(rng.integers(len(_WITH_WORD_SUFFIX)))].format(word=word)
+    return text

@@ -1,0 +1,147 @@
+"""transformers ``CLIPModel`` behind vlalign's ContrastiveModel interface.
+
+Loads from a hub id (e.g. ``openai/clip-vit-base-patch32``) or a local folder. Resizing (shortest side, then
+centre crop) and normalization come from the checkpoint's image-processor config and run in torch, so the
+whole pipeline from [0, 1] pixels is differentiable for attacks. Works with transformers 4.x (tensors from
+``get_*_features``) and 5.x (ModelOutputs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlalign.models.base import ContrastiveModel
+
+
+def _features(output: object) -> torch.Tensor:
+    """transformers 5.x returns a ModelOutput from get_*_features; 4.x a tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, torch.Tensor):
+        return pooled
+    for key in ("image_embeds", "text_embeds"):
+        value = getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"cannot find embeddings in {type(output).__name__}")
+
+
+def _size_value(size: object, default: int) -> int:
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        for key in ("shortest_edge", "height", "width"):
+            if key in size:
+                return int(size[key])
+    return default
+
+
+class HFCLIP(ContrastiveModel):
+    """A transformers CLIPModel with its tokenizer and image-processor settings."""
+
+    def __init__(self, model: nn.Module, tokenizer: object, image_mean: Sequence[float], image_std: Sequence[float],
+                 resize_to: int, crop_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.resize_to = resize_to
+        self.image_size = crop_size
+        self.embed_dim = int(model.config.projection_dim)
+        self.max_text_length = int(model.config.text_config.max_position_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, local_files_only: bool | None = None) -> "HFCLIP":
+        """Load model, tokenizer and processor settings from a hub id or folder.
+
+        ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set.
+        """
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        name = str(name_or_path)
+        if local_files_only is None:
+            local_files_only = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        try:
+            model = CLIPModel.from_pretrained(name, local_files_only=local_files_only)
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"cannot load CLIP model {name!r} (local_files_only={local_files_only}): {exc}"
+            ) from None
+        try:
+            processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_files_only)
+            mean, std = processor.image_mean, processor.image_std
+            crop = _size_value(getattr(processor, "crop_size", None), model.config.vision_config.image_size)
+            resize = _size_value(getattr(processor, "size", None), crop)
+        except OSError:
+            # No preprocessor_config.json: fall back to OpenAI CLIP's statistics at the model's native size.
+            mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+            crop = resize = int(model.config.vision_config.image_size)
+        model.eval()
+        return cls(model, tokenizer, mean, std, resize, crop)
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resize the shorter side to ``resize_to`` (bicubic), centre-crop, normalize: differentiable."""
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
+        h, w = pixels.shape[-2:]
+        if min(h, w) != self.resize_to:
+            scale = self.resize_to / min(h, w)
+            size = (max(self.resize_to, round(h * scale)), max(self.resize_to, round(w * scale)))
+            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        h, w = pixels.shape[-2:]
+        top, left = (h - self.image_size) // 2, (w - self.image_size) // 2
+        pixels = pixels[..., top: top + self.image_size, left: left + self.image_size]
+        return (pixels - self.mean) / self.std
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = _features(self.model.get_image_features(pixel_values=self.preprocess(pixels)))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        features = _features(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return _Tower(self.model.vision_model, self.model.visual_projection)
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return _Tower(self.model.text_model, self.model.text_projection)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.clamp(max=4.6052).exp()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write model, tokenizer and processor settings so ``from_pretrained(path)`` restores this model."""
+        from transformers import CLIPImageProcessor
+
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        CLIPImageProcessor(
+            size={"shortest_edge": self.resize_to}, crop_size={"height": self.image_size, "width": self.image_size},
+            image_mean=self.mean.flatten().tolist(), image_std=self.std.flatten().tolist(),
+        ).save_pretrained(str(path))
+
+
+class _Tower(nn.Module):
+    """A view grouping a transformers tower with its projection (no copies of parameters)."""
+
+    def __init__(self, body: nn.Module, projection: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.projection = projection

@@ -1,0 +1,1 @@
+"""Training loops for each method, weight averaging, schedules and resumable state."""
