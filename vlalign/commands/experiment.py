@@ -10,7 +10,11 @@ import argparse
 import importlib
 from pathlib import Path
 
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "typographic": "vlalign.experiments.typographic:run_typographic_experiment",
+    "attribute": "vlalign.experiments.attribute:run_attribute_experiment",
+    "robust": "vlalign.experiments.robust:run_robust_experiment",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

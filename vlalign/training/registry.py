@@ -15,7 +15,14 @@ import yaml
 
 from vlalign.config import ConfigError, config_from_dict
 
-TRAINERS: dict[str, str] = {}
+_PO = "vlalign.training.contrastive_po:PreferenceTrainConfig:train_from_config"
+_ROBUST = "vlalign.training.robust_finetune:RobustFinetuneConfig:train_from_config"
+TRAINERS: dict[str, str] = {
+    # Preference optimization for contrastive models and its baselines (contrastive-PO paper).
+    "dpo": _PO, "ipo": _PO, "kto": _PO, "cdpo": _PO, "hinge": _PO, "simpo": _PO, "ce": _PO,
+    # Robust fine-tuning baselines (Schlarmann et al. 2024).
+    "tecoa": _ROBUST, "fare": _ROBUST,
+}
 
 
 def register_trainer(name: str, target: str) -> None:
