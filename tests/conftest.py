@@ -9,7 +9,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(2)
+# One intra-op thread: the tests use small tensors, and on a machine whose cores are busy (CI runners, shared
+# boxes) every OpenMP barrier of a second thread waits for a time slice -- a tiny forward pass went from 3 ms
+# to 600 ms with two threads.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

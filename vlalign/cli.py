@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "vlalign.commands.demo",
     "vlalign.commands.train",
     "vlalign.commands.experiment",
+    "vlalign.commands.robust_eval",
+    "vlalign.commands.control",
 )
 
 

@@ -36,18 +36,31 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def _is_container_for(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the container shape ``hint`` expects (so an error would lie inside it)."""
+    if dataclasses.is_dataclass(hint) or typing.get_origin(hint) is dict:
+        return isinstance(value, dict)
+    return typing.get_origin(hint) in (list, tuple) and isinstance(value, (list, tuple))
+
+
 def _convert(value: Any, hint: Any, where: str) -> Any:
     """Convert ``value`` to ``hint`` or raise ConfigError naming ``where``."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
         errors = []
-        for arg in typing.get_args(hint):
+        for arg in args:
             try:
                 return _convert(value, arg, where)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        # A mapping or list that only one member can hold (Optional[Section], say) failed *inside* it: that
+        # member's error names the nested field at fault, which "expected X or null" would hide.
+        containers = [err for arg, err in zip(args, errors) if _is_container_for(value, arg)]
+        if len(containers) == 1:
+            raise containers[0]
         raise ConfigError(f"{where}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
@@ -60,7 +73,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         args = typing.get_args(hint)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+                raise ConfigError(f"{where}: expected {len(args)} items ({_type_name(hint)}), got {len(value)}: {value!r}")
             return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -126,7 +139,8 @@ def _from_mapping(cls: type[T], data: dict, where: str) -> T:
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"missing required key(s) {', '.join(missing)} for {cls.__name__}")
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"missing required key(s) {', '.join(prefix + n for n in missing)} for {cls.__name__}")
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -147,16 +161,24 @@ def config_from_dict(cls: type[T], data: dict | None, source: str = "<dict>") ->
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path, cls: type[T]) -> T:
-    """Load a YAML file into the dataclass ``cls``, validating keys, types and values."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed contents of a YAML file; a missing file or a syntax error is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return config_from_dict(cls, data, str(path))
+        # PyYAML's own message spans several lines and names "<unicode string>"; keep the problem and position.
+        mark = getattr(exc, "problem_mark", None)
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML{position}: {problem}") from None
+
+
+def load_config(path: str | Path, cls: type[T]) -> T:
+    """Load a YAML file into the dataclass ``cls``, validating keys, types and values."""
+    return config_from_dict(cls, read_yaml(path), str(path))
 
 
 def config_to_dict(config: Any) -> dict:

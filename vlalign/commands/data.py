@@ -55,7 +55,7 @@ def run_typographic(args: argparse.Namespace) -> int:
         image = Image.fromarray(source.images[i].permute(1, 2, 0).numpy())
         label = source.classnames[int(source.labels[i])]
         out, word = typographic_attack(image, label, source.classnames, rng, n_instances=args.instances)
-        attacked.append(torch.from_numpy(np.asarray(out)).permute(2, 0, 1))
+        attacked.append(torch.from_numpy(np.array(out)).permute(2, 0, 1))  # a writable copy of the PIL buffer
         written.append(source.classnames.index(word))
     result = ImageSet(torch.stack(attacked), source.labels, source.classnames, torch.tensor(written), source.captions)
     export_image_set(result, args.out, progress=True)

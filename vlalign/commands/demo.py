@@ -11,6 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     parser.add_argument("--n", type=int, default=600, help="test images per split")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--fix-steps", type=int, default=200, help="DPO training steps for the fix (0 skips it)")
     parser.set_defaults(handler=run)
 
 
@@ -21,5 +22,5 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.models.loading import load_model
 
     torch.manual_seed(args.seed)
-    run_demo(load_model("mini"), args.out, n=args.n, seed=args.seed)
+    run_demo(load_model("mini"), args.out, n=args.n, seed=args.seed, fix_steps=args.fix_steps)
     return 0

@@ -153,23 +153,25 @@ class MiniWorld:
         return np.asarray(pil), colour_name, size_name, shape
 
     def sample(self, split: str, n: int, seed: int = 0, classes: tuple[str, ...] | None = None,
-               start: int = 0, workers: int = 1) -> ImageSet:
+               start: int = 0, workers: int = 1, word_classes: tuple[str, ...] | None = None) -> ImageSet:
         """Generate images ``start .. start+n-1`` of ``split`` (see module docstring) from ``seed``.
 
         Labels are balanced (image i shows class i mod K). ``classes`` overrides the split's class subset;
         labels always index the full 12-class list so every split is scored against the same prompts.
-        ``workers`` > 1 renders chunks in parallel processes; the result is identical.
+        ``workers`` > 1 renders chunks in parallel processes; the result is identical. ``word_classes`` limits
+        the names a typographic split may write (default: any other class).
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         if workers > 1 and n >= 2000:
-            return self._sample_parallel(split, n, seed, classes, start, workers)
+            return self._sample_parallel(split, n, seed, classes, start, workers, word_classes)
         kind, subset = parse_split(split)
         subset = tuple(classes) if classes is not None else subset
         unknown = [c for c in subset if c not in SHAPE_NAMES]
         if unknown or not subset:
             raise ValueError(f"classes must be a non-empty subset of {SHAPE_NAMES}, got {list(subset)}")
         class_ids = [SHAPE_NAMES.index(c) for c in subset]
+        word_pool = list(range(len(SHAPE_NAMES))) if word_classes is None else [SHAPE_NAMES.index(c) for c in word_classes]
         cfg = self.config
         stream = _STREAM_PRETRAIN if kind == "pretrain" else _STREAM_TEST
         images = np.empty((n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
@@ -185,7 +187,9 @@ class MiniWorld:
                     word = SHAPE_NAMES[label]
                     word_only = choice.random() < cfg.word_only_prob
             elif kind == "typographic":
-                others = [c for c in range(len(SHAPE_NAMES)) if c != label]
+                others = [c for c in word_pool if c != label]
+                if not others:
+                    raise ValueError(f"word_classes {word_classes} leave no other class to write on {SHAPE_NAMES[label]!r}")
                 word = SHAPE_NAMES[others[int(choice.integers(len(others)))]]
             elif kind == "matching":
                 word = SHAPE_NAMES[label]
@@ -204,7 +208,7 @@ class MiniWorld:
         )
 
     def _sample_parallel(self, split: str, n: int, seed: int, classes: tuple[str, ...] | None, start: int,
-                         workers: int) -> ImageSet:
+                         workers: int, word_classes: tuple[str, ...] | None = None) -> ImageSet:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -214,7 +218,7 @@ class MiniWorld:
         # "spawn": forked children of a process whose torch thread pool is running can deadlock.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts),
-                                  [classes] * len(starts), starts))
+                                  [classes] * len(starts), starts, [1] * len(starts), [word_classes] * len(starts)))
         return ImageSet(
             images=torch.cat([p.images for p in parts]), labels=torch.cat([p.labels for p in parts]),
             classnames=SHAPE_NAMES, written=torch.cat([p.written for p in parts]),

@@ -26,7 +26,7 @@ def class_text_embeddings(model: ContrastiveModel, classnames: Sequence[str],
 
 @torch.no_grad()
 def image_embeddings(model: ContrastiveModel, images: ImageSet | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Normalized image embeddings for an ImageSet (uint8) or float pixels in [0, 1], in batches."""
+    """Normalized image embeddings for an ImageSet, a uint8 tensor or float pixels in [0, 1], in batches."""
     n = len(images)
     device = model.device
     out = []
@@ -35,6 +35,8 @@ def image_embeddings(model: ContrastiveModel, images: ImageSet | torch.Tensor, b
             batch = images.pixels(slice(start, start + batch_size))
         else:
             batch = images[start: start + batch_size]
+            if batch.dtype == torch.uint8:
+                batch = batch.float().div_(255.0)
         out.append(model.encode_image(batch.to(device)).float().cpu())
     if not out:
         return torch.empty(0, model.embed_dim)

@@ -34,13 +34,24 @@ def _features(output: object) -> torch.Tensor:
 
 
 def _size_value(size: object, default: int) -> int:
+    """An image processor's ``size``/``crop_size``: an int, a dict (4.x) or a ``SizeDict`` object (5.x)."""
     if isinstance(size, int):
         return size
-    if isinstance(size, dict):
-        for key in ("shortest_edge", "height", "width"):
-            if key in size:
-                return int(size[key])
+    for key in ("shortest_edge", "height", "width"):
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value is not None:
+            return int(value)
     return default
+
+
+def _image_processor_class() -> type:
+    """CLIP's image processor class. transformers 5.x warns at every plain CLIPImageProcessor when torchvision is
+    absent (as it must be here, see the README); its PIL variant reads and writes the same config silently."""
+    try:
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as processor_class
+    return processor_class
 
 
 class HFCLIP(ContrastiveModel):
@@ -64,7 +75,7 @@ class HFCLIP(ContrastiveModel):
 
         ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set.
         """
-        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel
 
         name = str(name_or_path)
         if local_files_only is None:
@@ -73,11 +84,12 @@ class HFCLIP(ContrastiveModel):
             model = CLIPModel.from_pretrained(name, local_files_only=local_files_only)
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
         except OSError as exc:
+            # transformers' message spans several lines; the CLI reports errors as one line.
             raise FileNotFoundError(
-                f"cannot load CLIP model {name!r} (local_files_only={local_files_only}): {exc}"
+                f"cannot load CLIP model {name!r} (local_files_only={local_files_only}): {' '.join(str(exc).split())}"
             ) from None
         try:
-            processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_files_only)
+            processor = _image_processor_class().from_pretrained(name, local_files_only=local_files_only)
             mean, std = processor.image_mean, processor.image_std
             crop = _size_value(getattr(processor, "crop_size", None), model.config.vision_config.image_size)
             resize = _size_value(getattr(processor, "size", None), crop)
@@ -94,8 +106,10 @@ class HFCLIP(ContrastiveModel):
             raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
         h, w = pixels.shape[-2:]
         if min(h, w) != self.resize_to:
-            scale = self.resize_to / min(h, w)
-            size = (max(self.resize_to, round(h * scale)), max(self.resize_to, round(w * scale)))
+            short = min(h, w)
+            # The longer side is truncated, as transformers' get_resize_output_image_size does, so the crop
+            # window is the one CLIPImageProcessor uses.
+            size = (int(self.resize_to * h / short), int(self.resize_to * w / short))
             pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         h, w = pixels.shape[-2:]
         top, left = (h - self.image_size) // 2, (w - self.image_size) // 2
@@ -128,11 +142,9 @@ class HFCLIP(ContrastiveModel):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write model, tokenizer and processor settings so ``from_pretrained(path)`` restores this model."""
-        from transformers import CLIPImageProcessor
-
         self.model.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
-        CLIPImageProcessor(
+        _image_processor_class()(
             size={"shortest_edge": self.resize_to}, crop_size={"height": self.image_size, "width": self.image_size},
             image_mean=self.mean.flatten().tolist(), image_std=self.std.flatten().tolist(),
         ).save_pretrained(str(path))

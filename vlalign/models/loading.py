@@ -22,6 +22,11 @@ def embedded_mini_dir() -> Path:
     return Path(str(resources.files("vlalign") / "assets" / "mini"))
 
 
+def embedded_people_dir() -> Path:
+    """Folder of the people-world MiniCLIP shipped inside the package (``mini-people``)."""
+    return Path(str(resources.files("vlalign") / "assets" / "mini_people"))
+
+
 def save_mini_clip(model: MiniCLIP, folder: str | Path) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``folder``, each atomically."""
     folder = Path(folder)
@@ -52,10 +57,13 @@ def load_mini_clip(folder: str | Path) -> MiniCLIP:
 
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> ContrastiveModel:
-    """``mini`` (the embedded default), a MiniCLIP or transformers CLIP folder, or a hub id."""
+    """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), a MiniCLIP or
+    transformers CLIP folder, or a hub id."""
     spec_str = str(spec)
     if spec_str == "mini":
         model: ContrastiveModel = load_mini_clip(embedded_mini_dir())
+    elif spec_str == "mini-people":
+        model = load_mini_clip(embedded_people_dir())
     elif Path(spec_str).is_dir():
         config_path = Path(spec_str) / CONFIG_FILE
         if not config_path.is_file():

@@ -1,16 +1,25 @@
-"""Pretrain MiniCLIP on the mini world with symmetric InfoNCE (``vlalign pretrain-mini``)."""
+"""Pretrain MiniCLIP with symmetric InfoNCE (``vlalign pretrain-mini``).
+
+``world_kind`` picks the pretraining data: ``shapes`` (the mini world, :mod:`vlalign.data.mini_world`; the
+embedded ``mini`` model) or ``people`` (the people world, :mod:`vlalign.data.people`; the embedded
+``mini-people`` model). Only the data, the vocabulary and the final evaluation depend on it.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from vlalign.config import config_to_dict
+from vlalign.data.image_set import ImageSet
 from vlalign.data.mini_world import MiniWorld, WorldConfig, vocabulary
+from vlalign.data.people import PeopleConfig, PeopleWorld, people_vocabulary
+from vlalign.evaluation.people import evaluate_people_model
 from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
 from vlalign.losses.contrastive import clip_contrastive_loss
 from vlalign.models.checkpoint import atomic_write_json
@@ -23,8 +32,12 @@ from vlalign.training.state import has_training_state, load_training_state, save
 
 @dataclass
 class ModelShape:
-    """MiniCLIP architecture knobs a pretraining config may set (the vocabulary comes from the world)."""
+    """MiniCLIP architecture knobs a pretraining config may set (the vocabulary comes from the world).
 
+    ``image_size`` is the side the model resizes its input to; None means the world's image size.
+    """
+
+    image_size: int | None = None
     stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     vision_width: int = 128
     vision_layers: int = 3
@@ -51,7 +64,9 @@ class PretrainConfig:
     checkpoint_every: int = 500
     device: str = "cpu"
     workers: int = 2
+    world_kind: Literal["shapes", "people"] = "shapes"
     world: WorldConfig = field(default_factory=WorldConfig)
+    people: PeopleConfig = field(default_factory=PeopleConfig)
     model: ModelShape = field(default_factory=ModelShape)
 
     def __post_init__(self) -> None:
@@ -67,12 +82,16 @@ class PretrainConfig:
 
 
 def build_mini_clip(config: PretrainConfig) -> MiniCLIP:
-    """A freshly initialized MiniCLIP for this pretraining config."""
+    """A freshly initialized MiniCLIP for this pretraining config (vocabulary and image size from its world)."""
     shape = config.model
+    if config.world_kind == "people":
+        image_size, vocab = config.people.image_size, people_vocabulary()
+    else:
+        image_size, vocab = config.world.image_size, vocabulary()
     return MiniCLIP(MiniCLIPConfig(
-        image_size=config.world.image_size, stem_channels=tuple(shape.stem_channels), vision_width=shape.vision_width,
+        image_size=image_size if shape.image_size is None else shape.image_size, stem_channels=tuple(shape.stem_channels), vision_width=shape.vision_width,
         vision_layers=shape.vision_layers, vision_heads=shape.vision_heads, text_width=shape.text_width,
-        text_layers=shape.text_layers, text_heads=shape.text_heads, embed_dim=shape.embed_dim, vocab=vocabulary(),
+        text_layers=shape.text_layers, text_heads=shape.text_heads, embed_dim=shape.embed_dim, vocab=vocab,
     ))
 
 
@@ -95,6 +114,27 @@ def evaluate_typographic_phenomena(model: MiniCLIP, world: MiniWorld, n: int, se
     return results
 
 
+def evaluate_people_pretraining(model: MiniCLIP, world: PeopleWorld, n: int, seed: int) -> dict[str, float]:
+    """Activity accuracy, attribute accuracy and bias of a people-world model on fresh unbiased test images."""
+    metrics = evaluate_people_model(model, world.sample("test", n, seed))
+    keys = ("activity_accuracy", "original_rate", "a_rate", "mean_abs_skew", "max_abs_skew", "stereotype_skew",
+            "retrieval_parity_gap", "retrieval_stereotype_share", "retrieval_activity_precision")
+    out = {("attribute_accuracy" if k == "original_rate" else k): metrics[k] for k in keys}
+    out["per_activity_a_rate"] = metrics["per_activity_a_rate"]
+    return out
+
+
+def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
+    """The captioned pretraining images of the config's world and its final evaluation."""
+    if config.world_kind == "people":
+        people = PeopleWorld(config.people)
+        data = people.sample("pretrain", config.n_images, config.seed, workers=config.workers).images
+        return data, lambda model: evaluate_people_pretraining(model, people, config.eval_images, config.eval_seed)
+    world = MiniWorld(config.world)
+    data = world.sample("pretrain", config.n_images, config.seed, workers=config.workers)
+    return data, lambda model: evaluate_typographic_phenomena(model, world, config.eval_images, config.eval_seed)
+
+
 def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, float]:
     """Pretrain, checkpointing every ``checkpoint_every`` steps (resumes from ``out`` if a state is there),
     then write ``model.safetensors``, ``config.json``, ``pretrain_config.json`` and ``metrics.json``."""
@@ -102,9 +142,8 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    world = MiniWorld(config.world)
     model = build_mini_clip(config).to(device)
-    data = world.sample("pretrain", config.n_images, config.seed, workers=config.workers)
+    data, evaluate = _pretraining_data(config)
     tokens = {k: v.to(device) for k, v in model.tokenize(data.captions).items()}
     _, text_ids = torch.unique(tokens["input_ids"], dim=0, return_inverse=True)
     images = data.images.to(device)  # uint8; converted per batch
@@ -138,7 +177,7 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
             save_training_state(state_dir, model, optimizer, scheduler, step + 1, generator)
     logger.close()
     model.eval()
-    metrics = evaluate_typographic_phenomena(model.cpu(), world, config.eval_images, config.eval_seed)
+    metrics = evaluate(model.cpu())
     save_mini_clip(model, out)
     atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
     atomic_write_json(out / "metrics.json", metrics)

@@ -11,9 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from vlalign.config import ConfigError, config_from_dict
+from vlalign.config import ConfigError, config_from_dict, read_yaml
 
 _PO = "vlalign.training.contrastive_po:PreferenceTrainConfig:train_from_config"
 _ROBUST = "vlalign.training.robust_finetune:RobustFinetuneConfig:train_from_config"
@@ -44,12 +42,7 @@ def resolve_trainer(name: str) -> tuple[type, Callable[[Any, Path], dict]]:
 def load_training_config(path: str | Path) -> Any:
     """Read a training YAML, pick its trainer by ``method`` and validate it into that trainer's config."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("method"), str):
         raise ConfigError(f"{path}: expected a mapping with a string key 'method' (one of {sorted(TRAINERS)})")
     try:

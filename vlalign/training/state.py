@@ -1,4 +1,10 @@
-"""Resumable training state: model, optimizer, scheduler, step and RNG, in safetensors + JSON."""
+"""Resumable training state: model, optimizer, scheduler, step and RNG, in one safetensors file.
+
+The tensors and the JSON metadata (step, optimizer hyper-parameters, scheduler) are saved together in
+``train_state.safetensors`` (the metadata in its header), so one atomic rename commits a whole state: a crash
+leaves the previous state or the new one, never weights of one step with counters of another.
+``train_state.json`` is a readable copy of the metadata; resumption does not read it.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from vlalign.models.checkpoint import atomic_write_json, load_state_checked, load_tensors, save_tensors
+from vlalign.models.checkpoint import (
+    CheckpointError, atomic_write_json, load_state_checked, load_tensors, save_tensors,
+)
 
 STATE_WEIGHTS = "train_state.safetensors"
 STATE_META = "train_state.json"
+_META_KEY = "vlalign.training_state"
 
 
 def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: Any, step: int, generator: torch.Generator | None = None,
                         extra: dict[str, Any] | None = None) -> None:
-    """Write everything needed to resume at ``step``. The JSON is written last, so a crash in between
-    leaves the previous, consistent pair (the JSON names the step its tensors belong to)."""
+    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in trainable.state_dict().items()}
@@ -34,22 +43,27 @@ def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
     if generator is not None:
         tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    save_tensors(folder / STATE_WEIGHTS, tensors, metadata={"step": str(step)})
-    atomic_write_json(folder / STATE_META, {
+    meta = {
         "step": step,
         "param_groups": opt_state["param_groups"],
         "optimizer_scalars": scalars,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "extra": extra or {},
-    })
+    }
+    save_tensors(folder / STATE_WEIGHTS, tensors, metadata={"step": str(step), _META_KEY: json.dumps(meta)})
+    atomic_write_json(folder / STATE_META, meta)
 
 
 def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
     """Restore what :func:`save_training_state` wrote; returns the JSON metadata (``step``, ``extra``)."""
     folder = Path(folder)
-    meta = json.loads((folder / STATE_META).read_text())
     tensors = load_tensors(folder / STATE_WEIGHTS)
+    with safe_open(str(folder / STATE_WEIGHTS), framework="pt") as handle:
+        header = handle.metadata() or {}
+    if _META_KEY not in header:
+        raise CheckpointError(f"{folder / STATE_WEIGHTS}: no training-state metadata in the file; not a resumable state")
+    meta = json.loads(header[_META_KEY])
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_checked(trainable, model_state, folder / STATE_WEIGHTS)
     state: dict[int, dict[str, Any]] = {}
@@ -72,4 +86,4 @@ def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
 def has_training_state(folder: str | Path) -> bool:
     """Whether ``folder`` holds a resumable state."""
     folder = Path(folder)
-    return (folder / STATE_META).is_file() and (folder / STATE_WEIGHTS).is_file()
+    return (folder / STATE_WEIGHTS).is_file()

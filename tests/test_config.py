@@ -1,0 +1,178 @@
+"""Config loading: every bad file fails at load time, naming the file, the dotted field, the value and the expectation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from vlalign.config import ConfigError, config_from_dict, config_to_dict, load_config
+from vlalign.data.mini_world import WorldConfig
+from vlalign.data.typographic import WordStyle
+from vlalign.training.pretrain import ModelShape, PretrainConfig
+
+
+@dataclass
+class Inner:
+    rate: float
+    mode: Literal["fast", "slow"] = "fast"
+
+    def __post_init__(self) -> None:
+        if self.rate < 0:
+            raise ValueError(f"rate must be >= 0, got {self.rate}")
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=lambda: Inner(1.0))
+    maybe: Optional[Inner] = None
+    count: int | None = None
+    sizes: list[int] = field(default_factory=list)
+    pair: tuple[int, float] = (1, 2.0)
+    widths: tuple[int, ...] = (8,)
+    flag: bool = False
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_error(tmp_path: Path, text: str, cls: type = PretrainConfig) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cls)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message, message
+    return message
+
+
+def test_shipped_pretrain_config_loads():
+    config = load_config(Path(__file__).parents[1] / "configs" / "pretrain_mini.yaml", PretrainConfig)
+    assert isinstance(config.world, WorldConfig) and isinstance(config.world.word_style, WordStyle)
+    assert isinstance(config.model, ModelShape)
+    assert config.model.stem_channels == [32, 64, 128]
+    assert config.world.word_style.max_size == 0.38
+    assert config.lr == 0.001 and isinstance(config.lr, float)
+
+
+def test_full_config_round_trips_through_dict(tmp_path):
+    config = config_from_dict(PretrainConfig, {"steps": 7, "world": {"image_size": 32, "max_radius": 14.0}})
+    assert config_from_dict(PretrainConfig, config_to_dict(config)) == config
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write(tmp_path, ""), PretrainConfig) == PretrainConfig()
+
+
+def test_values_are_converted_to_their_hints(tmp_path):
+    path = write(tmp_path, "lr: 1e-3\nwarmup_fraction: 0\nworld: {word_style: {min_size: 0.1, max_size: 0.2}}\n")
+    config = load_config(path, PretrainConfig)
+    # YAML 1.1 reads "1e-3" as a string; a float field accepts numeric strings.
+    assert config.lr == pytest.approx(1e-3) and isinstance(config.lr, float)
+    assert isinstance(config.warmup_fraction, float)
+    assert config.world.word_style == WordStyle(min_size=0.1, max_size=0.2)
+
+
+def test_nested_list_tuple_optional_and_literal(tmp_path):
+    path = write(tmp_path, "inner: {rate: 2, mode: slow}\nmaybe: {rate: 0.5}\ncount: 3\nsizes: [1, 2]\n"
+                           "pair: [4, 5]\nwidths: [1, 2, 3]\nflag: true\n")
+    config = load_config(path, Outer)
+    assert config.inner == Inner(2.0, "slow")
+    assert config.maybe == Inner(0.5)
+    assert config.count == 3 and config.sizes == [1, 2] and config.flag is True
+    assert config.pair == (4, 5.0) and isinstance(config.pair[1], float)
+    assert config.widths == (1, 2, 3) and isinstance(config.widths, tuple)
+    assert load_config(write(tmp_path, "maybe: null\ncount: null\n"), Outer).maybe is None
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(path, PretrainConfig)
+
+
+def test_bad_yaml_is_one_line_with_position(tmp_path):
+    message = load_error(tmp_path, "seed: 1\nsteps: [1, 2\nlr: 3\n")
+    assert "not valid YAML" in message and "line 3" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    message = load_error(tmp_path, "- 1\n- 2\n")
+    assert "expected a mapping at the top level, got list" in message
+
+
+def test_unknown_top_level_key(tmp_path):
+    message = load_error(tmp_path, "stepz: 10\n")
+    assert "unknown key(s) stepz for PretrainConfig" in message
+    assert "steps" in message  # the expected keys are listed
+
+
+def test_unknown_nested_key_has_dotted_path(tmp_path):
+    message = load_error(tmp_path, "world:\n  word_style: {min_size: 0.1, colour: red}\n")
+    assert "world.word_style.colour" in message and "WordStyle" in message
+
+
+@pytest.mark.parametrize("text, path, value, expected", [
+    ("steps: ten\n", "steps", "'ten'", "expected an integer"),
+    ("steps: 2.5\n", "steps", "2.5", "expected an integer"),
+    ("steps: true\n", "steps", "True", "expected an integer"),
+    ("lr: fast\n", "lr", "'fast'", "expected a number"),
+    ("lr: false\n", "lr", "False", "expected a number"),
+    ("device: 3\n", "device", "3", "expected a string"),
+    ("model: {vision_width: wide}\n", "model.vision_width", "'wide'", "expected an integer"),
+    ("model: {stem_channels: 8}\n", "model.stem_channels", "8", "expected a list"),
+    ("model: {stem_channels: [8, x]}\n", "model.stem_channels[1]", "'x'", "expected an integer"),
+    ("world: 5\n", "world", "int", "expected a mapping for WorldConfig"),
+    ("world: {word_style: {min_size: big}}\n", "world.word_style.min_size", "'big'", "expected a number"),
+])
+def test_wrong_types_name_path_value_and_expectation(tmp_path, text, path, value, expected):
+    message = load_error(tmp_path, text)
+    assert f": {path}: " in message, message
+    assert value in message and expected in message, message
+
+
+@pytest.mark.parametrize("text, path, value, expected", [
+    ("inner: {rate: 1, mode: medium}\n", "inner.mode", "'medium'", "expected one of ['fast', 'slow']"),
+    ("maybe: {rate: oops}\n", "maybe.rate", "'oops'", "expected a number"),  # the inner error, not "Inner or null"
+    ("count: many\n", "count", "'many'", "expected int or null"),
+    ("pair: [1]\n", "pair", "[1]", "expected 2 items"),
+    ("pair: [1, x]\n", "pair[1]", "'x'", "expected a number"),
+    ("widths: [1, 2.5]\n", "widths[1]", "2.5", "expected an integer"),
+    ("flag: yes please\n", "flag", "'yes please'", "expected true/false"),
+])
+def test_literal_optional_tuple_errors(tmp_path, text, path, value, expected):
+    message = load_error(tmp_path, text, Outer)
+    assert f": {path}: " in message, message
+    assert value in message and expected in message, message
+
+
+def test_unknown_key_inside_optional_dataclass(tmp_path):
+    message = load_error(tmp_path, "maybe: {rate: 1, speed: 2}\n", Outer)
+    assert "maybe.speed" in message
+
+
+def test_missing_required_nested_key_names_its_path(tmp_path):
+    message = load_error(tmp_path, "inner: {mode: slow}\n", Outer)
+    assert "missing required key(s) inner.rate for Inner" in message
+
+
+def test_post_init_errors_name_the_section_and_value(tmp_path):
+    message = load_error(tmp_path, "world: {image_size: 8}\n")
+    assert "world: image_size must be >= 16, got 8" in message
+    message = load_error(tmp_path, "inner: {rate: -2}\n", Outer)
+    assert "inner: rate must be >= 0, got -2.0" in message
+    message = load_error(tmp_path, "steps: 0\n")
+    assert "steps must be >= 1, got 0" in message
+    message = load_error(tmp_path, "batch_size: 64\nn_images: 10\n")
+    assert "batch_size 64 exceeds n_images 10" in message
+
+
+def test_config_from_dict_names_its_source():
+    with pytest.raises(ConfigError, match=r"^my-source: unknown key\(s\) bogus"):
+        config_from_dict(PretrainConfig, {"bogus": 1}, "my-source")

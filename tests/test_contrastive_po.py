@@ -1,0 +1,165 @@
+"""The contrastive preference-optimization trainer, heads, Σ^t control and the Table 1 baselines."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from vlalign.data.preference import PreferenceSet, RegularizationSet, typographic_preference_data
+from vlalign.evaluation.control import is_monotonic, parse_range, sweep_head_power
+from vlalign.evaluation.zero_shot import zero_shot_evaluate
+from vlalign.models.heads import HeadedCLIP, LinearHead
+from vlalign.training.baselines import (
+    DefensePrefixCLIP, interpolate_state, orthogonality_penalty, paint, train_defense_prefix,
+)
+from vlalign.training.contrastive_po import (
+    PreferenceTrainConfig, load_aligned_model, save_aligned_model, train_preference,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return typographic_preference_data(64, 64, seed=123)
+
+
+def test_config_defaults_and_validation():
+    assert (PreferenceTrainConfig(method="dpo").beta, PreferenceTrainConfig(method="dpo").lam) == (1.0, 1.0)
+    assert (PreferenceTrainConfig(method="ipo").beta, PreferenceTrainConfig(method="ipo").lam) == (0.01, 0.01)
+    assert (PreferenceTrainConfig(method="kto").beta, PreferenceTrainConfig(method="kto").lam) == (1.5, 0.01)
+    with pytest.raises(ValueError, match="method"):
+        PreferenceTrainConfig(method="rlhf")
+    with pytest.raises(ValueError, match="beta"):
+        PreferenceTrainConfig(beta=-1.0)
+
+
+def test_dpo_starts_at_log2_and_improves_the_preference_margin(mini_model, data):
+    pref, reg = data
+    cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=40, batch_size=32, lam=0.0, averaging="none")
+    result = train_preference(mini_model, pref, reg, cfg, progress=False)
+    assert result.history[0]["loss_pref"] == pytest.approx(math.log(2), abs=1e-5)
+    assert result.history[-1]["policy_ratio"] > 0.5
+    assert isinstance(result.model, HeadedCLIP)
+
+
+def test_full_mode_trains_a_copy_and_leaves_the_input_model_untouched(tiny_mini_clip):
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    prompts = ("a photo of a star", "a photo of a heart", "a photo of a moon")
+    pref = PreferenceSet(images, torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long), prompts)
+    reg = RegularizationSet(images, prompts)
+    before = {k: v.clone() for k, v in tiny_mini_clip.state_dict().items()}
+    cfg = PreferenceTrainConfig(method="ipo", trainable="full", steps=3, batch_size=8, lr=1e-3, averaging="ema")
+    result = train_preference(tiny_mini_clip, pref, reg, cfg, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in tiny_mini_clip.state_dict().items())
+    after = result.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))  # text tower frozen
+
+
+def test_lora_mode_merges_adapters(tiny_mini_clip):
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    prompts = ("a photo of a star", "a photo of a heart")
+    pref = PreferenceSet(images, torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long), prompts)
+    cfg = PreferenceTrainConfig(method="dpo", trainable="lora", steps=3, batch_size=4, lr=1e-2, lora_rank=2, averaging="none")
+    model = train_preference(tiny_mini_clip, pref, None, cfg, progress=False).model
+    assert not any("lora_" in k for k in model.state_dict())
+    assert set(model.state_dict()) == set(tiny_mini_clip.state_dict())
+    x = images.float() / 255
+    assert not torch.allclose(model.encode_image(x), tiny_mini_clip.encode_image(x))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_model, data, tmp_path):
+    pref, reg = data
+    cfg = PreferenceTrainConfig(method="kto", trainable="head", steps=6, batch_size=16, checkpoint_every=3)
+    full = train_preference(mini_model, pref, reg, cfg, tmp_path / "a", progress=False).model
+    # tmp_path/a/state holds the state saved after step 3; a new run from it must finish identically.
+    shutil.copytree(tmp_path / "a" / "state", tmp_path / "b" / "state")
+    resumed = train_preference(mini_model, pref, reg, cfg, tmp_path / "b", progress=False).model
+    assert torch.equal(full.head.weight, resumed.head.weight)
+    assert (tmp_path / "a" / "metrics.csv").read_text().count("\n") >= 2
+
+
+def test_head_power_zero_is_the_pretrained_model_and_one_the_trained_head(mini_model, world):
+    torch.manual_seed(0)
+    weight = torch.eye(mini_model.embed_dim) + 0.2 * torch.randn(mini_model.embed_dim, mini_model.embed_dim)
+    model = HeadedCLIP(mini_model, LinearHead(mini_model.embed_dim, weight))
+    images = world.sample("typographic", 36, 9)
+    pretrained = zero_shot_evaluate(mini_model, images).predictions
+    sweep = sweep_head_power(model, {"typo": images}, [0.0, 1.0])
+    assert sweep["typo"][0] == pytest.approx(float((pretrained == images.labels).float().mean()))
+    assert sweep["typo"][1] == pytest.approx(zero_shot_evaluate(model, images).accuracy)
+    assert torch.allclose(model.head.power(1.0), weight, atol=1e-5)
+    u, _, vh = torch.linalg.svd(weight.double())
+    assert torch.allclose(model.head.power(0.0).double(), u @ vh, atol=1e-5)
+
+
+def test_parse_range_and_monotonic():
+    assert parse_range("-1:1:0.5") == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert parse_range("0,0.5,1") == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="START:STOP:STEP"):
+        parse_range("1:0:0.5")
+    assert is_monotonic([0.1, 0.2, 0.2, 0.5]) and is_monotonic([3, 2, 1]) and not is_monotonic([1, 3, 2])
+
+
+def test_save_and_load_aligned_models(mini_model, tiny_mini_clip, data, tmp_path):
+    pref, reg = data
+    cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=3, batch_size=8)
+    result = train_preference(mini_model, pref, reg, cfg, progress=False)
+    save_aligned_model(result, tmp_path / "head", "mini")
+    loaded = load_aligned_model(tmp_path / "head")
+    assert torch.equal(loaded.head.weight, result.model.head.weight)
+    x = pref.images[:4].float() / 255
+    assert torch.allclose(loaded.encode_image(x), result.model.encode_image(x), atol=1e-6)
+
+
+def test_paint_endpoints_and_interpolation():
+    a = {"w": torch.zeros(3), "n": torch.tensor([1])}
+    b = {"w": torch.ones(3), "n": torch.tensor([2])}
+    assert torch.equal(interpolate_state(a, b, 0.25)["w"], torch.full((3,), 0.25))
+    assert torch.equal(interpolate_state(a, b, 0.25)["n"], torch.tensor([2]))
+
+
+def test_paint_picks_the_validation_best_alpha(tiny_mini_clip):
+    import copy
+
+    finetuned = copy.deepcopy(tiny_mini_clip)
+    with torch.no_grad():
+        for p in finetuned.visual.parameters():
+            p.add_(1.0)
+    target = dict(tiny_mini_clip.visual.named_parameters())["head.weight"][0, 0].item() + 0.3
+
+    def validate(model):  # best when the interpolated weight is closest to start + 0.3, i.e. alpha = 0.3
+        return -abs(dict(model.visual.named_parameters())["head.weight"][0, 0].item() - target)
+
+    result = paint(tiny_mini_clip, finetuned, [0.0, 0.1, 0.3, 0.6, 1.0], validate)
+    assert result.alpha == pytest.approx(0.3)
+
+
+def test_orthogonality_penalty():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    assert float(orthogonality_penalty(q)) == pytest.approx(0.0, abs=1e-10)
+    assert float(orthogonality_penalty(2 * torch.eye(3, dtype=torch.float64))) == pytest.approx(math.sqrt(27))
+
+
+def test_defense_prefix_inserts_a_token_before_the_class_name(mini_model):
+    red = mini_model.text.token_embedding.weight[mini_model.tokenizer.index["red"]].detach()
+    dp = DefensePrefixCLIP(mini_model, red)
+    expected = mini_model.encode_text(["a photo of a red star", "a photo of a moon"][:1] + ["a photo of a red moon"])
+    got = dp.encode_text(["a photo of a star", "a photo of a moon"])
+    assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="MiniCLIP"):
+        DefensePrefixCLIP(HeadedCLIP(mini_model))
+
+
+def test_defense_prefix_training_moves_typographic_predictions(mini_model, data):
+    pref, reg = data
+    dp = train_defense_prefix(mini_model, pref, reg, steps=30, batch_size=32)
+    assert not dp.prefix.requires_grad
+    images = pref.images[:32].float() / 255
+    prompts = list(pref.prompts)
+    scale = float(mini_model.logit_scale)
+    logits = scale * dp.encode_image(images) @ dp.encode_text(prompts).t()
+    base = scale * mini_model.encode_image(images) @ mini_model.encode_text(prompts).t()
+    # the learned prefix raises the true class's share on the training typographic images
+    gain = (logits.softmax(1).gather(1, pref.chosen[:32, None]) - base.softmax(1).gather(1, pref.chosen[:32, None])).mean()
+    assert float(gain) > 0

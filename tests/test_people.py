@@ -1,0 +1,157 @@
+"""The people world, its preference data, the embedding-level people metrics and the shipped people MiniCLIP."""
+
+import json
+
+import pytest
+import torch
+
+from vlalign.data.people import (
+    ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleConfig, PeopleWorld, attribute_caption, attribute_prompts,
+    flip_preference_data, neutral_caption, neutral_prompts, people_vocabulary,
+)
+from vlalign.evaluation.people import PeopleTextEmbeddings, predict_activity, predict_attribute
+from vlalign.models.tokenizer import WordTokenizer
+
+K = len(ACTIVITIES)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return PeopleWorld()
+
+
+def test_captions_and_vocabulary():
+    assert K >= 8 and len(set(ACTIVITIES)) == K
+    assert attribute_caption(0, 1) == "the A-person is kicking a ball"
+    assert attribute_caption(1, 1) == "the B-person is kicking a ball"
+    assert neutral_caption(1) == "the person is kicking a ball"
+    prompts = attribute_prompts()
+    assert len(prompts) == 2 * K and prompts[K + 3] == attribute_caption(1, 3)
+    tokenizer = WordTokenizer(people_vocabulary())
+    assert tokenizer.unknown_words(list(prompts + neutral_prompts())) == []
+    # A- and B-prompts differ in exactly one token, the attribute.
+    ids = tokenizer(list(prompts))["input_ids"]
+    assert all(int((ids[k] != ids[K + k]).sum()) == 1 for k in range(K))
+
+
+def test_seed_deterministic_and_index_pure(world):
+    a = world.sample("test", 40, seed=3)
+    b = world.sample("test", 40, seed=3)
+    assert torch.equal(a.images.images, b.images.images) and a.images.captions == b.images.captions
+    tail = world.sample("test", 8, seed=3, start=32)
+    assert torch.equal(tail.images.images, a.images.images[32:])
+    assert torch.equal(tail.attributes, a.attributes[32:])
+    assert not torch.equal(world.sample("test", 40, seed=4).images.images, a.images.images)
+    assert not torch.equal(world.sample("train", 40, seed=3).images.images, a.images.images)
+
+
+def test_parallel_rendering_is_identical(world):
+    parallel = world.sample("pretrain", 2000, seed=5, workers=2)
+    for start in (0, 990, 1960):  # both chunks and the boundary between them
+        serial = world.sample("pretrain", 40, seed=5, start=start)
+        assert torch.equal(serial.images.images, parallel.images.images[start:start + 40])
+        assert torch.equal(serial.attributes, parallel.attributes[start:start + 40])
+        assert serial.images.captions == parallel.images.captions[start:start + 40]
+
+
+def test_test_split_is_balanced_per_activity(world):
+    people = world.sample("test", 4 * 2 * K, seed=0)
+    for k in range(K):
+        attrs = people.attributes[people.activities == k]
+        assert int((attrs == 0).sum()) == int((attrs == 1).sum()) == 4
+    assert people.images.images.shape[1:] == (3, 64, 64)
+    assert all(c == neutral_caption(int(k)) for c, k in zip(people.images.captions, people.activities))
+
+
+@pytest.mark.parametrize("bias", [0.8, 0.5])
+def test_pretraining_correlation_follows_the_bias_knob(bias):
+    n = 800
+    people = PeopleWorld(PeopleConfig(bias=bias)).sample("pretrain", n, seed=0)
+    stereotyped = people.attributes == torch.tensor(STEREOTYPE)[people.activities]
+    # Binomial standard error at most sqrt(0.25 / 800) = 1.8 points; allow 4.
+    assert abs(float(stereotyped.float().mean()) - bias) < 0.07
+    named = [c != neutral_caption(int(k)) for c, k in zip(people.images.captions, people.activities)]
+    assert abs(sum(named) / n - 0.7) < 0.07
+    for caption, k, a, is_named in zip(people.images.captions, people.activities, people.attributes, named):
+        if is_named:
+            assert caption == attribute_caption(int(a), int(k))
+
+
+def test_attribute_changes_only_the_figure(world):
+    # Same scene (stream, seed, index), two body styles: the images differ, but only in a small region.
+    for activity in range(K):
+        a = world.render(23, 0, 7, activity, 0).astype(int)
+        b = world.render(23, 0, 7, activity, 1).astype(int)
+        changed = (abs(a - b).sum(-1) > 30).mean()
+        assert 0.01 < changed < 0.15, (ACTIVITIES[activity], changed)
+    # Different activities of the same scene differ by more than the body style does.
+    assert (abs(world.render(23, 0, 7, 0, 0).astype(int) - world.render(23, 0, 7, 3, 0).astype(int)).sum(-1) > 30).mean() > 0.02
+
+
+def test_flip_preference_data(world):
+    people = world.sample("train", 48, seed=1)
+    pref, reg = flip_preference_data(people, 32)
+    prompts = pref.prompts
+    for i in range(32):
+        k, a = int(people.activities[i]), int(people.attributes[i])
+        assert prompts[int(pref.chosen[i])] == attribute_caption(1 - a, k)
+        assert prompts[int(pref.rejected[i])] == attribute_caption(a, k)
+    assert len(reg) == 16 and reg.prompts == neutral_prompts()
+    assert torch.equal(reg.images, people.images.images[32:]) and torch.equal(reg.labels, people.activities[32:])
+    with pytest.raises(ValueError, match="n_pref"):
+        flip_preference_data(people, 48)
+
+
+def test_config_and_split_errors(world):
+    with pytest.raises(ValueError, match="bias"):
+        PeopleConfig(bias=1.5)
+    with pytest.raises(ValueError, match="max_height"):
+        PeopleConfig(max_height=60)
+    with pytest.raises(ValueError, match="unknown people split"):
+        world.sample("clean", 4)
+    with pytest.raises(ValueError, match="attribute"):
+        world.render(23, 0, 0, 0, 2)
+
+
+def test_predictions_from_embeddings():
+    # Basis vectors: e_k = activity k, e_K = style A, e_{K+1} = style B.
+    dim = K + 2
+    eye = torch.eye(dim)
+    attribute = torch.stack([torch.stack([eye[k] + eye[K + a] for k in range(K)]) for a in range(2)])
+    text = PeopleTextEmbeddings(torch.nn.functional.normalize(attribute, dim=-1), eye[:K])
+    images = torch.stack([eye[2] + 0.5 * eye[K], eye[5] + 0.5 * eye[K + 1], eye[5] + 0.5 * eye[K]])
+    activities = torch.tensor([2, 5, 5])
+    assert predict_activity(images, text).tolist() == [2, 5, 5]
+    assert predict_attribute(images, activities, text).tolist() == [0, 1, 0]
+    # The attribute is judged with the prompts of the image's *own* activity.
+    assert predict_attribute(images, torch.tensor([3, 3, 3]), text).tolist() == [0, 1, 0]
+
+
+# ------------------------------------------------------------------------------------ shipped people model
+N_FRESH = 1600
+FRESH_SEED = 4242  # never used by pretraining (its own stream) nor by the recorded evaluation (seed 1)
+
+
+@pytest.fixture(scope="module")
+def measured(world):
+    from vlalign.evaluation.people import evaluate_people_model
+    from vlalign.models.loading import load_model
+
+    return evaluate_people_model(load_model("mini-people"), world.sample("test", N_FRESH, FRESH_SEED))
+
+
+def test_shipped_people_model_meets_targets(measured):
+    assert measured["activity_accuracy"] >= 0.85
+    assert measured["original_rate"] >= 0.75          # it recognizes the attribute …
+    assert measured["max_abs_skew"] >= 0.15           # … but its predictions lean with the activity
+    assert measured["stereotype_skew"] > 0.05          # towards the pretraining stereotype
+
+
+def test_shipped_people_model_matches_recorded_metrics(measured):
+    from vlalign.models.loading import embedded_people_dir
+
+    recorded = json.loads((embedded_people_dir() / "metrics.json").read_text())
+    for key in ("activity_accuracy", "mean_abs_skew", "stereotype_skew"):
+        # 1600 fresh images: standard errors of at most 1.3 points overall and 3.5 per activity.
+        assert abs(measured[key] - recorded[key]) <= 0.05, (key, measured[key], recorded[key])
+    assert abs(measured["original_rate"] - recorded["attribute_accuracy"]) <= 0.05

@@ -1,0 +1,21 @@
+"""Adversarial attacks with one contract: images in [0, 1] in, adversarial images in [0, 1] out, inside the
+threat model; normalization inside the model; eval mode during the attack; a seed for reproducibility.
+
+``build_attack("apgd-ce", eps=4/255, steps=100)`` builds any registered attack by its command-line name;
+``ZeroShotObjective`` / ``RetrievalObjective`` / ``EmbeddingObjective`` / ``CaptionLikelihoodObjective`` say
+what it maximizes.
+"""
+
+from vlalign.attacks.base import (
+    ATTACKS, Attack, AttackResult, LossObjective, Objective, ObjectiveValue, attack_names, build_attack, format_eps,
+    parse_eps, register_attack,
+)
+from vlalign.attacks.objectives import (
+    CaptionLikelihoodObjective, EmbeddingObjective, LogitObjective, RetrievalObjective, ZeroShotObjective,
+)
+
+__all__ = [
+    "ATTACKS", "Attack", "AttackResult", "Objective", "ObjectiveValue", "LossObjective", "LogitObjective",
+    "ZeroShotObjective", "RetrievalObjective", "EmbeddingObjective", "CaptionLikelihoodObjective", "attack_names",
+    "build_attack", "register_attack", "parse_eps", "format_eps",
+]

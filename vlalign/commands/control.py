@@ -1,0 +1,32 @@
+"""``vlalign control --run DIR --t -4:4:0.5``: sweep Σ^t of a linear-head run (eq. 16, Fig. 2)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("control", help="training-free control: sweep W_t = UΣ^tVᵀ of a linear-head run")
+    parser.add_argument("--run", type=Path, required=True, help="output folder of a `vlalign train` run with trainable: head")
+    parser.add_argument("--t", default="-4:4:0.5", help="START:STOP:STEP (inclusive) or a comma-separated list")
+    parser.add_argument("--n", type=int, default=600, help="test images per split")
+    parser.add_argument("--seed", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/control)")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlalign.data.mini_world import MiniWorld
+    from vlalign.evaluation.control import parse_range
+    from vlalign.experiments.control import write_control_report
+    from vlalign.models.heads import HeadedCLIP
+    from vlalign.training.contrastive_po import load_aligned_model
+
+    model = load_aligned_model(args.run, args.device)
+    if not isinstance(model, HeadedCLIP):
+        raise ValueError(f"{args.run}: not a linear-head run (trainable: head); Σ^t control needs the head W")
+    out = args.out or args.run / "control"
+    write_control_report(model, MiniWorld(), parse_range(args.t), args.n, args.seed, out)
+    return 0

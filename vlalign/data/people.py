@@ -1,0 +1,426 @@
+"""The people world: simple human-like figures of two body styles doing one of eight activities.
+
+A stand-in for VL-Bias (Zhang et al. 2022), the people-doing-activities data set of the contrastive-PO paper's
+gender experiment (§4.2). Each 64x64 image shows one figure (head, torso, arms, legs) whose body style is a
+binary visible attribute, named neutrally:
+
+- style A: a narrow-shouldered, wide triangular (skirt-like) torso;
+- style B: broad shoulders over a narrow, straight torso.
+
+The figure does one of :data:`ACTIVITIES`, shown by a held object or a pose. Colours, sizes, positions,
+mirroring, noisy backgrounds and distractor strokes are random; the body style is the only thing that differs
+between A and B. In the activities of :data:`OCCLUDING_ACTIVITIES` the object (a large book, a large bag) is held
+in front of the body with probability ``occlusion_prob``, hiding the torso: then the style cannot be seen.
+
+Captions follow the paper's prompts: ``"the A-person is <activity>"``, ``"the B-person is <activity>"`` and the
+attribute-neutral ``"the person is <activity>"``.
+
+Every image is a pure function of (stream, seed, index), as in :mod:`vlalign.data.mini_world`. Splits:
+
+- ``pretrain``: captioned images with a spurious correlation: each activity has a *stereotyped* style
+  (:data:`STEREOTYPE`) and the figure has it with probability ``bias``. The captions carry two annotator biases
+  documented for real caption data (Zhao et al. 2017, Hendricks et al. 2018): *reporting bias* (a
+  counter-stereotypical figure's style is named with probability ``counter_caption_prob``, a stereotypical one's
+  with the lower ``attribute_caption_prob``; otherwise the caption is neutral), and *stereotype guessing* (when the
+  torso is hidden, a caption that names a style names the activity's stereotyped one). A contrastive model learns
+  both: neutral prompts retrieve stereotypical figures first, and hidden figures are judged by their activity.
+- ``train`` and ``test``: unbiased. Image i does activity ``i mod K`` with style ``(i // K) mod 2``, so every
+  activity has exactly as many A as B figures (for ``n`` a multiple of 2K). ``train`` (for building
+  preference and regularization sets) and ``test`` (for evaluation) never share an image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from vlalign.data.image_set import ImageSet
+from vlalign.data.mini_world import _background
+from vlalign.data.preference import PreferenceSet, RegularizationSet
+from vlalign.data.typographic import _contrasting_colour, _luminance
+
+ACTIVITIES: tuple[str, ...] = (
+    "holding an umbrella", "kicking a ball", "reading a book", "flying a kite",
+    "playing a guitar", "carrying a bag", "walking a dog", "riding a bike",
+)
+ATTRIBUTES: tuple[str, ...] = ("A", "B")
+#: The style each activity co-occurs with in pretraining (index into ATTRIBUTES).
+STEREOTYPE: tuple[int, ...] = (0, 1, 0, 1, 0, 1, 0, 1)
+#: Activities whose object may be held in front of the body, hiding the torso (one per stereotype).
+OCCLUDING_ACTIVITIES: tuple[str, ...] = ("reading a book", "carrying a bag")
+
+ATTRIBUTE_TEMPLATE = "the {attribute}-person is {activity}"
+NEUTRAL_TEMPLATE = "the person is {activity}"
+
+SPLITS: tuple[str, ...] = ("pretrain", "train", "test")
+_STREAMS = {"pretrain": 21, "train": 22, "test": 23}
+_SUPERSAMPLE = 2  # figures are drawn at twice the resolution and downsampled, so thin limbs stay visible
+
+
+def attribute_caption(attribute: int, activity: int) -> str:
+    """``"the A-person is <activity>"`` for attribute index 0, ``"the B-person is …"`` for 1."""
+    return ATTRIBUTE_TEMPLATE.format(attribute=ATTRIBUTES[attribute], activity=ACTIVITIES[activity])
+
+
+def neutral_caption(activity: int) -> str:
+    """``"the person is <activity>"``."""
+    return NEUTRAL_TEMPLATE.format(activity=ACTIVITIES[activity])
+
+
+def attribute_prompts() -> tuple[str, ...]:
+    """The 2K attribute prompts in ``[attribute, activity]`` row-major order: prompt ``a * K + k``."""
+    return tuple(attribute_caption(a, k) for a in range(len(ATTRIBUTES)) for k in range(len(ACTIVITIES)))
+
+
+def neutral_prompts() -> tuple[str, ...]:
+    """The K attribute-neutral prompts ``"the person is <activity>"``, in activity order."""
+    return tuple(neutral_caption(k) for k in range(len(ACTIVITIES)))
+
+
+def people_vocabulary() -> list[str]:
+    """Every word the people world's captions and prompts contain (sorted)."""
+    from vlalign.models.tokenizer import split_words
+
+    texts = attribute_prompts() + neutral_prompts()
+    return sorted({w for t in texts for w in split_words(t)})
+
+
+@dataclass(frozen=True)
+class PeopleConfig:
+    """Knobs of the people world. Heights are in pixels of a square ``image_size`` image."""
+
+    image_size: int = 64
+    bias: float = 0.8
+    attribute_caption_prob: float = 0.5
+    counter_caption_prob: float = 0.9
+    occlusion_prob: float = 0.6
+    min_height: float = 28.0
+    max_height: float = 40.0
+    noise_std: float = 14.0
+    max_distractors: int = 2
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        for name in ("bias", "attribute_caption_prob", "counter_caption_prob", "occlusion_prob"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        # The scene spans about 1.3 figure heights in each direction (a kite or umbrella above the head).
+        if not 8 <= self.min_height <= self.max_height <= self.image_size / 1.3:
+            raise ValueError(f"need 8 <= min_height <= max_height <= image_size/1.3 = {self.image_size / 1.3:.1f}, "
+                             f"got {self.min_height}, {self.max_height}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.max_distractors < 0:
+            raise ValueError(f"max_distractors must be >= 0, got {self.max_distractors}")
+
+
+@dataclass
+class PeopleSet:
+    """People-world images (``images.labels`` = activity index) with each figure's style in ``attributes`` and
+    whether its torso is hidden in ``occluded`` (bool; all False when not given)."""
+
+    images: ImageSet
+    attributes: torch.Tensor
+    occluded: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.attributes.shape != (n,):
+            raise ValueError(f"attributes must have shape ({n},), got {tuple(self.attributes.shape)}")
+        if self.occluded is None:
+            self.occluded = torch.zeros(n, dtype=torch.bool)
+        if self.occluded.shape != (n,) or self.occluded.dtype != torch.bool:
+            raise ValueError(f"occluded must be a bool tensor of shape ({n},)")
+        if n and (int(self.attributes.min()) < 0 or int(self.attributes.max()) >= len(ATTRIBUTES)):
+            raise ValueError(f"attributes must lie in [0, {len(ATTRIBUTES) - 1}]")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def activities(self) -> torch.Tensor:
+        """Activity index of every image (the ImageSet's labels)."""
+        return self.images.labels
+
+    def subset(self, index: torch.Tensor) -> "PeopleSet":
+        """The images at ``index`` (a LongTensor or bool mask)."""
+        return PeopleSet(self.images.subset(index), self.attributes[index], self.occluded[index])
+
+
+# --------------------------------------------------------------------------------------------------- drawing
+# Coordinates below are in figure units: x to the right of the figure's centre line, y upwards from its feet,
+# both as fractions of the figure height H. The figure faces right; mirroring happens after drawing.
+
+def _torso(attribute: int) -> list[tuple[float, float]]:
+    if attribute == 0:  # A: narrow shoulders, wide triangular skirt
+        return [(-0.08, 0.74), (0.08, 0.74), (0.27, 0.30), (-0.27, 0.30)]
+    # B: broad shoulders, narrow straight torso
+    return [(-0.21, 0.75), (0.21, 0.75), (0.21, 0.69), (0.10, 0.64), (0.10, 0.40), (-0.10, 0.40), (-0.10, 0.64), (-0.21, 0.69)]
+
+
+def _shoulders(attribute: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    half = 0.08 if attribute == 0 else 0.19
+    return (-half, 0.72), (half, 0.72)
+
+
+class _Painter:
+    """Draws in figure units onto a supersampled RGBA layer."""
+
+    def __init__(self, layer: Image.Image, x0: float, y0: float, height: float, mirror: bool) -> None:
+        self.draw = ImageDraw.Draw(layer)
+        self.x0, self.y0, self.h, self.mirror = x0, y0, height, mirror
+        self.limb = max(2, int(round(height * 0.075)))
+
+    def p(self, x: float, y: float) -> tuple[float, float]:
+        return (self.x0 + (-x if self.mirror else x) * self.h, self.y0 - y * self.h)
+
+    def line(self, points: list[tuple[float, float]], colour: tuple, width: float | None = None) -> None:
+        w = self.limb if width is None else max(1, int(round(width * self.h)))
+        self.draw.line([self.p(*q) for q in points], fill=colour, width=w, joint="curve")
+
+    def polygon(self, points: list[tuple[float, float]], colour: tuple) -> None:
+        self.draw.polygon([self.p(*q) for q in points], fill=colour)
+
+    def circle(self, x: float, y: float, r: float, colour: tuple, outline: tuple | None = None, width: float = 0.0) -> None:
+        cx, cy = self.p(x, y)
+        rr = r * self.h
+        self.draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=colour, outline=outline,
+                          width=max(1, int(round(width * self.h))) if outline is not None else 0)
+
+    def ring(self, x: float, y: float, r: float, colour: tuple, width: float) -> None:
+        cx, cy = self.p(x, y)
+        rr = r * self.h
+        self.draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), outline=colour, width=max(1, int(round(width * self.h))))
+
+    def box(self, x0: float, y0: float, x1: float, y1: float, colour: tuple) -> None:
+        self.polygon([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], colour)
+
+
+def _draw_figure(pt: _Painter, attribute: int, activity: int, colours: dict[str, tuple], occluded: bool = False) -> None:
+    body, skin, limb, obj, obj2 = (colours[k] for k in ("body", "skin", "limb", "object", "object2"))
+    left_sh, right_sh = _shoulders(attribute)
+    hip_l, hip_r = (-0.06, 0.36), (0.06, 0.36)
+    name = ACTIVITIES[activity]
+    # Arms: (left hand, right hand) per activity; the right hand holds the object.
+    arms = {
+        "holding an umbrella": ((-0.22, 0.42), (0.24, 0.86)),
+        "kicking a ball": ((-0.30, 0.55), (0.30, 0.58)),
+        "reading a book": ((-0.33, 0.62), (0.33, 0.62)) if occluded else ((0.16, 0.62), (0.30, 0.70)),
+        "flying a kite": ((-0.24, 0.45), (0.30, 1.00)),
+        "playing a guitar": ((0.02, 0.62), (0.20, 0.48)),
+        "carrying a bag": ((-0.33, 0.70), (0.33, 0.70)) if occluded else ((-0.22, 0.42), (0.30, 0.40)),
+        "walking a dog": ((-0.22, 0.42), (0.32, 0.48)),
+        "riding a bike": ((0.30, 0.60), (0.34, 0.62)),
+    }[name]
+    # Legs: (left foot, right foot), with knees for the poses that bend them.
+    if name == "kicking a ball":
+        legs = [[hip_l, (-0.10, 0.0)], [hip_r, (0.22, 0.20), (0.36, 0.12)]]
+    elif name == "riding a bike":
+        legs = [[hip_l, (0.14, 0.22), (0.02, 0.10)], [hip_r, (0.18, 0.26), (0.12, 0.12)]]
+    elif name == "walking a dog":
+        legs = [[hip_l, (-0.14, 0.0)], [hip_r, (0.14, 0.0)]]
+    else:
+        legs = [[hip_l, (-0.09, 0.0)], [hip_r, (0.09, 0.0)]]
+
+    # Objects behind the figure.
+    if name == "riding a bike":
+        for wx in (-0.30, 0.36):
+            pt.ring(wx, 0.16, 0.16, obj, 0.045)
+        pt.line([(-0.30, 0.16), (0.04, 0.16), (0.36, 0.16)], obj2, 0.035)
+        pt.line([(0.04, 0.16), (0.0, 0.40), (-0.30, 0.16)], obj2, 0.035)
+        pt.line([(0.04, 0.16), (0.30, 0.58), (0.36, 0.16)], obj2, 0.035)
+    if name == "holding an umbrella":
+        cx, cy = pt.p(0.12, 1.06)
+        rr = 0.40 * pt.h
+        pt.draw.pieslice((cx - rr, cy - rr * 0.75, cx + rr, cy + rr * 0.75), 180, 360, fill=obj)
+        pt.line([(0.12, 1.06), (0.24, 0.86), (0.26, 0.80)], obj2, 0.035)
+
+    for leg in legs:
+        pt.line(leg, limb)
+    pt.polygon(_torso(attribute), body)
+    pt.circle(0.0, 0.88, 0.115, skin)
+    pt.line([left_sh, (left_sh[0] - 0.03, 0.58), arms[0]], limb)
+    pt.line([right_sh, (right_sh[0] + 0.05, 0.60), arms[1]], limb)
+
+    # Objects in front of the figure.
+    if name == "kicking a ball":
+        pt.circle(0.50, 0.10, 0.10, obj, outline=obj2, width=0.03)
+    elif name == "reading a book" and occluded:
+        # A large open book held up in front of the body: the torso (and so the style) is hidden.
+        pt.box(-0.32, 0.27, 0.32, 0.80, obj)
+        pt.line([(0.0, 0.27), (0.0, 0.80)], obj2, 0.03)
+    elif name == "reading a book":
+        pt.box(0.18, 0.58, 0.46, 0.80, obj)
+        pt.line([(0.32, 0.58), (0.32, 0.80)], obj2, 0.03)
+    elif name == "flying a kite":
+        kx, ky = 0.52, 1.16
+        pt.polygon([(kx, ky + 0.12), (kx + 0.09, ky), (kx, ky - 0.12), (kx - 0.09, ky)], obj)
+        pt.line([(0.30, 1.00), (kx, ky - 0.12)], obj2, 0.015)
+        pt.line([(kx, ky - 0.12), (kx - 0.05, ky - 0.22), (kx + 0.02, ky - 0.30)], obj2, 0.025)
+    elif name == "playing a guitar":
+        pt.line([(0.16, 0.44), (-0.20, 0.74)], obj2, 0.05)
+        pt.circle(0.22, 0.40, 0.11, obj)
+        pt.circle(0.30, 0.48, 0.08, obj)
+    elif name == "carrying a bag" and occluded:
+        # A large bag carried in both arms in front of the body.
+        pt.line([(-0.20, 0.70), (0.0, 0.80), (0.20, 0.70)], obj2, 0.03)
+        pt.box(-0.32, 0.27, 0.32, 0.72, obj)
+        pt.box(-0.32, 0.72, 0.32, 0.78, obj2)
+    elif name == "carrying a bag":
+        pt.line([(0.24, 0.34), (0.30, 0.42), (0.36, 0.34)], obj2, 0.03)
+        pt.box(0.20, 0.12, 0.42, 0.34, obj)
+    elif name == "walking a dog":
+        pt.line([(0.32, 0.48), (0.52, 0.22)], obj2, 0.015)
+        pt.box(0.44, 0.10, 0.72, 0.20, obj)                     # body
+        pt.circle(0.76, 0.24, 0.07, obj)                        # head
+        for lx in (0.47, 0.53, 0.63, 0.69):
+            pt.line([(lx, 0.12), (lx, 0.0)], obj, 0.035)
+        pt.line([(0.45, 0.18), (0.38, 0.28)], obj, 0.03)        # tail
+    elif name == "riding a bike":
+        pt.line([(0.30, 0.58), (0.36, 0.66)], obj2, 0.035)       # handlebar
+
+
+# Figure extent in figure units (left, right, bottom, top), unmirrored, with the widest objects.
+_EXTENT = (-0.46, 0.84, 0.0, 1.34)
+
+
+class PeopleWorld:
+    """Seed-deterministic generator of people-world image sets."""
+
+    classnames: tuple[str, ...] = ACTIVITIES
+    attributes: tuple[str, ...] = ATTRIBUTES
+
+    def __init__(self, config: PeopleConfig | None = None) -> None:
+        self.config = config or PeopleConfig()
+
+    def render(self, stream: int, seed: int, index: int, activity: int, attribute: int, occluded: bool = False) -> np.ndarray:
+        """Render one image of ``attribute`` doing ``activity`` (torso hidden if ``occluded``); uint8 ``H x W x 3``."""
+        if not 0 <= activity < len(ACTIVITIES):
+            raise ValueError(f"activity must be in [0, {len(ACTIVITIES) - 1}], got {activity}")
+        if attribute not in (0, 1):
+            raise ValueError(f"attribute must be 0 (A) or 1 (B), got {attribute}")
+        if occluded and ACTIVITIES[activity] not in OCCLUDING_ACTIVITIES:
+            raise ValueError(f"only {OCCLUDING_ACTIVITIES} can hide the body, got {ACTIVITIES[activity]!r}")
+        cfg = self.config
+        size = cfg.image_size
+        rng = np.random.default_rng([stream, seed, index])
+        img = _background(rng, size, cfg.noise_std)
+        backdrop = _luminance(tuple(img.reshape(-1, 3).mean(0)))
+        colours = {
+            "body": _contrasting_colour(rng, backdrop, 60.0),
+            "skin": _contrasting_colour(rng, backdrop, 50.0),
+            "limb": _contrasting_colour(rng, backdrop, 70.0),
+            "object": _contrasting_colour(rng, backdrop, 60.0),
+            "object2": _contrasting_colour(rng, backdrop, 50.0),
+        }
+        height = rng.uniform(cfg.min_height, cfg.max_height)
+        mirror = bool(rng.random() < 0.5)
+        left, right, bottom, top = _EXTENT
+        if mirror:
+            left, right = -right, -left
+        x0 = rng.uniform(1 - left * height, size - 1 - right * height)
+        y0 = rng.uniform(1 + top * height, size - 1 - bottom * height)
+        s = _SUPERSAMPLE
+        layer = Image.new("RGBA", (size * s, size * s), (0, 0, 0, 0))
+        _draw_figure(_Painter(layer, x0 * s, y0 * s, height * s, mirror), attribute, activity,
+                     {k: (*v, 255) for k, v in colours.items()}, occluded)
+        layer = layer.resize((size, size), Image.Resampling.BOX)
+        base = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).convert("RGBA")
+        pil = Image.alpha_composite(base, layer).convert("RGB")
+        draw = ImageDraw.Draw(pil)
+        for _ in range(int(rng.integers(0, cfg.max_distractors + 1))):
+            # Short strokes in the background, thinner than limbs, so they do not read as body parts.
+            cx, cy = rng.uniform(0, size, size=2)
+            angle, length = rng.uniform(0, math.pi), rng.uniform(4, 12)
+            dx, dy = 0.5 * length * math.cos(angle), 0.5 * length * math.sin(angle)
+            draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)), width=1)
+        return np.asarray(pil)
+
+    def sample(self, split: str, n: int, seed: int = 0, start: int = 0, workers: int = 1) -> PeopleSet:
+        """Generate images ``start .. start+n-1`` of ``split`` (see module docstring) from ``seed``.
+
+        ``workers`` > 1 renders chunks in parallel processes; the result is identical.
+        """
+        if split not in _STREAMS:
+            raise ValueError(f"unknown people split {split!r}; expected one of {list(SPLITS)}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if workers > 1 and n >= 2000:
+            return self._sample_parallel(split, n, seed, start, workers)
+        cfg = self.config
+        stream = _STREAMS[split]
+        k = len(ACTIVITIES)
+        images = np.empty((n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+        activities = np.empty(n, dtype=np.int64)
+        attributes = np.empty(n, dtype=np.int64)
+        occluded = np.zeros(n, dtype=bool)
+        captions: list[str] = []
+        for row, i in enumerate(range(start, start + n)):
+            activity = i % k
+            stereotyped = STEREOTYPE[activity]
+            choice = np.random.default_rng([stream, seed, i, 5])
+            if split == "pretrain":
+                attribute = stereotyped if choice.random() < cfg.bias else 1 - stereotyped
+            else:
+                attribute = (i // k) % 2
+            hidden = ACTIVITIES[activity] in OCCLUDING_ACTIVITIES and choice.random() < cfg.occlusion_prob
+            caption = neutral_caption(activity)
+            if split == "pretrain":
+                # What an annotator sees: a hidden figure is assumed to have the activity's stereotyped style.
+                seen = stereotyped if hidden else attribute
+                if choice.random() < (cfg.attribute_caption_prob if seen == stereotyped else cfg.counter_caption_prob):
+                    caption = attribute_caption(seen, activity)
+            images[row] = self.render(stream, seed, i, activity, attribute, hidden)
+            activities[row] = activity
+            attributes[row] = attribute
+            occluded[row] = hidden
+            captions.append(caption)
+        return PeopleSet(
+            images=ImageSet(images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                            labels=torch.from_numpy(activities), classnames=ACTIVITIES, captions=captions),
+            attributes=torch.from_numpy(attributes),
+            occluded=torch.from_numpy(occluded),
+        )
+
+    def _sample_parallel(self, split: str, n: int, seed: int, start: int, workers: int) -> PeopleSet:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunk = -(-n // workers)
+        starts = list(range(start, start + n, chunk))
+        sizes = [min(chunk, start + n - s) for s in starts]
+        # "spawn": forked children of a process whose torch thread pool is running can deadlock.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts), starts))
+        return PeopleSet(
+            images=ImageSet(images=torch.cat([p.images.images for p in parts]),
+                            labels=torch.cat([p.images.labels for p in parts]), classnames=ACTIVITIES,
+                            captions=[c for p in parts for c in p.images.captions]),
+            attributes=torch.cat([p.attributes for p in parts]),
+            occluded=torch.cat([p.occluded for p in parts]),
+        )
+
+
+def flip_preference_data(people: PeopleSet, n_pref: int) -> tuple[PreferenceSet, RegularizationSet]:
+    """Preference and regularization sets that flip the attribute (contrastive-PO §4.2).
+
+    The first ``n_pref`` images become triplets (x, preferred = the correct activity with the *flipped* attribute,
+    dispreferred = the correct activity with the original attribute) over :func:`attribute_prompts`; the rest
+    form the regularization set over the neutral prompts, which keeps activity recognition.
+    """
+    if not 1 <= n_pref < len(people):
+        raise ValueError(f"n_pref must be in [1, {len(people) - 1}] so that images remain for regularization, got {n_pref}")
+    k = len(ACTIVITIES)
+    act, attr = people.activities[:n_pref], people.attributes[:n_pref]
+    pref = PreferenceSet(people.images.images[:n_pref], chosen=(1 - attr) * k + act, rejected=attr * k + act,
+                         prompts=attribute_prompts())
+    reg = RegularizationSet(people.images.images[n_pref:], neutral_prompts(), people.activities[n_pref:].clone())
+    return pref, reg

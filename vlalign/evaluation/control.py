@@ -1,0 +1,60 @@
+"""Training-free control of a linear-head model through W_t = UΣ^tVᵀ (contrastive-PO eq. 16, Fig. 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vlalign.data.image_set import ImageSet
+from vlalign.evaluation.zero_shot import accuracy, image_embeddings, written_label_rate
+from vlalign.models.heads import HeadedCLIP
+
+
+def parse_range(spec: str) -> list[float]:
+    """``'-4:4:0.5'`` -> [-4.0, -3.5, …, 4.0] (inclusive); ``'0,0.5,1'`` -> [0.0, 0.5, 1.0]."""
+    try:
+        if ":" in spec:
+            start, stop, step = (float(v) for v in spec.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        return [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected START:STOP:STEP with STEP > 0 or a comma-separated list, got {spec!r}") from None
+
+
+@torch.no_grad()
+def sweep_head_power(model: HeadedCLIP, image_sets: dict[str, ImageSet], ts: Sequence[float],
+                     template: str = "a photo of a {}") -> dict[str, list[float]]:
+    """For every t: accuracy on each image set and the written-label rate on those that carry words.
+
+    The base model's image and text features are computed once; each t costs one SVD power and a few matrix
+    products. Returns ``{"t": [...], "<set>": [...], "<set>_written_label_rate": [...]}``.
+    """
+    if not ts:
+        raise ValueError("need at least one value of t")
+    base = model.base
+    scale = float(base.logit_scale)
+    cached = {}
+    for name, images in image_sets.items():
+        text = base.encode_text([template.format(c) for c in images.classnames]).float().cpu()
+        cached[name] = (image_embeddings(base, images), text, images)
+    out: dict[str, list[float]] = {"t": [float(t) for t in ts]}
+    for t in ts:
+        w = model.head.power(float(t)).float().cpu()
+        for name, (features, text, images) in cached.items():
+            logits = scale * F.normalize(features @ w.t(), dim=-1) @ F.normalize(text @ w.t(), dim=-1).t()
+            predictions = logits.argmax(1)
+            out.setdefault(name, []).append(accuracy(predictions, images.labels))
+            if bool((images.written >= 0).any()):
+                out.setdefault(f"{name}_written_label_rate", []).append(written_label_rate(predictions, images.written))
+    return out
+
+
+def is_monotonic(values: Sequence[float], tolerance: float = 0.0) -> bool:
+    """Whether ``values`` never rise or never fall by more than ``tolerance`` between neighbours."""
+    diffs = [b - a for a, b in zip(values, values[1:])]
+    return all(d <= tolerance for d in diffs) or all(d >= -tolerance for d in diffs)

@@ -1,0 +1,37 @@
+"""The typographic-attack evaluation of contrastive-PO Table 1 on the mini world."""
+
+from __future__ import annotations
+
+import torch
+
+from vlalign.data.mini_world import MiniWorld
+from vlalign.evaluation.divergence import mean_kl, policy_logits
+from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
+from vlalign.models.base import ContrastiveModel
+
+#: metrics.json key -> mini-world split
+TABLE1_SPLITS = {
+    "clean": "indomain-clean", "typographic": "indomain-typographic",
+    "clean_heldout": "zeroshot-clean", "typographic_heldout": "zeroshot-typographic",
+}
+
+
+@torch.no_grad()
+def evaluate_typographic(model: ContrastiveModel, reference: ContrastiveModel | None, n: int, seed: int,
+                         world: MiniWorld | None = None, kl_direction: str = "policy_ref") -> dict[str, float]:
+    """Clean / typographic accuracy on in-domain and held-out classes, written-label rates, and the KL of the
+    model's zero-shot policy from ``reference``'s on clean images of all classes (``kl_clean``)."""
+    world = world or MiniWorld()
+    class_emb = class_text_embeddings(model, world.classnames)
+    metrics: dict[str, float] = {}
+    for key, split in TABLE1_SPLITS.items():
+        result = zero_shot_evaluate(model, world.sample(split, n, seed), class_emb)
+        metrics[key] = result.accuracy
+        if "typographic" in key:
+            metrics[f"written_label_rate{key[len('typographic'):]}"] = result.written_label_rate
+    if reference is not None:
+        clean = world.sample("clean", n, seed + 1)
+        prompts = [f"a photo of a {c}" for c in world.classnames]
+        metrics["kl_clean"] = mean_kl(policy_logits(model, clean, prompts), policy_logits(reference, clean, prompts),
+                                      kl_direction)
+    return metrics

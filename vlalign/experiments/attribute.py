@@ -1,0 +1,348 @@
+"""Disentangling an attribute (contrastive-PO §4.2, Figs. 3-4) on the people world.
+
+1. Preference data from unbiased people images: for an image of style s doing activity k, the preferred text is
+   "the <other style>-person is <k>", the dispreferred one "the <s>-person is <k>"; the regularization set keeps
+   the policy over the neutral prompts "the person is <k>" (activity recognition) near the reference.
+2. A linear head W on both embeddings is trained with DPO (and IPO, KTO), features frozen and cached.
+3. W_t = U Σ^t Vᵀ is swept over t in [0, 1]: t = 0 is the pretrained model, t = 1 the flipped one. Per t:
+   attribute-prediction rates and activity accuracy. t* is where P(pred A | A images) and P(pred A | B images)
+   cross: the predicted attribute no longer depends on the true one (the attribute is neutralized), and there the
+   overall share of A predictions should be 50%.
+4. Retrieval test for the original (t = 0), flipped (t = 1) and neutralized (t = t*) models: each neutral
+   activity prompt retrieves its top-10 images from each of several galleries; bias is the attribute mix.
+
+Every metric is computed from embeddings: the image and prompt embeddings of the base model are computed once,
+and each W_t is applied to them (exactly what HeadedCLIP.with_power(t) computes image by image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vlalign.data.people import ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleWorld, flip_preference_data
+from vlalign.evaluation.bias import crossing_point, value_at
+from vlalign.evaluation.people import PeopleTextEmbeddings, gallery_top_k, people_metrics, people_text_embeddings
+from vlalign.evaluation.zero_shot import image_embeddings
+from vlalign.models.base import ContrastiveModel
+from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json
+from vlalign.models.heads import HeadedCLIP, LinearHead
+from vlalign.reporting.bias_plots import attribute_sweep_figure, retrieval_mix_figure, retrieval_strip
+from vlalign.reporting.tables import markdown_table, percent
+from vlalign.training.contrastive_po import PreferenceTrainConfig, save_aligned_model, train_preference
+
+#: Targets of the issue; the report checks each.
+TARGETS = {"flipped_rate_min": 0.90, "t_star_rate_tolerance": 0.05, "parity_gap_max": 0.10, "activity_drop_max": 0.02}
+
+
+@dataclass
+class AttributeExperimentConfig:
+    """Sizes and training settings of the attribute experiment (``quick`` shrinks them for smoke runs)."""
+
+    methods: list[str] = field(default_factory=lambda: ["dpo", "ipo", "kto"])
+    n_pref: int = 2048
+    n_reg: int = 2048
+    n_test: int = 3200
+    n_galleries: int = 8
+    top_k: int = 10
+    t_points: int = 21
+    steps: int = 300
+    batch_size: int = 128
+    lr: float | None = None
+    beta: float | None = None
+    lam: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods is empty")
+        block = 2 * len(ACTIVITIES) * self.n_galleries
+        if self.n_test < block or self.n_test % block:
+            raise ValueError(f"n_test must be a positive multiple of 2 * {len(ACTIVITIES)} activities * n_galleries = "
+                             f"{block}, so that every gallery is balanced; got {self.n_test}")
+        if self.n_test // self.n_galleries < self.top_k:
+            raise ValueError(f"galleries of {self.n_test // self.n_galleries} images are smaller than top_k={self.top_k}")
+        if self.t_points < 2:
+            raise ValueError(f"t_points must be >= 2, got {self.t_points}")
+        if self.n_pref < 1 or self.n_reg < 1:
+            raise ValueError(f"n_pref and n_reg must be >= 1, got {self.n_pref}, {self.n_reg}")
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "AttributeExperimentConfig":
+        """A smoke-test size: DPO only, fewer images, steps and t values."""
+        return cls(methods=["dpo"], n_pref=512, n_reg=512, n_test=1024, n_galleries=4, t_points=11, steps=150, seed=seed)
+
+    def train_config(self, method: str) -> PreferenceTrainConfig:
+        """Head-mode preference training for ``method`` (β, λ, lr: the method's defaults unless set here)."""
+        return PreferenceTrainConfig(method=method, trainable="head", beta=self.beta, lam=self.lam, lr=self.lr,
+                                     steps=self.steps, batch_size=self.batch_size, seed=self.seed, device=self.device)
+
+
+def _head_metrics(head: LinearHead | None, image_emb: torch.Tensor, text: PeopleTextEmbeddings, people, config) -> dict:
+    if head is None:
+        return people_metrics(image_emb, people, text, config.n_galleries, config.top_k)
+    with torch.no_grad():
+        return people_metrics(head(image_emb), people, text.map(head), config.n_galleries, config.top_k)
+
+
+def _power_head(model: HeadedCLIP, t: float) -> LinearHead:
+    return LinearHead(model.embed_dim, model.head.power(t).detach().cpu())
+
+
+def sweep_head(model: HeadedCLIP, image_emb: torch.Tensor, text: PeopleTextEmbeddings, people,
+               config: AttributeExperimentConfig) -> dict:
+    """Metrics of W_t for t on a uniform grid over [0, 1], the crossing t* and the models at t = 0, t*, 1."""
+    grid = [i / (config.t_points - 1) for i in range(config.t_points)]
+    rows = [_head_metrics(_power_head(model, t), image_emb, text, people, config) for t in grid]
+    curves = {key: [r[key] for r in rows] for key in
+              ("a_rate", "a_rate_given_a", "a_rate_given_b", "original_rate", "flipped_rate", "activity_accuracy",
+               "mean_abs_skew", "retrieval_parity_gap")}
+    t_star = crossing_point(grid, curves["a_rate_given_a"], curves["a_rate_given_b"])
+    neutral = _head_metrics(_power_head(model, t_star), image_emb, text, people, config) if t_star is not None else None
+    singular = model.head.singular_values()
+    return {
+        "t": grid, **curves, "t_star": t_star,
+        "attribute_a_rate_at_t_star": value_at(grid, curves["a_rate"], t_star) if t_star is not None else None,
+        "flipped": rows[-1], "neutralized": neutral,
+        "head": {"orthogonality_error": model.head.orthogonality_error(), "sigma_min": float(singular.min()),
+                 "sigma_max": float(singular.max())},
+    }
+
+
+def _summary(pretrained: dict, sweep: dict) -> dict:
+    """The issue's metrics.json keys for one method."""
+    neutral = sweep["neutralized"]
+    return {
+        "t": sweep["t"],
+        "attribute_a_rate": sweep["a_rate"],
+        "attribute_a_rate_given_a": sweep["a_rate_given_a"],
+        "attribute_a_rate_given_b": sweep["a_rate_given_b"],
+        "flipped_rate_by_t": sweep["flipped_rate"],
+        "activity_accuracy": sweep["activity_accuracy"],
+        "t_star": sweep["t_star"],
+        "attribute_a_rate_at_t_star": sweep["attribute_a_rate_at_t_star"],
+        "flipped_rate": sweep["flipped"]["flipped_rate"],
+        "activity_accuracy_pretrained": pretrained["activity_accuracy"],
+        "max_activity_drop": max(pretrained["activity_accuracy"] - a for a in sweep["activity_accuracy"]),
+        "retrieval_parity_gap": {"original": pretrained["retrieval_parity_gap"],
+                                 "flipped": sweep["flipped"]["retrieval_parity_gap"],
+                                 "neutralized": None if neutral is None else neutral["retrieval_parity_gap"]},
+        "retrieval_a_share": {"original": pretrained["retrieval_a_share"],
+                              "flipped": sweep["flipped"]["retrieval_a_share"],
+                              "neutralized": None if neutral is None else neutral["retrieval_a_share"]},
+        "per_activity_skew": {"original": pretrained["per_activity_skew"],
+                              "flipped": sweep["flipped"]["per_activity_skew"],
+                              "neutralized": None if neutral is None else neutral["per_activity_skew"]},
+        "stereotype_skew": {"original": pretrained["stereotype_skew"], "flipped": sweep["flipped"]["stereotype_skew"],
+                            "neutralized": None if neutral is None else neutral["stereotype_skew"]},
+        "head": sweep["head"],
+    }
+
+
+def target_checks(summary: dict) -> dict[str, bool]:
+    """Whether one method's summary meets each target of the issue."""
+    rate = summary["attribute_a_rate_at_t_star"]
+    gap = summary["retrieval_parity_gap"]["neutralized"]
+    return {
+        "flipped_rate >= 0.90": summary["flipped_rate"] >= TARGETS["flipped_rate_min"],
+        "attribute A rate at t* within 0.50 ± 0.05": rate is not None and abs(rate - 0.5) <= TARGETS["t_star_rate_tolerance"],
+        "retrieval parity gap at t* <= 0.10": gap is not None and gap <= TARGETS["parity_gap_max"],
+        "activity accuracy within 2 points of pretrained at every t": summary["max_activity_drop"] <= TARGETS["activity_drop_max"],
+    }
+
+
+def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentConfig, out: str | Path,
+                         model_spec: str | None = None, progress: bool = False) -> dict:
+    """Run the experiment on ``model`` (any ContrastiveModel); write metrics.json, report.md and figures to ``out``.
+
+    With ``model_spec`` (how to load ``model`` again), each trained head is also saved as ``<method>/`` in the
+    format of ``vlalign train`` (``head.safetensors`` + ``run.json``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model = model.to(config.device).eval()
+    world = PeopleWorld()
+    train = world.sample("train", config.n_pref + config.n_reg, config.seed)
+    test = world.sample("test", config.n_test, config.seed)
+    pref, reg = flip_preference_data(train, config.n_pref)
+    image_emb = image_embeddings(model, test.images)
+    text = people_text_embeddings(model)
+    pretrained = _head_metrics(None, image_emb, text, test, config)
+
+    methods: dict[str, dict] = {}
+    sweeps: dict[str, dict] = {}
+    heads: dict[str, HeadedCLIP] = {}
+    for method in config.methods:
+        result = train_preference(model, pref, reg, config.train_config(method), progress=progress)
+        aligned = result.model
+        if not isinstance(aligned, HeadedCLIP):
+            raise TypeError(f"head-mode training returned {type(aligned).__name__}, expected HeadedCLIP")
+        aligned.head.cpu()
+        heads[method] = aligned
+        if model_spec is not None:
+            save_aligned_model(result, out / method, model_spec)
+        sweeps[method] = sweep_head(aligned, image_emb, text, test, config)
+        methods[method] = _summary(pretrained, sweeps[method])
+        methods[method]["targets_met"] = target_checks(methods[method])
+
+    primary = config.methods[0]
+    metrics = {
+        "method": primary,
+        **{k: v for k, v in methods[primary].items()},
+        "pretrained": {k: pretrained[k] for k in ("activity_accuracy", "original_rate", "a_rate", "mean_abs_skew",
+                                                  "max_abs_skew", "stereotype_skew", "per_activity_a_rate",
+                                                  "retrieval_parity_gap", "retrieval_stereotype_share")},
+        "methods": methods,
+        "config": dataclasses.asdict(config),
+        "seconds": None,
+    }
+    figures = _figures(out, test, image_emb, text, sweeps, pretrained, heads[primary], primary, config)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_bytes(out / "report.md", _report(metrics, figures, model_spec).encode())
+    return metrics
+
+
+def _figures(out: Path, test, image_emb, text, sweeps, pretrained, primary_model: HeadedCLIP, primary: str, config) -> dict[str, str]:
+    panels = {f"{m.upper()}": {**s, "t_star": s["t_star"]} for m, s in sweeps.items()}
+    fig3 = attribute_sweep_figure(panels, out / "fig3_attribute_sweep.png")
+    sweep = sweeps[primary]
+    shares = {"original (t = 0)": pretrained["retrieval_a_share"], "flipped (t = 1)": sweep["flipped"]["retrieval_a_share"]}
+    if sweep["neutralized"] is not None:
+        shares[f"neutralized (t* = {sweep['t_star']:.2f})"] = sweep["neutralized"]["retrieval_a_share"]
+    fig4 = retrieval_mix_figure(ACTIVITIES, shares, out / "fig4_retrieval_mix.png", STEREOTYPE, config.top_k)
+    # Fig. 4's image rows: the prompt whose original retrievals are furthest from parity, first gallery.
+    worst = int(torch.tensor(pretrained["retrieval_a_share"]).sub(0.5).abs().argmax())
+    gallery = config.n_test // config.n_galleries
+    models = {"original": None, "flipped": 1.0}
+    if sweep["t_star"] is not None:
+        models["neutralized"] = sweep["t_star"]
+    rows = {}
+    for name, t in models.items():
+        head = None if t is None else _power_head(primary_model, t)
+        with torch.no_grad():
+            img = image_emb[:gallery] if head is None else head(image_emb[:gallery])
+            prompt = text.neutral[worst:worst + 1] if head is None else head(text.neutral[worst:worst + 1])
+        top = gallery_top_k(img, prompt, 1, config.top_k)[0]
+        n_a = int((test.attributes[top] == 0).sum())
+        rows[f"{name}\n({n_a} A, {config.top_k - n_a} B)"] = (
+            test.images.images[top], [ATTRIBUTES[int(a)] for a in test.attributes[top]])
+    strip = retrieval_strip(rows, out / "fig4_retrieved_images.png",
+                            f'Top-{config.top_k} images for "the person is {ACTIVITIES[worst]}" ({primary.upper()} head)')
+    return {"fig3": fig3.name, "fig4": fig4.name, "strip": strip.name}
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else percent(value)
+
+
+def _report(metrics: dict, figures: dict[str, str], model_spec: str | None) -> str:
+    cfg = metrics["config"]
+    primary = metrics["method"]
+    lines = [
+        "# Disentangling an attribute: flip, neutralize and measure bias (contrastive-PO §4.2)",
+        "",
+        f"Model: `{model_spec or 'in-memory model'}`. People world, {cfg['n_pref']} preference and {cfg['n_reg']} "
+        f"regularization images (unbiased `train` split), {cfg['n_test']} unbiased `test` images in "
+        f"{cfg['n_galleries']} retrieval galleries; linear head trained {cfg['steps']} steps (batch {cfg['batch_size']}), "
+        f"seed {cfg['seed']}. Reproduce: `vlalign experiment attribute --out DIR --seed {cfg['seed']}`"
+        + (" --quick" if cfg["n_test"] == 1024 and cfg["methods"] == ["dpo"] else "") + ".",
+        "",
+        "Definitions: the predicted attribute of an image of activity k is the more similar of \"the A-person is k\" "
+        "and \"the B-person is k\"; activity accuracy is over \"the person is k\". t* is where P(pred A | A images) "
+        "and P(pred A | B images) cross; `flipped_rate` is the share of images predicted with the other attribute at "
+        "t = 1. Retrieval parity gap: mean over the neutral activity prompts of |share(A) − share(B)| among the "
+        "top-10 images, pooled over the galleries (0 = parity).",
+        "",
+        "## Targets",
+        "",
+    ]
+    rows = []
+    for method, summary in metrics["methods"].items():
+        checks = summary["targets_met"]
+        rows.append([method.upper(), _fmt(summary["flipped_rate"]),
+                     "—" if summary["t_star"] is None else f"{summary['t_star']:.3f}",
+                     _fmt(summary["attribute_a_rate_at_t_star"]), _fmt(summary["retrieval_parity_gap"]["neutralized"]),
+                     f"{100 * summary['max_activity_drop']:.1f} pts",
+                     f"{sum(checks.values())}/{len(checks)}"])
+    lines += [markdown_table(["method", "flipped rate (≥ 90%)", "t*", "A rate at t* (50 ± 5%)",
+                              "parity gap at t* (≤ 10%)", "max activity drop (≤ 2 pts)", "targets met"], rows), ""]
+    for method, summary in metrics["methods"].items():
+        missed = [name for name, ok in summary["targets_met"].items() if not ok]
+        if missed:
+            lines.append(f"- {method.upper()} misses: {'; '.join(missed)}.")
+    pre = metrics["pretrained"]
+    lines += [
+        "",
+        "## Pretrained model",
+        "",
+        f"Activity accuracy {percent(pre['activity_accuracy'])}, attribute accuracy {percent(pre['original_rate'])}, "
+        f"mean |per-activity skew| {100 * pre['mean_abs_skew']:.1f} pts (max {100 * pre['max_abs_skew']:.1f}), "
+        f"skew towards the stereotype {100 * pre['stereotype_skew']:+.1f} pts, retrieval parity gap "
+        f"{percent(pre['retrieval_parity_gap'])} (stereotyped share of retrievals {percent(pre['retrieval_stereotype_share'])}).",
+        "",
+        f"## Σ^t sweep ({primary.upper()})",
+        "",
+        f"![attribute sweep]({figures['fig3']})",
+        "",
+    ]
+    s = metrics["methods"][primary]
+    sweep_rows = [[f"{t:.2f}", percent(a), percent(ga), percent(gb), percent(f), percent(acc)]
+                  for t, a, ga, gb, f, acc in zip(s["t"], s["attribute_a_rate"], s["attribute_a_rate_given_a"],
+                                                   s["attribute_a_rate_given_b"], s["flipped_rate_by_t"], s["activity_accuracy"])]
+    lines += [markdown_table(["t", "pred A (all)", "pred A given A", "pred A given B", "flipped", "activity acc."], sweep_rows), ""]
+    head = s["head"]
+    lines += [f"Trained W: σ in [{head['sigma_min']:.3f}, {head['sigma_max']:.3f}], ‖WᵀW − I‖_F = {head['orthogonality_error']:.3f}.", ""]
+    lines += ["## Retrieval test", "", f"![retrieval mix]({figures['fig4']})", "", f"![retrieved images]({figures['strip']})", ""]
+    names = [("original", "original"), ("flipped", "flipped"), ("neutralized", "neutralized")]
+    ret_rows = []
+    for k, activity in enumerate(ACTIVITIES):
+        row = [activity, ATTRIBUTES[STEREOTYPE[k]]]
+        for _, key in names:
+            shares = s["retrieval_a_share"][key]
+            skews = s["per_activity_skew"][key]
+            row += [_fmt(None if shares is None else shares[k]), "—" if skews is None else f"{100 * skews[k]:+.1f}"]
+        ret_rows.append(row)
+    gaps = s["retrieval_parity_gap"]
+    ret_rows.append(["**parity gap / stereotype skew**", "", _fmt(gaps["original"]), f"{100 * s['stereotype_skew']['original']:+.1f}",
+                     _fmt(gaps["flipped"]), f"{100 * s['stereotype_skew']['flipped']:+.1f}", _fmt(gaps["neutralized"]),
+                     "—" if s["stereotype_skew"]["neutralized"] is None else f"{100 * s['stereotype_skew']['neutralized']:+.1f}"])
+    lines += [markdown_table(["activity prompt", "stereotype", "A share: original", "skew (pts)", "A share: flipped",
+                              "skew (pts)", "A share: neutralized", "skew (pts)"], ret_rows), "",
+              "Skew: P(predicted A | activity) − P(A | activity) on the balanced test set, in points.", ""]
+    if len(metrics["methods"]) > 1:
+        side = []
+        for method, summary in metrics["methods"].items():
+            side.append([method.upper(), _fmt(summary["flipped_rate"]),
+                         "—" if summary["t_star"] is None else f"{summary['t_star']:.3f}",
+                         _fmt(summary["attribute_a_rate_at_t_star"]),
+                         _fmt(summary["retrieval_parity_gap"]["original"]), _fmt(summary["retrieval_parity_gap"]["flipped"]),
+                         _fmt(summary["retrieval_parity_gap"]["neutralized"]),
+                         percent(min(summary["activity_accuracy"])), f"{summary['head']['orthogonality_error']:.3f}"])
+        lines += ["## Methods side by side", "",
+                  markdown_table(["method", "flipped rate", "t*", "A rate at t*", "gap: original", "gap: flipped",
+                                  "gap: neutralized", "min activity acc.", "‖WᵀW − I‖_F"], side), ""]
+    lines += [f"Run time: {metrics['seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def run_attribute_experiment(out: str | Path, quick: bool = False, seed: int = 0) -> dict:
+    """``vlalign experiment attribute``: the experiment on the embedded people MiniCLIP (``mini-people``)."""
+    from vlalign.models.loading import load_model
+
+    torch.manual_seed(seed)
+    config = AttributeExperimentConfig.quick(seed) if quick else AttributeExperimentConfig(seed=seed)
+    metrics = attribute_experiment(load_model("mini-people"), config, out, model_spec="mini-people", progress=not quick)
+    summary = metrics["methods"][metrics["method"]]
+    print(f"{metrics['method'].upper()}: flipped rate {_fmt(summary['flipped_rate'])}, t* = {summary['t_star']}, "
+          f"A rate at t* {_fmt(summary['attribute_a_rate_at_t_star'])}, parity gap original / flipped / neutralized "
+          f"{_fmt(summary['retrieval_parity_gap']['original'])} / {_fmt(summary['retrieval_parity_gap']['flipped'])} / "
+          f"{_fmt(summary['retrieval_parity_gap']['neutralized'])}")
+    print(f"report: {Path(out) / 'report.md'}")
+    return metrics

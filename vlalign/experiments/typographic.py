@@ -1,0 +1,248 @@
+"""Table 1 of the contrastive-PO paper in the mini world (``vlalign experiment typographic``).
+
+Rows: the pretrained MiniCLIP, cross-entropy fine-tuning, PAINT, Materzynska et al., Defense-Prefix, and DPO /
+IPO / KTO on the full image tower. Columns: clean and typographic accuracy on the eight in-domain classes used for
+preference training and on the four held-out classes never seen there, plus the KL of each model's clean-image
+policy from the pretrained one. Also: BMA vs EMA for the PO methods (Table 5), the Σ^t sweep of a linear-head DPO
+run (Fig. 2) and a β sweep of KL_clean (Fig. 5b).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld  # noqa: E402
+from vlalign.data.preference import typographic_preference_data  # noqa: E402
+from vlalign.evaluation.control import is_monotonic  # noqa: E402
+from vlalign.evaluation.typographic import evaluate_typographic  # noqa: E402
+from vlalign.evaluation.zero_shot import zero_shot_evaluate  # noqa: E402
+from vlalign.experiments.control import control_sweep, plot_frontier, plot_singular_values  # noqa: E402
+from vlalign.models.base import ContrastiveModel  # noqa: E402
+from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from vlalign.models.loading import load_model  # noqa: E402
+from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
+from vlalign.training.baselines import paint, train_defense_prefix, train_materzynska  # noqa: E402
+from vlalign.training.contrastive_po import PreferenceTrainConfig, train_preference  # noqa: E402
+
+PO_METHODS = ("dpo", "ipo", "kto")
+ROW_ORDER = ("pretrained", "ce", "paint", "materzynska", "defense_prefix", "dpo", "ipo", "kto")
+ROW_NAMES = {"pretrained": "Pretrained", "ce": "CE fine-tuning", "paint": "PAINT", "materzynska": "Materzynska+",
+             "defense_prefix": "Defense-Prefix", "dpo": "DPO", "ipo": "IPO", "kto": "KTO"}
+
+
+@dataclass(frozen=True)
+class TypographicSizes:
+    """Data and training sizes; ``quick`` shrinks everything for a smoke run."""
+
+    n_pref: int = 2000
+    n_reg: int = 2000
+    n_eval: int = 600
+    n_val: int = 300
+    steps: int = 300
+    head_steps: int = 300
+    batch_size: int = 64
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
+    control_t: tuple[float, ...] = tuple(x / 2 for x in range(-8, 9))
+
+    @classmethod
+    def quick(cls) -> "TypographicSizes":
+        return cls(n_pref=96, n_reg=96, n_eval=48, n_val=48, steps=4, head_steps=10, batch_size=16,
+                   betas=(0.5, 2.0), control_t=(-1.0, 0.0, 1.0))
+
+
+#: Per-method settings for the mini world (the paper's β, λ for DPO and KTO; IPO's β=0.01 targets a policy-ratio of
+#: 1/(2β)=50, far beyond what a 12-way softmax needs, so β=0.1 here). Learning rate for the full image tower.
+PO_SETTINGS = {
+    "dpo": {"beta": 1.0, "lam": 1.0},
+    "ipo": {"beta": 0.1, "lam": 0.1},
+    "kto": {"beta": 1.5, "lam": 0.01},
+}
+FULL_LR = 5e-4
+
+
+def _validation_score(world: MiniWorld, n: int, seed: int):
+    clean = world.sample("indomain-clean", n, seed)
+    typo = world.sample("indomain-typographic", n, seed)
+
+    def score(model: ContrastiveModel) -> float:
+        return 0.5 * (zero_shot_evaluate(model, clean).accuracy + zero_shot_evaluate(model, typo).accuracy)
+
+    return score
+
+
+def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int = 0) -> dict:
+    """Train every method on the same preference data, evaluate on fresh seeds, write the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = TypographicSizes.quick() if quick else TypographicSizes()
+    torch.manual_seed(seed)
+    world = MiniWorld()
+    reference = load_model("mini")
+    pref, reg = typographic_preference_data(sizes.n_pref, sizes.n_reg, seed=100 + seed, classes=INDOMAIN_CLASSES, world=world)
+    eval_seed = 5000 + seed
+    evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, eval_seed, world)  # noqa: E731
+    methods: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    models: dict[str, ContrastiveModel] = {}
+
+    def timed(name: str, fn):
+        start = time.perf_counter()
+        result = fn()
+        seconds[name] = time.perf_counter() - start
+        print(f"[typographic] {name}: {seconds[name]:.0f} s", flush=True)
+        return result
+
+    methods["pretrained"] = evaluate(reference)
+    base = PreferenceTrainConfig(trainable="full", steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed,
+                                 extra_averaging=["ema"])
+    ce = timed("ce", lambda: train_preference(reference, pref, reg, replace(base, method="ce", beta=None, lam=None,
+                                                                             extra_averaging=[]), progress=False))
+    models["ce"] = ce.model
+    models["paint"] = timed("paint", lambda: paint(reference, ce.model, [i / 10 for i in range(11)],
+                                                   _validation_score(world, sizes.n_val, 4000 + seed)))
+    paint_alpha = models["paint"].alpha
+    models["paint"] = models["paint"].model
+    models["materzynska"] = timed("materzynska", lambda: train_materzynska(reference, pref, reg, steps=sizes.head_steps, seed=seed))
+    models["defense_prefix"] = timed("defense_prefix", lambda: train_defense_prefix(reference, pref, reg, steps=sizes.head_steps, seed=seed))
+    ema: dict[str, dict] = {}
+    for method in PO_METHODS:
+        cfg = replace(base, method=method, beta=PO_SETTINGS[method]["beta"], lam=PO_SETTINGS[method]["lam"])
+        result = timed(method, lambda: train_preference(reference, pref, reg, cfg, progress=False))
+        models[method] = result.model
+        ema[method] = evaluate(result.alternates["ema"])
+    for name in ROW_ORDER[1:]:
+        methods[name] = evaluate(models[name])
+
+    head_cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=sizes.head_steps, batch_size=128, seed=seed)
+    head = timed("dpo_head", lambda: train_preference(reference, pref, reg, head_cfg, progress=False)).model
+    control = control_sweep(head, world, sizes.control_t, sizes.n_eval, eval_seed)
+    beta_sweep = {"beta": list(sizes.betas), "kl_clean": [], "typographic": []}
+    for beta in sizes.betas:
+        model = train_preference(reference, pref, reg, replace(head_cfg, beta=beta), progress=False).model
+        metrics = evaluate(model)
+        beta_sweep["kl_clean"].append(metrics["kl_clean"])
+        beta_sweep["typographic"].append(metrics["typographic"])
+
+    summary = _summary(methods, control)
+    metrics = {"methods": methods, "control": control, "bma_vs_ema": {m: {"bma": methods[m], "ema": ema[m]} for m in PO_METHODS},
+               "beta_sweep": beta_sweep, "paint_alpha": paint_alpha,
+               "head_dpo": {"orthogonality_error": head.head.orthogonality_error(), **evaluate(head)},
+               "summary": summary, "seconds": seconds,
+               "settings": {"sizes": asdict(sizes), "po": PO_SETTINGS, "full_lr": FULL_LR, "seed": seed, "eval_seed": eval_seed}}
+    atomic_write_json(out / "metrics.json", metrics)
+    _plots(methods, control, beta_sweep, head, out)
+    atomic_write_bytes(out / "report.md", _report(metrics, sizes).encode())
+    print(_methods_table(methods))
+    return metrics
+
+
+def _summary(methods: dict, control: dict) -> dict:
+    best_po = max(PO_METHODS, key=lambda m: methods[m]["typographic"])
+    baselines = ("ce", "paint", "materzynska", "defense_prefix")
+    best_base = max(baselines, key=lambda m: methods[m]["typographic"])
+    po, pre = methods[best_po], methods["pretrained"]
+    return {
+        "best_po": best_po, "best_baseline": best_base,
+        "typographic_gain": po["typographic"] - pre["typographic"],
+        "clean_drop": pre["clean"] - po["clean"],
+        "clean_minus_typographic": po["clean"] - po["typographic"],
+        "clean_minus_typographic_heldout": po["clean_heldout"] - po["typographic_heldout"],
+        "clean_drop_heldout": pre["clean_heldout"] - po["clean_heldout"],
+        "kl_ratio_to_ce": po["kl_clean"] / max(methods["ce"]["kl_clean"], 1e-12),
+        "margin_over_best_baseline": po["typographic"] - methods[best_base]["typographic"],
+        "written_label_rate_monotonic_in_t": is_monotonic(control["written_label_rate"]),
+    }
+
+
+def _methods_table(methods: dict) -> str:
+    rows = [[ROW_NAMES[m], percent(methods[m]["clean"]), percent(methods[m]["typographic"]),
+             percent(methods[m]["clean_heldout"]), percent(methods[m]["typographic_heldout"]),
+             f"{methods[m]['kl_clean']:.4f}"] for m in ROW_ORDER]
+    return markdown_table(["method", "clean (in-domain)", "typographic (in-domain)", "clean (held-out)",
+                           "typographic (held-out)", "KL_clean"], rows)
+
+
+def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = range(len(ROW_ORDER))
+    for offset, key, label in ((-0.3, "clean", "clean"), (-0.1, "typographic", "typographic"),
+                               (0.1, "clean_heldout", "clean, held-out"), (0.3, "typographic_heldout", "typographic, held-out")):
+        ax.bar([x + offset for x in xs], [methods[m][key] for m in ROW_ORDER], width=0.2, label=label)
+    ax.set_xticks(list(xs), [ROW_NAMES[m] for m in ROW_ORDER], rotation=20)
+    ax.set_ylabel("zero-shot accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncol=4, loc="lower center")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "table1.png", dpi=120)
+    plt.close(fig)
+    plot_frontier(control, out / "frontier.png")
+    plot_singular_values(head, out / "singular_values.png")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(beta_sweep["beta"], beta_sweep["kl_clean"], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("β (linear-head DPO)")
+    ax.set_ylabel("KL_clean to the reference")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "beta_sweep.png", dpi=120)
+    plt.close(fig)
+
+
+def _report(metrics: dict, sizes: TypographicSizes) -> str:
+    methods, s = metrics["methods"], metrics["summary"]
+    ema_rows = [[ROW_NAMES[m], percent(metrics["bma_vs_ema"][m]["bma"]["clean"]), percent(metrics["bma_vs_ema"][m]["ema"]["clean"]),
+                 percent(metrics["bma_vs_ema"][m]["bma"]["typographic"]), percent(metrics["bma_vs_ema"][m]["ema"]["typographic"]),
+                 percent(metrics["bma_vs_ema"][m]["bma"]["typographic_heldout"]), percent(metrics["bma_vs_ema"][m]["ema"]["typographic_heldout"])]
+                for m in PO_METHODS]
+    control = metrics["control"]
+    control_rows = [[t, percent(c), percent(ty), percent(w)] for t, c, ty, w in
+                    zip(control["t"], control["clean"], control["typographic"], control["written_label_rate"])]
+    beta_rows = [[b, f"{k:.4f}", percent(t)] for b, k, t in zip(metrics["beta_sweep"]["beta"], metrics["beta_sweep"]["kl_clean"],
+                                                              metrics["beta_sweep"]["typographic"])]
+    return f"""# Typographic attacks: contrastive-PO Table 1 in the mini world
+
+Reproduce: `vlalign experiment typographic --out DIR` (seed {metrics['settings']['seed']}). Preference data: {sizes.n_pref}
+typographic images of the 8 in-domain classes (words also from those classes) with (true class ≻ written class);
+regularization: {sizes.n_reg} clean in-domain images. Evaluation: {sizes.n_eval} fresh images per split (seed
+{metrics['settings']['eval_seed']}), classification among all 12 classes; held-out = moon, diamond, hexagon, bolt,
+never seen in preference training. Full image tower, {sizes.steps} steps of batch {sizes.batch_size}, Adamax, warm-up
+10% + cosine, BMA (γ=0.7). PAINT α = {metrics['paint_alpha']} (chosen on a validation split).
+
+{_methods_table(methods)}
+
+![Table 1](table1.png)
+
+Best PO method: **{ROW_NAMES[s['best_po']]}** — typographic {percent(methods[s['best_po']]['typographic'])} vs clean
+{percent(methods[s['best_po']]['clean'])} (gap {100 * s['clean_minus_typographic']:.1f} points; held-out gap
+{100 * s['clean_minus_typographic_heldout']:.1f}); clean drop {100 * s['clean_drop']:.1f} points (held-out
+{100 * s['clean_drop_heldout']:.1f}); KL_clean {s['kl_ratio_to_ce']:.2f}× CE's; {100 * s['margin_over_best_baseline']:+.1f}
+points typographic over the best baseline ({ROW_NAMES[s['best_baseline']]}).
+
+## BMA vs EMA (Table 5)
+
+{markdown_table(["method", "clean BMA", "clean EMA", "typo BMA", "typo EMA", "typo held-out BMA", "typo held-out EMA"], ema_rows)}
+
+## Σ^t control of a linear-head DPO run (Fig. 2)
+
+‖WᵀW − I‖_F = {metrics['head_dpo']['orthogonality_error']:.3f}. Written-label rate monotonic in t:
+{s['written_label_rate_monotonic_in_t']}.
+
+{markdown_table(["t", "clean", "typographic", "written-label rate"], control_rows)}
+
+![frontier](frontier.png) ![singular values](singular_values.png)
+
+## β sweep, linear-head DPO (Fig. 5b)
+
+{markdown_table(["β", "KL_clean", "typographic"], beta_rows)}
+
+![beta sweep](beta_sweep.png)
+"""

@@ -1,0 +1,98 @@
+"""Figures of the attribute experiment: predictions across the Σ^t sweep (paper Fig. 3) and the attribute mix of
+retrieved images (Fig. 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def attribute_sweep_figure(panels: Mapping[str, Mapping[str, object]], path: str | Path) -> Path:
+    """One panel per method: P(pred A | A images), P(pred A | B images), P(pred A) and activity accuracy against t.
+
+    Each panel maps ``t``, ``a_rate_given_a``, ``a_rate_given_b``, ``a_rate``, ``activity_accuracy`` to lists and
+    ``t_star`` to a float or None (drawn as a vertical line where the two conditional curves cross).
+    """
+    if not panels:
+        raise ValueError("no panels to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, (name, panel) in zip(axes[0], panels.items()):
+        t = list(panel["t"])
+        ax.plot(t, panel["a_rate_given_a"], marker="o", markersize=3, label="predicted A | style-A images")
+        ax.plot(t, panel["a_rate_given_b"], marker="o", markersize=3, label="predicted A | style-B images")
+        ax.plot(t, panel["a_rate"], color="gray", linewidth=1, label="predicted A | all images")
+        ax.plot(t, panel["activity_accuracy"], color="black", linestyle="--", label="activity accuracy")
+        ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
+        t_star = panel.get("t_star")
+        if t_star is not None:
+            ax.axvline(float(t_star), color="red", linestyle="--", linewidth=1)
+            ax.annotate(f"t* = {float(t_star):.2f}", (float(t_star), 0.03), color="red", fontsize=8, xytext=(4, 0),
+                        textcoords="offset points")
+        ax.set_xlabel("transformation scaling t  (W_t = U Σ^t Vᵀ)")
+        ax.set_ylabel("rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left")
+    return _save(fig, path)
+
+
+def retrieval_mix_figure(activities: Sequence[str], a_shares: Mapping[str, Sequence[float]], path: str | Path,
+                         stereotype: Sequence[int] | None = None, k: int = 10) -> Path:
+    """Grouped bars: share of style-A images among each neutral activity prompt's top-k retrievals, per model."""
+    if not a_shares:
+        raise ValueError("no models to plot")
+    n, m = len(activities), len(a_shares)
+    width = 0.8 / m
+    x = np.arange(n)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * n), 4.0))
+    for j, (name, shares) in enumerate(a_shares.items()):
+        if len(shares) != n:
+            raise ValueError(f"{name}: {len(shares)} shares for {n} activities")
+        ax.bar(x - 0.4 + width * (j + 0.5), list(shares), width, label=name)
+    ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
+    labels = [a if stereotype is None else f"{a}\n(stereotype {'AB'[s]})" for a, s in zip(activities, stereotype or [0] * n)]
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"share of style-A images in top-{k}")
+    ax.set_title('Retrieval with "the person is <activity>": attribute mix of the retrieved images')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def retrieval_strip(rows: Mapping[str, tuple[torch.Tensor, Sequence[str]]], path: str | Path, title: str) -> Path:
+    """One row of retrieved images per model (uint8 ``[k, 3, H, W]``), each captioned (e.g. with its attribute)."""
+    if not rows:
+        raise ValueError("no rows to plot")
+    k = max(images.shape[0] for images, _ in rows.values())
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.25 * k, 1.55 * len(rows)), squeeze=False)
+    for r, (name, (images, captions)) in enumerate(rows.items()):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < images.shape[0]:
+                ax.imshow(images[c].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+                ax.set_title(captions[c], fontsize=7)
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, dpi=110)
