@@ -163,3 +163,24 @@ def test_defense_prefix_training_moves_typographic_predictions(mini_model, data)
     # the learned prefix raises the true class's share on the training typographic images
     gain = (logits.softmax(1).gather(1, pref.chosen[:32, None]) - base.softmax(1).gather(1, pref.chosen[:32, None])).mean()
     assert float(gain) > 0
+
+
+def test_cli_train_control_and_kl_eval(tmp_path):
+    import json
+
+    from vlalign.cli import main
+
+    config = tmp_path / "dpo_head.yaml"
+    config.write_text("method: dpo\ntrainable: head\nsteps: 4\nbatch_size: 16\nn_pref: 48\nn_reg: 48\neval_images: 24\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"clean", "typographic", "clean_heldout", "typographic_heldout", "kl_clean"} <= set(metrics)
+    assert main(["control", "--run", str(tmp_path / "run"), "--t", "-1:1:1", "--n", "24"]) == 0
+    control = json.loads((tmp_path / "run" / "control" / "control.json").read_text())
+    assert control["t"] == [-1.0, 0.0, 1.0] and len(control["written_label_rate"]) == 3
+    assert (tmp_path / "run" / "control" / "frontier.png").is_file()
+    assert main(["eval", "--model", str(tmp_path / "run"), "--reference", "mini", "--n", "24",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["kl_to_reference"] >= 0
+    config.write_text("method: dpo\ntrainable: head\nstep: 4\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2

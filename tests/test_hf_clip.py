@@ -206,3 +206,29 @@ def test_folder_without_weights_is_a_clear_error(in_memory, tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="cannot load CLIP model"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("trainable", ["head", "full", "lora"])
+def test_preference_optimization_runs_on_a_transformers_clip(in_memory, trainable):
+    """The contrastive-PO trainer works through the same interface on a transformers CLIPModel."""
+    from vlalign.data.preference import PreferenceSet, RegularizationSet
+    from vlalign.training.contrastive_po import PreferenceTrainConfig, train_preference
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 40, 48), dtype=torch.uint8)
+    prompts = ("a photo of a star", "a photo of a moon", "a photo of a ring")
+    pref = PreferenceSet(images, torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long), prompts)
+    reg = RegularizationSet(images, prompts)
+    before = {k: v.clone() for k, v in in_memory.state_dict().items()}
+    cfg = PreferenceTrainConfig(method="dpo", trainable=trainable, steps=3, batch_size=4, lr=1e-2, averaging="none")
+    result = train_preference(in_memory, pref, reg, cfg, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in in_memory.state_dict().items())
+    pixels = images.float() / 255
+    with torch.no_grad():
+        assert not torch.allclose(result.model.encode_image(pixels), in_memory.encode_image(pixels))
+        text_before, text_after = in_memory.encode_text(list(prompts)), result.model.encode_text(list(prompts))
+    if trainable == "head":
+        assert not torch.allclose(text_before, text_after)  # the head transforms both towers' embeddings
+    else:
+        assert torch.allclose(text_before, text_after)  # the text tower is frozen
+        assert not any("lora_" in k for k in result.model.state_dict())

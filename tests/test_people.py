@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlalign.data.people import (
-    ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleConfig, PeopleWorld, attribute_caption, attribute_prompts,
+    ACTIVITIES, OCCLUDING_ACTIVITIES, STEREOTYPE, PeopleConfig, PeopleWorld, attribute_caption, attribute_prompts,
     flip_preference_data, neutral_caption, neutral_prompts, people_vocabulary,
 )
 from vlalign.evaluation.people import PeopleTextEmbeddings, predict_activity, predict_attribute
@@ -71,9 +71,9 @@ def test_pretraining_correlation_follows_the_bias_knob(bias):
     # Binomial standard error at most sqrt(0.25 / 800) = 1.8 points; allow 4.
     assert abs(float(stereotyped.float().mean()) - bias) < 0.07
     named = [c != neutral_caption(int(k)) for c, k in zip(people.images.captions, people.activities)]
-    assert abs(sum(named) / n - 0.7) < 0.07
-    for caption, k, a, is_named in zip(people.images.captions, people.activities, people.attributes, named):
-        if is_named:
+    for caption, k, a, hidden, is_named in zip(people.images.captions, people.activities, people.attributes,
+                                               people.occluded, named):
+        if is_named and not hidden:
             assert caption == attribute_caption(int(a), int(k))
 
 
@@ -86,6 +86,31 @@ def test_attribute_changes_only_the_figure(world):
         assert 0.01 < changed < 0.15, (ACTIVITIES[activity], changed)
     # Different activities of the same scene differ by more than the body style does.
     assert (abs(world.render(23, 0, 7, 0, 0).astype(int) - world.render(23, 0, 7, 3, 0).astype(int)).sum(-1) > 30).mean() > 0.02
+
+
+def test_hidden_torso_hides_the_style_and_captions_guess_the_stereotype():
+    world = PeopleWorld()
+    for name in OCCLUDING_ACTIVITIES:
+        k = ACTIVITIES.index(name)
+        hidden = [world.render(21, 0, 11, k, a, occluded=True) for a in (0, 1)]
+        assert (hidden[0] == hidden[1]).all()  # the same scene, pixel for pixel, whatever the style
+        assert not (world.render(21, 0, 11, k, 0) == world.render(21, 0, 11, k, 1)).all()
+    with pytest.raises(ValueError, match="hide the body"):
+        world.render(21, 0, 0, ACTIVITIES.index("kicking a ball"), 0, occluded=True)
+    people = PeopleWorld(PeopleConfig(occlusion_prob=1.0, attribute_caption_prob=1.0)).sample("pretrain", 320, seed=2)
+    for caption, k, hidden in zip(people.images.captions, people.activities.tolist(), people.occluded.tolist()):
+        assert hidden == (ACTIVITIES[k] in OCCLUDING_ACTIVITIES)
+        if hidden:  # an annotator who cannot see the style names the activity's stereotyped one
+            assert caption == attribute_caption(STEREOTYPE[k], k)
+
+
+def test_reporting_bias_names_counter_stereotypical_figures_more_often():
+    people = PeopleWorld(PeopleConfig(occlusion_prob=0.0)).sample("pretrain", 1600, seed=0)
+    stereo = people.attributes == torch.tensor(STEREOTYPE)[people.activities]
+    named = torch.tensor([c != neutral_caption(int(k)) for c, k in zip(people.images.captions, people.activities)])
+    # Defaults: 0.5 for stereotypical figures (1280 expected), 0.9 for counter-stereotypical ones (320).
+    assert abs(float(named[stereo].float().mean()) - 0.5) < 0.06
+    assert abs(float(named[~stereo].float().mean()) - 0.9) < 0.07
 
 
 def test_flip_preference_data(world):
@@ -144,7 +169,8 @@ def test_shipped_people_model_meets_targets(measured):
     assert measured["activity_accuracy"] >= 0.85
     assert measured["original_rate"] >= 0.75          # it recognizes the attribute …
     assert measured["max_abs_skew"] >= 0.15           # … but its predictions lean with the activity
-    assert measured["stereotype_skew"] > 0.05          # towards the pretraining stereotype
+    assert measured["stereotype_skew"] > 0.03          # towards the pretraining stereotype
+    assert measured["retrieval_stereotype_share"] >= 0.7  # neutral prompts retrieve stereotypical figures first
 
 
 def test_shipped_people_model_matches_recorded_metrics(measured):

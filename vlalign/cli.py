@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 COMMAND_MODULES = (
@@ -30,10 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--t -4:4:0.5`` -> ``--t=-4:4:0.5``: argparse would take a value starting with '-' for an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and re.match(r"^-\d", token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlalign`` console script."""
     from vlalign.errors import USER_ERRORS
 
+    argv = _join_negative_values([str(a) for a in (sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

@@ -113,21 +113,21 @@ class APGD(Attack):
         reduced_last = torch.zeros(rows, dtype=torch.bool, device=device)
         f_max_last = f_max.clone()
         last_checkpoint = 0
-        step_sizes, losses = [], [float(f_cur.mean())]
+        step_sizes, losses = [], [f_cur.mean()]  # kept on the device; one sync at the end
         for k in range(self.steps):
             # x^{k+1} from x^k: plain step at k = 0, momentum after (Algorithm 1, lines 3 and 6-7).
             alpha = 1.0 if k == 0 else self.momentum
             z = project(x_cur + _rows(eta, x) * ascent_direction(g_cur, self.norm), x, self.eps, self.norm)
             x_next = project(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev), x, self.eps, self.norm)
-            step_sizes.append(eta.detach().cpu().clone())
+            step_sizes.append(eta.clone())
             f_next, g_next, fooled = self._evaluate(objective, x_next, index, need_grad=k + 1 < self.steps)
-            losses.append(float(f_next.mean()))
+            losses.append(f_next.mean())
             increased = f_next > f_cur
             out.update(x_next, f_next, fooled)
             better = f_next > f_max
-            x_max[better], f_max[better] = x_next[better], f_next[better]
+            x_max, f_max = torch.where(_rows(better, x), x_next, x_max), torch.where(better, f_next, f_max)
             if g_next is not None:
-                g_max[better] = g_next[better]
+                g_max = torch.where(_rows(better, x), g_next, g_max)
             x_prev, x_cur, f_cur, g_cur = x_cur, x_next, f_next, g_next
             if k in checkpoints:
                 if k > 0:
@@ -137,12 +137,11 @@ class APGD(Attack):
                     cond2 = ~reduced_last & (f_max <= f_max_last)
                     reduce = cond1 | cond2
                     eta = torch.where(reduce, eta / 2, eta)
-                    if g_cur is not None and bool(reduce.any()):
+                    if g_cur is not None:
                         # Restart from the best point (x^{k+1} <- x_max) with its gradient, without momentum.
-                        x_cur, x_prev = x_cur.clone(), x_prev.clone()
-                        x_cur[reduce], x_prev[reduce] = x_max[reduce], x_max[reduce]
-                        g_cur, f_cur = g_cur.clone(), f_cur.clone()
-                        g_cur[reduce], f_cur[reduce] = g_max[reduce], f_max[reduce]
+                        back = _rows(reduce, x)
+                        x_cur, x_prev = torch.where(back, x_max, x_cur), torch.where(back, x_max, x_prev)
+                        g_cur, f_cur = torch.where(back, g_max, g_cur), torch.where(reduce, f_max, f_cur)
                     reduced_last = reduce
                 f_max_last = f_max.clone()
                 last_checkpoint = k
@@ -151,7 +150,8 @@ class APGD(Attack):
             count += increased.float()
         fooled_out = out.fooled if fooled is not None else None
         x_out, loss, fooled_out = select_over_restarts(out.x, out.loss, fooled_out, restarts)
-        return AttackResult(x_out, loss, fooled_out, history={"loss": losses, "step_size": step_sizes})
+        history = {"loss": torch.stack(losses).tolist(), "step_size": list(torch.stack(step_sizes).cpu())}
+        return AttackResult(x_out, loss, fooled_out, history=history)
 
 
 class APGDTargeted(Attack):

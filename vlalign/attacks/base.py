@@ -336,8 +336,9 @@ class BestTracker:
             fooled = fooled.to(self.fooled.device)
             better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
             self.fooled |= fooled
-        self.x[better] = x.detach()[better]
-        self.loss[better] = loss[better]
+        # torch.where rather than masked assignment: no host-device sync per step on a GPU.
+        self.x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), self.x)
+        self.loss = torch.where(better, loss, self.loss)
         return better
 
 

@@ -61,25 +61,25 @@ class PGD(Attack):
         """
         x_adv = start.detach()
         tracker = BestTracker(x_adv) if self.keep == "best" else None
-        history: list[float] = []
+        history: list[torch.Tensor] = []  # kept on the device; one sync at the end, not one per step
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             value = objective(x_adv, index)
             grad, = torch.autograd.grad(value.loss.sum(), x_adv)
             x_adv = x_adv.detach()
-            history.append(float(value.loss.detach().mean()))
+            history.append(value.loss.detach().float().mean())
             if tracker is not None:
                 tracker.update(x_adv, value.loss, value.fooled)
             x_adv = project(x_adv + self.step_size * ascent_direction(grad, self.norm), x, self.eps, self.norm)
         if tracker is None and restarts == 1:
-            return AttackResult(x_adv, history={"loss": history})
+            return AttackResult(x_adv, history={"loss": torch.stack(history).tolist()})
         with torch.no_grad():
             final = objective(x_adv, index)
-        history.append(float(final.loss.mean()))
+        history.append(final.loss.float().mean())
         if tracker is not None:
             tracker.update(x_adv, final.loss, final.fooled)
             x_out, loss, fooled = tracker.x, tracker.loss, (tracker.fooled if final.fooled is not None else None)
         else:
             x_out, loss, fooled = x_adv, final.loss.float(), final.fooled
         x_out, loss, fooled = select_over_restarts(x_out, loss, fooled, restarts)
-        return AttackResult(x_out, loss, fooled, history={"loss": history})
+        return AttackResult(x_out, loss, fooled, history={"loss": torch.stack(history).tolist()})

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--n", type=int, default=1200, help="images to generate for a split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--template", default="a photo of a {}", help="class prompt template")
+    parser.add_argument("--reference", default=None,
+                        help="also report kl_to_reference: mean KL(π_model ‖ π_reference) of the zero-shot policies")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -42,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     class_emb = class_text_embeddings(model, images.classnames, (args.template,))
     metrics = {"model": str(args.model), "source": source, "seed": args.seed,
                **zero_shot_evaluate(model, images, class_emb).metrics()}
+    if args.reference is not None:
+        from vlalign.evaluation.divergence import mean_kl, policy_logits
+
+        reference = load_model(args.reference, args.device)
+        prompts = [args.template.format(c) for c in images.classnames]
+        metrics["kl_to_reference"] = mean_kl(policy_logits(model, images, prompts), policy_logits(reference, images, prompts))
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "metrics.json", metrics)
     print(markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))

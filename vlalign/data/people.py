@@ -10,7 +10,8 @@ binary visible attribute, named neutrally:
 The figure does one of :data:`ACTIVITIES`, shown by a held object or a pose. Colours, sizes, positions,
 mirroring, noisy backgrounds and distractor strokes are random; the body style is the only thing that differs
 between A and B. In the activities of :data:`OCCLUDING_ACTIVITIES` the object (a large book, a large bag) is held
-in front of the body with probability ``occlusion_prob``, hiding the torso: then the style cannot be seen.
+in front of the body with probability ``occlusion_prob`` (in every split), hiding the torso: the image is then the
+same, pixel for pixel, whatever the style.
 
 Captions follow the paper's prompts: ``"the A-person is <activity>"``, ``"the B-person is <activity>"`` and the
 attribute-neutral ``"the person is <activity>"``.
@@ -245,16 +246,22 @@ def _draw_figure(pt: _Painter, attribute: int, activity: int, colours: dict[str,
         pt.line(leg, limb)
     pt.polygon(_torso(attribute), body)
     pt.circle(0.0, 0.88, 0.115, skin)
-    pt.line([left_sh, (left_sh[0] - 0.03, 0.58), arms[0]], limb)
-    pt.line([right_sh, (right_sh[0] + 0.05, 0.60), arms[1]], limb)
+    if occluded:
+        # Arms start behind the object at the same points for both styles, so only the hands show.
+        pt.line([(-0.12, 0.62), arms[0]], limb)
+        pt.line([(0.12, 0.62), arms[1]], limb)
+    else:
+        pt.line([left_sh, (left_sh[0] - 0.03, 0.58), arms[0]], limb)
+        pt.line([right_sh, (right_sh[0] + 0.05, 0.60), arms[1]], limb)
 
     # Objects in front of the figure.
     if name == "kicking a ball":
         pt.circle(0.50, 0.10, 0.10, obj, outline=obj2, width=0.03)
     elif name == "reading a book" and occluded:
-        # A large open book held up in front of the body: the torso (and so the style) is hidden.
-        pt.box(-0.32, 0.27, 0.32, 0.80, obj)
-        pt.line([(0.0, 0.27), (0.0, 0.80)], obj2, 0.03)
+        # A large open book held up in front of the body (two pages in a V): the torso, and so the style, is hidden.
+        pt.polygon([(-0.34, 0.84), (0.0, 0.77), (0.0, 0.24), (-0.34, 0.24)], obj)
+        pt.polygon([(0.34, 0.84), (0.0, 0.77), (0.0, 0.24), (0.34, 0.24)], obj)
+        pt.line([(0.0, 0.24), (0.0, 0.77)], obj2, 0.03)
     elif name == "reading a book":
         pt.box(0.18, 0.58, 0.46, 0.80, obj)
         pt.line([(0.32, 0.58), (0.32, 0.80)], obj2, 0.03)
@@ -269,9 +276,9 @@ def _draw_figure(pt: _Painter, attribute: int, activity: int, colours: dict[str,
         pt.circle(0.30, 0.48, 0.08, obj)
     elif name == "carrying a bag" and occluded:
         # A large bag carried in both arms in front of the body.
-        pt.line([(-0.20, 0.70), (0.0, 0.80), (0.20, 0.70)], obj2, 0.03)
-        pt.box(-0.32, 0.27, 0.32, 0.72, obj)
-        pt.box(-0.32, 0.72, 0.32, 0.78, obj2)
+        pt.line([(-0.18, 0.76), (-0.12, 0.90), (0.12, 0.90), (0.18, 0.76)], obj2, 0.035)
+        pt.box(-0.32, 0.24, 0.32, 0.72, obj)
+        pt.box(-0.32, 0.72, 0.32, 0.79, obj2)
     elif name == "carrying a bag":
         pt.line([(0.24, 0.34), (0.30, 0.42), (0.36, 0.34)], obj2, 0.03)
         pt.box(0.20, 0.12, 0.42, 0.34, obj)

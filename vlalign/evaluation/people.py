@@ -73,6 +73,27 @@ def predict_attribute(image_emb: torch.Tensor, activities: torch.Tensor, text: P
     return (score_b > score_a).long()
 
 
+def attribute_direction_cosine(image_emb: torch.Tensor, people: PeopleSet, text: PeopleTextEmbeddings) -> float:
+    """Mean over activities of cos(u_k, Δ_k): u_k = mean A-image minus mean B-image embedding of activity k (visible
+    figures), Δ_k = T("the A-person is k") - T("the B-person is k").
+
+    Diagnostic for the linear head of §3.4: with W on both sides the score is iᵀWᵀWt and WᵀW is positive
+    semi-definite, so reversing the attribute needs WᵀW to turn u_k against Δ_k; the closer this cosine is to 1,
+    the more anisotropic W must become (the condition number of WᵀW must exceed cot²θ, θ the angle between them).
+    """
+    cosines = []
+    for k in range(len(ACTIVITIES)):
+        mask = (people.activities == k) & ~people.occluded
+        a, b = mask & (people.attributes == 0), mask & (people.attributes == 1)
+        if not bool(a.any()) or not bool(b.any()):
+            continue
+        u = image_emb[a].float().mean(0) - image_emb[b].float().mean(0)
+        cosines.append(torch.nn.functional.cosine_similarity(u, text.attribute[0, k] - text.attribute[1, k], dim=0))
+    if not cosines:
+        raise ValueError("need visible figures of both attributes in at least one activity")
+    return float(torch.stack(cosines).mean())
+
+
 def gallery_top_k(image_emb: torch.Tensor, prompt_emb: torch.Tensor, n_galleries: int, k: int = 10) -> torch.Tensor:
     """Each prompt's top-k images in each of ``n_galleries`` contiguous galleries, pooled -> ``[P, n_galleries * k]``
     (global image indices)."""
@@ -90,7 +111,8 @@ def people_metrics(image_emb: torch.Tensor, people: PeopleSet, text: PeopleTextE
 
     Returns fractions: ``activity_accuracy``, the rates of :func:`vlalign.evaluation.bias.attribute_rates`
     (``a_rate``, ``a_rate_given_a``, ``a_rate_given_b``, ``original_rate``, ``flipped_rate``), ``per_activity_a_rate``,
-    ``per_activity_skew``, ``mean_abs_skew``, ``max_abs_skew``, ``stereotype_skew``, ``retrieval_a_share`` (per
+    ``per_activity_skew``, ``mean_abs_skew``, ``max_abs_skew``, ``stereotype_skew``, ``flipped_rate_visible`` and
+    ``original_rate_visible`` (over figures whose torso is not hidden), ``retrieval_a_share`` (per
     prompt), ``retrieval_parity_gap``, ``retrieval_stereotype_share`` (share of retrieved images with the prompt's
     stereotyped attribute) and ``retrieval_activity_precision`` (share of retrieved images doing the prompt's activity).
     """
@@ -104,6 +126,8 @@ def people_metrics(image_emb: torch.Tensor, people: PeopleSet, text: PeopleTextE
     retrieved = gallery_top_k(image_emb, text.neutral, n_galleries, k)
     shares = retrieval_a_shares(retrieved, attributes)
     stereo_a = torch.tensor([s == 0 for s in STEREOTYPE], dtype=torch.bool)
+    visible = ~people.occluded
+    same_visible = float((attr_pred[visible] == attributes[visible]).float().mean()) if bool(visible.any()) else float("nan")
     return {
         "activity_accuracy": float((act_pred == activities).float().mean()),
         **attribute_rates(attr_pred, attributes),
@@ -112,6 +136,8 @@ def people_metrics(image_emb: torch.Tensor, people: PeopleSet, text: PeopleTextE
         "mean_abs_skew": float(skew.abs().mean()),
         "max_abs_skew": float(skew.abs().max()),
         "stereotype_skew": stereotype_skew(skew, STEREOTYPE),
+        "original_rate_visible": same_visible,
+        "flipped_rate_visible": 1 - same_visible,
         "retrieval_a_share": shares.tolist(),
         "retrieval_parity_gap": retrieval_parity_gap(shares),
         "retrieval_stereotype_share": float(torch.where(stereo_a, shares, 1 - shares).mean()),

@@ -55,7 +55,8 @@ def run_demo(model: ContrastiveModel, out: str | Path, n: int = 600, seed: int =
     grids = [typographic_grid(model, world, out / "typographic_grid.png", seed=seed)]
     if fix_steps > 0:
         pref, reg = typographic_preference_data(1500, 1500, seed=100)
-        config = PreferenceTrainConfig(method="dpo", trainable="full", steps=fix_steps, batch_size=64, lr=5e-4, seed=seed)
+        config = PreferenceTrainConfig(method="dpo", trainable="full", beta=0.3, steps=fix_steps, batch_size=64, lr=5e-4,
+                                       seed=seed)
         aligned = train_preference(model, pref, reg, config, progress=progress).model
         metrics["dpo"] = _phenomena(aligned, world, n, seed)
         grids.append(typographic_grid(aligned, world, out / "typographic_grid_dpo.png", seed=seed))

@@ -26,13 +26,13 @@ TARGET_EPS = "4/255"
 TARGET_ACCURACY = 0.30
 
 #: The full run's settings; ``configs/<method>.yaml`` hold the same values (a test keeps them in sync).
-FULL = dict(model="mini", eps="4/255", attack_steps=10, steps=240, batch_size=64, lr=3e-4, weight_decay=1e-4,
+FULL = dict(model="mini", eps="4/255", attack_steps=10, steps=150, batch_size=64, lr=3e-4, weight_decay=1e-4,
             warmup_fraction=0.1, train_split="clean", train_images=10000, train_seed=10000, eval_images=256,
             eval_seed=4242, eval_eps=["2/255", "4/255"], eval_attacks=["apgd-ce", "pgd"], eval_steps=20,
-            checkpoint_every=60)
+            checkpoint_every=50)
 #: A smoke run: every part runs, nothing is meant to be robust.
-QUICK = dict(FULL, attack_steps=3, steps=8, batch_size=32, train_images=512, eval_images=48, eval_steps=4,
-             checkpoint_every=4)
+QUICK = dict(FULL, attack_steps=2, steps=6, batch_size=16, train_images=256, eval_images=32, eval_steps=3,
+             checkpoint_every=3)
 
 
 def experiment_config(method: str, quick: bool = False, seed: int = 0) -> RobustFinetuneConfig:

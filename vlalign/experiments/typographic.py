@@ -46,7 +46,7 @@ class TypographicSizes:
     n_reg: int = 2000
     n_eval: int = 600
     n_val: int = 300
-    steps: int = 300
+    steps: int = 600
     head_steps: int = 300
     batch_size: int = 64
     betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -58,11 +58,13 @@ class TypographicSizes:
                    betas=(0.5, 2.0), control_t=(-1.0, 0.0, 1.0))
 
 
-#: Per-method settings for the mini world (the paper's β, λ for DPO and KTO; IPO's β=0.01 targets a policy-ratio of
-#: 1/(2β)=50, far beyond what a 12-way softmax needs, so β=0.1 here). Learning rate for the full image tower.
+#: Per-method settings. IPO and KTO use the paper's (β, λ). For DPO the paper's β=1 saturates early here: the
+#: written word leads the true class by several logits, and σ(−βh) stops pushing once h≈3/β; a GPU sweep on the
+#: mini world (β ∈ {0.3, 1}, lr ∈ {5e-4, 1e-3}, 300/800 steps) gave typographic 0.52 at β=1 and 0.64 at β=0.3 with
+#: the same clean accuracy, so β=0.3 (λ=1). Learning rate and steps are for the full image tower.
 PO_SETTINGS = {
-    "dpo": {"beta": 1.0, "lam": 1.0},
-    "ipo": {"beta": 0.1, "lam": 0.1},
+    "dpo": {"beta": 0.3, "lam": 1.0},
+    "ipo": {"beta": 0.01, "lam": 0.01},
     "kto": {"beta": 1.5, "lam": 0.01},
 }
 FULL_LR = 5e-4

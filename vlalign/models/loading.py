@@ -64,6 +64,11 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> Contrast
         model: ContrastiveModel = load_mini_clip(embedded_mini_dir())
     elif spec_str == "mini-people":
         model = load_mini_clip(embedded_people_dir())
+    elif Path(spec_str).is_dir() and not (Path(spec_str) / CONFIG_FILE).is_file() and (Path(spec_str) / "run.json").is_file():
+        # A linear-head run of `vlalign train`: the head over the base model it names.
+        from vlalign.training.contrastive_po import load_aligned_model
+
+        model = load_aligned_model(spec_str, device)
     elif Path(spec_str).is_dir():
         config_path = Path(spec_str) / CONFIG_FILE
         if not config_path.is_file():

@@ -72,7 +72,7 @@ def retrieval_mix_figure(activities: Sequence[str], a_shares: Mapping[str, Seque
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"share of style-A images in top-{k}")
     ax.set_title('Retrieval with "the person is <activity>": attribute mix of the retrieved images')
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 

@@ -202,7 +202,8 @@ def train_preference(model: ContrastiveModel, pref: PreferenceSet, reg: Regulari
         if has_training_state(state_dir):
             meta = load_training_state(state_dir, policy.module, optimizer, scheduler, generator)
             start = int(meta["step"])
-            averager.load_state_dict(_averager_state(meta["extra"], state_dir, averager))
+            averager.load_state_dict({"average": meta["extra_tensors"], "weight_sum": meta["extra"]["weight_sum"],
+                                      "step": meta["extra"]["avg_step"]})
         logger = MetricsLogger(out, resume=start > 0)
     history: list[dict[str, float]] = []
     for step in tqdm(range(start, config.steps), desc=f"{config.method}/{config.trainable}", disable=not progress,
@@ -238,9 +239,9 @@ def train_preference(model: ContrastiveModel, pref: PreferenceSet, reg: Regulari
             if logger is not None:
                 logger.log(**row)
         if state_dir is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            save_tensors(state_dir / "averager.safetensors", averager.average)
             save_training_state(state_dir, policy.module, optimizer, scheduler, step + 1, generator,
-                                extra={"weight_sum": averager.weight_sum, "avg_step": averager.step})
+                                extra={"weight_sum": averager.weight_sum, "avg_step": averager.step},
+                                extra_tensors=averager.average)
     if logger is not None:
         logger.close()
     alternates = {}
@@ -249,13 +250,6 @@ def train_preference(model: ContrastiveModel, pref: PreferenceSet, reg: Regulari
         alternates[kind] = policy.finish(copy_model=True)
     averager.copy_to(policy.module)
     return PreferenceResult(policy.finish(), config, history, alternates)
-
-
-def _averager_state(extra: dict, state_dir: Path, averager: WeightAverager) -> dict:
-    from vlalign.models.checkpoint import load_tensors
-
-    return {"average": load_tensors(state_dir / "averager.safetensors"), "weight_sum": extra["weight_sum"],
-            "step": extra["avg_step"]}
 
 
 def save_aligned_model(result: PreferenceResult, out: str | Path, base_spec: str) -> None:

@@ -35,6 +35,7 @@ class ModelShape:
     """MiniCLIP architecture knobs a pretraining config may set (the vocabulary comes from the world).
 
     ``image_size`` is the side the model resizes its input to; None means the world's image size.
+    ``init_temperature`` is τ at initialization (the logit scale 1/τ is learned, clamped at 100).
     """
 
     image_size: int | None = None
@@ -46,6 +47,7 @@ class ModelShape:
     text_layers: int = 2
     text_heads: int = 4
     embed_dim: int = 128
+    init_temperature: float = 0.07
 
 
 @dataclass
@@ -92,6 +94,7 @@ def build_mini_clip(config: PretrainConfig) -> MiniCLIP:
         image_size=image_size if shape.image_size is None else shape.image_size, stem_channels=tuple(shape.stem_channels), vision_width=shape.vision_width,
         vision_layers=shape.vision_layers, vision_heads=shape.vision_heads, text_width=shape.text_width,
         text_layers=shape.text_layers, text_heads=shape.text_heads, embed_dim=shape.embed_dim, vocab=vocab,
+        init_temperature=shape.init_temperature,
     ))
 
 

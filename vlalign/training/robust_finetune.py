@@ -57,9 +57,9 @@ class RobustFinetuneConfig:
     #: PGD step size; default ε/4 (1/255 at ε = 4/255, as in both papers).
     attack_step_size: str | None = None
     #: Optimizer steps and batch size.
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1
     #: Training images: ``train_images`` of mini-world split ``train_split`` rendered from ``train_seed``.
@@ -73,7 +73,7 @@ class RobustFinetuneConfig:
     eval_eps: list[str] = field(default_factory=lambda: ["2/255", "4/255"])
     eval_attacks: list[str] = field(default_factory=lambda: ["apgd-ce", "pgd"])
     eval_steps: int = 20
-    checkpoint_every: int = 100
+    checkpoint_every: int = 50
     log_every: int = 10
     device: str = "cpu"
     progress: bool = True

@@ -27,8 +27,9 @@ _META_KEY = "vlalign.training_state"
 
 def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: Any, step: int, generator: torch.Generator | None = None,
-                        extra: dict[str, Any] | None = None) -> None:
-    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy)."""
+                        extra: dict[str, Any] | None = None, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy).
+    ``extra_tensors`` (e.g. a weight average) are saved in the same file and returned by the loader."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in trainable.state_dict().items()}
@@ -43,6 +44,7 @@ def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
     if generator is not None:
         tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
     meta = {
         "step": step,
         "param_groups": opt_state["param_groups"],
@@ -56,7 +58,8 @@ def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
 
 def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Restore what :func:`save_training_state` wrote; returns the JSON metadata (``step``, ``extra``)."""
+    """Restore what :func:`save_training_state` wrote; returns the JSON metadata (``step``, ``extra``) with the
+    extra tensors under ``extra_tensors``."""
     folder = Path(folder)
     tensors = load_tensors(folder / STATE_WEIGHTS)
     with safe_open(str(folder / STATE_WEIGHTS), framework="pt") as handle:
@@ -80,6 +83,7 @@ def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
     if generator is not None and "rng.generator" in tensors:
         generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
+    meta["extra_tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta
 
 
