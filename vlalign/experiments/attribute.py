@@ -88,9 +88,8 @@ class AttributeExperimentConfig:
 
     @classmethod
     def quick(cls, seed: int = 0) -> "AttributeExperimentConfig":
-        """A smoke-test size: DPO only, fewer images, steps and t values."""
-        return cls(methods=["dpo"], n_pref=1024, n_reg=1024, n_test=1024, n_galleries=4, t_points=11, steps=1500,
-                   seed=seed)
+        """A smoke-test size: DPO only, trained as in the full run, evaluated on fewer images and t values."""
+        return cls(methods=["dpo"], n_test=1024, n_galleries=4, t_points=11, seed=seed)
 
     def train_config(self, method: str) -> PreferenceTrainConfig:
         """Head-mode preference training for ``method`` with this experiment's (β, λ) for it."""

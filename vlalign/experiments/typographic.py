@@ -46,7 +46,7 @@ class TypographicSizes:
     n_reg: int = 2000
     n_eval: int = 600
     n_val: int = 300
-    steps: int = 600
+    steps: int = 300
     head_steps: int = 300
     batch_size: int = 64
     betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -93,7 +93,6 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
     evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, eval_seed, world)  # noqa: E731
     methods: dict[str, dict] = {}
     seconds: dict[str, float] = {}
-    models: dict[str, ContrastiveModel] = {}
 
     def timed(name: str, fn):
         start = time.perf_counter()
@@ -102,44 +101,47 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         print(f"[typographic] {name}: {seconds[name]:.0f} s", flush=True)
         return result
 
-    methods["pretrained"] = evaluate(reference)
+    def record(name: str, model: ContrastiveModel) -> None:
+        # Evaluate as soon as a model exists and keep a partial file, so an interrupted run still reports.
+        methods[name] = evaluate(model)
+        atomic_write_json(out / "metrics.partial.json", {"methods": methods, "seconds": seconds})
+
+    record("pretrained", reference)
     base = PreferenceTrainConfig(trainable="full", steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed,
                                  extra_averaging=["ema"])
     ce = timed("ce", lambda: train_preference(reference, pref, reg, replace(base, method="ce", beta=None, lam=None,
                                                                              extra_averaging=[]), progress=False))
-    models["ce"] = ce.model
-    models["paint"] = timed("paint", lambda: paint(reference, ce.model, [i / 10 for i in range(11)],
-                                                   _validation_score(world, sizes.n_val, 4000 + seed)))
-    paint_alpha = models["paint"].alpha
-    models["paint"] = models["paint"].model
-    models["materzynska"] = timed("materzynska", lambda: train_materzynska(reference, pref, reg, steps=sizes.head_steps, seed=seed))
-    models["defense_prefix"] = timed("defense_prefix", lambda: train_defense_prefix(reference, pref, reg, steps=sizes.head_steps, seed=seed))
+    record("ce", ce.model)
+    painted = timed("paint", lambda: paint(reference, ce.model, [i / 10 for i in range(11)],
+                                           _validation_score(world, sizes.n_val, 4000 + seed)))
+    record("paint", painted.model)
+    record("materzynska", timed("materzynska", lambda: train_materzynska(reference, pref, reg, steps=sizes.head_steps, seed=seed)))
+    record("defense_prefix", timed("defense_prefix", lambda: train_defense_prefix(reference, pref, reg, steps=sizes.head_steps, seed=seed)))
     ema: dict[str, dict] = {}
     for method in PO_METHODS:
         cfg = replace(base, method=method, beta=PO_SETTINGS[method]["beta"], lam=PO_SETTINGS[method]["lam"])
         result = timed(method, lambda: train_preference(reference, pref, reg, cfg, progress=False))
-        models[method] = result.model
+        record(method, result.model)
         ema[method] = evaluate(result.alternates["ema"])
-    for name in ROW_ORDER[1:]:
-        methods[name] = evaluate(models[name])
 
     head_cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=sizes.head_steps, batch_size=128, seed=seed)
     head = timed("dpo_head", lambda: train_preference(reference, pref, reg, head_cfg, progress=False)).model
     control = control_sweep(head, world, sizes.control_t, sizes.n_eval, eval_seed)
     beta_sweep = {"beta": list(sizes.betas), "kl_clean": [], "typographic": []}
     for beta in sizes.betas:
-        model = train_preference(reference, pref, reg, replace(head_cfg, beta=beta), progress=False).model
-        metrics = evaluate(model)
-        beta_sweep["kl_clean"].append(metrics["kl_clean"])
-        beta_sweep["typographic"].append(metrics["typographic"])
+        row = evaluate(train_preference(reference, pref, reg, replace(head_cfg, beta=beta), progress=False).model)
+        beta_sweep["kl_clean"].append(row["kl_clean"])
+        beta_sweep["typographic"].append(row["typographic"])
 
     summary = _summary(methods, control)
-    metrics = {"methods": methods, "control": control, "bma_vs_ema": {m: {"bma": methods[m], "ema": ema[m]} for m in PO_METHODS},
-               "beta_sweep": beta_sweep, "paint_alpha": paint_alpha,
+    metrics = {"methods": {m: methods[m] for m in ROW_ORDER}, "control": control,
+               "bma_vs_ema": {m: {"bma": methods[m], "ema": ema[m]} for m in PO_METHODS},
+               "beta_sweep": beta_sweep, "paint_alpha": painted.alpha,
                "head_dpo": {"orthogonality_error": head.head.orthogonality_error(), **evaluate(head)},
                "summary": summary, "seconds": seconds,
                "settings": {"sizes": asdict(sizes), "po": PO_SETTINGS, "full_lr": FULL_LR, "seed": seed, "eval_seed": eval_seed}}
     atomic_write_json(out / "metrics.json", metrics)
+    (out / "metrics.partial.json").unlink(missing_ok=True)
     _plots(methods, control, beta_sweep, head, out)
     atomic_write_bytes(out / "report.md", _report(metrics, sizes).encode())
     print(_methods_table(methods))
