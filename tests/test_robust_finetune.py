@@ -118,7 +118,9 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_fo
 def test_quick_experiment_writes_the_documented_shape(tmp_path):
     from vlalign.experiments.robust import run_robust_experiment
 
-    metrics = run_robust_experiment(tmp_path, quick=True)
+    # Two processes, as the full run uses on a 2-core CPU: the parallel path is the one that can break.
+    metrics = run_robust_experiment(tmp_path, quick=True, workers=2)
+    assert metrics["settings"]["workers"] == 2
     assert set(metrics["methods"]) == {"pretrained", "tecoa", "fare"}
     for values in metrics["methods"].values():
         assert 0 <= values["clean"] <= 1

@@ -429,9 +429,14 @@ def build_attack(name: str, eps: float | None = None, **options: object) -> Atta
     return cls(**kwargs)
 
 
+def attack_norm(name: str) -> str:
+    """Threat model of the attack registered as ``name``: "linf", "l2" or "unbounded"."""
+    return ATTACKS[name].defaults.get("norm", attack_class(name).norm)
+
+
 def is_bounded(name: str) -> bool:
     """Whether the attack registered as ``name`` has an ε-ball threat model."""
-    return attack_class(name).norm in NORMS
+    return attack_norm(name) in NORMS
 
 
 def split_attack_names(text: str | Sequence[str]) -> list[str]:

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vlalign.attacks.base import attack_class, build_attack, format_eps, is_bounded, split_attack_names
+from vlalign.attacks.base import (
+    attack_class, attack_norm, build_attack, format_eps, is_bounded, split_attack_names,
+)
 from vlalign.attacks.objectives import ZeroShotObjective
 from vlalign.data.image_set import ImageSet
 from vlalign.evaluation.zero_shot import class_text_embeddings
@@ -290,6 +292,10 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
             correct.setdefault(name, {})[e if e is not None else UNBOUNDED] = run_attack(name, e, steps)
 
         bounded = {name: by_eps for name, by_eps in correct.items() if UNBOUNDED not in by_eps}
+        norms = {attack_norm(name) for name in bounded}
+        if len(norms) > 1:
+            warnings.append(f"the worst case mixes threat models ({', '.join(sorted(norms))}) at the same eps values; "
+                            "evaluate l2 and linf attacks in separate runs")
         robust = {name: {e: float(c.float().mean()) for e, c in by_eps.items()} for name, by_eps in bounded.items()}
         warnings += eps_monotonicity_warnings(robust, tolerance)
         white = [name for name in bounded if attack_class(name).white_box]
