@@ -159,3 +159,9 @@ def test_robust_eval_command_rejects_bad_input(tmp_path, capsys, args, message):
     code = main(["robust-eval", "--n", "2", "--out", str(tmp_path / "x"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_mixing_l2_and_linf_attacks_is_flagged(tiny_mini_clip, world):
+    result = robust_evaluate(tiny_mini_clip, world.sample("clean", 4, 1), ["pgd", "pgd-l2"], [4 / 255], steps=1,
+                             steps_check=False)
+    assert any("mixes threat models (l2, linf)" in w for w in result.warnings)
