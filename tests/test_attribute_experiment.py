@@ -36,6 +36,21 @@ def test_quick_run_writes_the_issue_metrics_and_report(quick_run):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "fig3_attribute_sweep.png" in report
+    assert "## How far can a linear map neutralize here?" in report and (out / "fig_parity_paths.png").is_file()
+
+
+def test_counterfactual_reference_paths(quick_run):
+    _, m = quick_run
+    ideal, linear = m["bounds"]["ideal_eraser"], m["bounds"]["linear_map"]
+    # Moving each image towards its twin is symmetric in the style, so predictions balance at the midpoint, where
+    # the style is gone and the retrieval test reads (close to) parity.
+    assert ideal["t_star"] == pytest.approx(0.5, abs=0.03)
+    assert abs(ideal["attribute_a_rate_at_t_star"] - 0.5) <= 0.08
+    assert ideal["min_retrieval_parity_gap"] <= 0.15
+    assert ideal["retrieval_parity_gap_by_t"][0] == pytest.approx(m["pretrained"]["retrieval_parity_gap"], abs=1e-9)
+    # The least-squares map explains much, but not all, of the style change.
+    assert 0.3 < linear["explained_change"] < 1.0
+    assert 0.85 <= m["flipped_rate_ceiling"] <= 1.0
 
 
 def test_quick_run_flips_and_finds_a_neutral_point(quick_run):
@@ -105,4 +120,5 @@ def test_pipeline_runs_on_a_transformers_clip(tmp_path):
     assert metrics["activity_accuracy"][0] == pytest.approx(metrics["activity_accuracy_pretrained"], abs=1e-9)
     assert metrics["head"]["orthogonality_error"] > 0  # the head was trained away from the identity
     assert (tmp_path / "report.md").is_file() and (tmp_path / "fig3_attribute_sweep.png").is_file()
+    assert set(metrics["bounds"]) == {"ideal_eraser", "linear_map"}
     assert not (tmp_path / "dpo").exists()  # no model spec given: heads are not saved

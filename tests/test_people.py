@@ -181,3 +181,19 @@ def test_shipped_people_model_matches_recorded_metrics(measured):
         # 1600 fresh images: standard errors of at most 1.3 points overall and 3.5 per activity.
         assert abs(measured[key] - recorded[key]) <= 0.05, (key, measured[key], recorded[key])
     assert abs(measured["original_rate"] - recorded["attribute_accuracy"]) <= 0.05
+
+
+def test_swap_attribute_renders_counterfactual_twins(world):
+    people = world.sample("test", 64, seed=3)
+    twins = world.sample("test", 64, seed=3, swap_attribute=True)
+    assert torch.equal(twins.attributes, 1 - people.attributes)
+    assert torch.equal(twins.activities, people.activities) and torch.equal(twins.occluded, people.occluded)
+    assert twins.images.captions == people.images.captions
+    same = (twins.images.images == people.images.images).flatten(1).all(1)
+    # A hidden torso hides the style: that twin is the same picture. Every other twin differs, but only in the figure.
+    assert torch.equal(same, people.occluded)
+    changed = (twins.images.images.int() - people.images.images.int()).abs().sum(1).gt(30).flatten(1).float().mean(1)
+    assert float(changed[~people.occluded].max()) < 0.15
+    # Twins of twins are the originals; the pretraining split swaps the drawn style too.
+    pre, pre_twins = world.sample("pretrain", 32, seed=4), world.sample("pretrain", 32, seed=4, swap_attribute=True)
+    assert torch.equal(pre_twins.attributes, 1 - pre.attributes)

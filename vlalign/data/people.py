@@ -349,10 +349,13 @@ class PeopleWorld:
             draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)), width=1)
         return np.asarray(pil)
 
-    def sample(self, split: str, n: int, seed: int = 0, start: int = 0, workers: int = 1) -> PeopleSet:
+    def sample(self, split: str, n: int, seed: int = 0, start: int = 0, workers: int = 1,
+               swap_attribute: bool = False) -> PeopleSet:
         """Generate images ``start .. start+n-1`` of ``split`` (see module docstring) from ``seed``.
 
-        ``workers`` > 1 renders chunks in parallel processes; the result is identical.
+        ``workers`` > 1 renders chunks in parallel processes; the result is identical. ``swap_attribute`` renders
+        each figure's counterfactual twin: the same scene (pose, colours, position, background, occlusion) with the
+        other body style, and ``attributes`` flipped accordingly.
         """
         if split not in _STREAMS:
             raise ValueError(f"unknown people split {split!r}; expected one of {list(SPLITS)}")
@@ -361,7 +364,7 @@ class PeopleWorld:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         if workers > 1 and n >= 2000:
-            return self._sample_parallel(split, n, seed, start, workers)
+            return self._sample_parallel(split, n, seed, start, workers, swap_attribute)
         cfg = self.config
         stream = _STREAMS[split]
         k = len(ACTIVITIES)
@@ -378,6 +381,8 @@ class PeopleWorld:
                 attribute = stereotyped if choice.random() < cfg.bias else 1 - stereotyped
             else:
                 attribute = (i // k) % 2
+            if swap_attribute:  # the draws below do not depend on the attribute, so the twin shares them
+                attribute = 1 - attribute
             hidden = ACTIVITIES[activity] in OCCLUDING_ACTIVITIES and choice.random() < cfg.occlusion_prob
             caption = neutral_caption(activity)
             if split == "pretrain":
@@ -397,7 +402,7 @@ class PeopleWorld:
             occluded=torch.from_numpy(occluded),
         )
 
-    def _sample_parallel(self, split: str, n: int, seed: int, start: int, workers: int) -> PeopleSet:
+    def _sample_parallel(self, split: str, n: int, seed: int, start: int, workers: int, swap_attribute: bool) -> PeopleSet:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -406,7 +411,8 @@ class PeopleWorld:
         sizes = [min(chunk, start + n - s) for s in starts]
         # "spawn": forked children of a process whose torch thread pool is running can deadlock.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts), starts))
+            parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts), starts,
+                                  [1] * len(starts), [swap_attribute] * len(starts)))
         return PeopleSet(
             images=ImageSet(images=torch.cat([p.images.images for p in parts]),
                             labels=torch.cat([p.images.labels for p in parts]), classnames=ACTIVITIES,

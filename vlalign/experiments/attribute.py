@@ -10,6 +10,9 @@
    overall share of A predictions should be 50%.
 4. Retrieval test for the original (t = 0), flipped (t = 1) and neutralized (t = t*) models: each neutral
    activity prompt retrieves its top-10 images from each of several galleries; bias is the attribute mix.
+5. Reference paths from counterfactual twins (each test image re-rendered with the other style): an ideal eraser
+   that moves each image towards its twin, and the least-squares linear map from images to twins. They show how
+   exactly the style must be erased for the retrieval test to read neutral, and how close a linear map gets.
 
 Every metric is computed from embeddings: the image and prompt embeddings of the base model are computed once,
 and each W_t is applied to them (exactly what HeadedCLIP.with_power(t) computes image by image).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,9 @@ import torch
 
 from vlalign.data.people import ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleSet, PeopleWorld, flip_preference_data
 from vlalign.evaluation.bias import crossing_point, value_at
+from vlalign.evaluation.erasure import (
+    apply_map, explained_change, fit_counterfactual_map, interpolate_map, twin_mixture, window_below,
+)
 from vlalign.evaluation.people import (
     PeopleTextEmbeddings, attribute_direction_cosine, gallery_top_k, people_metrics, people_text_embeddings,
 )
@@ -34,12 +41,20 @@ from vlalign.evaluation.zero_shot import image_embeddings
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json
 from vlalign.models.heads import HeadedCLIP, LinearHead
-from vlalign.reporting.bias_plots import attribute_sweep_figure, retrieval_mix_figure, retrieval_strip
+from vlalign.reporting.bias_plots import (
+    attribute_sweep_figure, parity_gap_figure, retrieval_mix_figure, retrieval_strip,
+)
 from vlalign.reporting.tables import markdown_table, percent
 from vlalign.training.contrastive_po import PreferenceTrainConfig, save_aligned_model, train_preference
 
 #: Targets of the issue; the report checks each.
 TARGETS = {"flipped_rate_min": 0.90, "t_star_rate_tolerance": 0.05, "parity_gap_max": 0.10, "activity_drop_max": 0.02}
+
+#: The reference paths of :func:`erasure_bounds` are sampled every 1 / BOUNDS_POINTS; W's ridge towards I.
+BOUNDS_POINTS = 100
+BOUNDS_RIDGE = 1.0
+BOUND_NAMES = {"ideal_eraser": "ideal eraser: (1 − t) image + t twin",
+               "linear_map": "best linear map to the twins: I + t(W − I)"}
 
 
 #: (β, λ) per method for flipping the people MiniCLIP's attribute, chosen by a small grid (β 0.02-1, λ 0.1-10,
@@ -99,36 +114,86 @@ class AttributeExperimentConfig:
                                      seed=self.seed, device=self.device)
 
 
-def _head_metrics(head: LinearHead | None, image_emb: torch.Tensor, text: PeopleTextEmbeddings, people: PeopleSet,
-                  config: AttributeExperimentConfig) -> dict:
-    if head is None:
-        return people_metrics(image_emb, people, text, config.n_galleries, config.top_k)
-    with torch.no_grad():
-        return people_metrics(head(image_emb), people, text.map(head), config.n_galleries, config.top_k)
-
-
 def _power_head(model: HeadedCLIP, t: float) -> LinearHead:
     return LinearHead(model.embed_dim, model.head.power(t).detach().cpu())
 
 
-def sweep_head(model: HeadedCLIP, image_emb: torch.Tensor, text: PeopleTextEmbeddings, people: PeopleSet,
-               config: AttributeExperimentConfig) -> dict:
-    """Metrics of W_t for t on a uniform grid over [0, 1], the crossing t* and the models at t = 0, t*, 1."""
-    grid = [i / (config.t_points - 1) for i in range(config.t_points)]
-    rows = [_head_metrics(_power_head(model, t), image_emb, text, people, config) for t in grid]
+#: A path of models, as a function from t to (image embeddings, prompt embeddings) of the test set.
+EmbeddingPath = Callable[[float], tuple[torch.Tensor, PeopleTextEmbeddings]]
+
+
+def sweep_path(embed_at: EmbeddingPath, grid: list[float], people: PeopleSet, config: AttributeExperimentConfig) -> dict:
+    """People metrics along a path of models at each t of ``grid``, the crossing t* of P(pred A | A) and
+    P(pred A | B), and the metrics at t = 1 (``flipped``) and at t* (``neutralized``)."""
+    def metrics(t: float) -> dict:
+        with torch.no_grad():
+            image_emb, text = embed_at(t)
+            return people_metrics(image_emb, people, text, config.n_galleries, config.top_k)
+
+    rows = [metrics(t) for t in grid]
     curves = {key: [r[key] for r in rows] for key in
               ("a_rate", "a_rate_given_a", "a_rate_given_b", "original_rate", "flipped_rate", "activity_accuracy",
                "mean_abs_skew", "retrieval_parity_gap", "retrieval_stereotype_share")}
     t_star = crossing_point(grid, curves["a_rate_given_a"], curves["a_rate_given_b"])
-    neutral = _head_metrics(_power_head(model, t_star), image_emb, text, people, config) if t_star is not None else None
-    singular = model.head.singular_values()
     return {
         "t": grid, **curves, "t_star": t_star,
         "attribute_a_rate_at_t_star": value_at(grid, curves["a_rate"], t_star) if t_star is not None else None,
-        "flipped": rows[-1], "neutralized": neutral,
-        "head": {"orthogonality_error": model.head.orthogonality_error(), "sigma_min": float(singular.min()),
-                 "sigma_max": float(singular.max())},
+        "flipped": rows[-1], "neutralized": metrics(t_star) if t_star is not None else None,
     }
+
+
+def _lowest_gap(sweep: dict) -> float:
+    """The smallest retrieval parity gap on the grid or at t*."""
+    gaps = list(sweep["retrieval_parity_gap"])
+    if sweep["neutralized"] is not None:
+        gaps.append(sweep["neutralized"]["retrieval_parity_gap"])
+    return min(gaps)
+
+
+def sweep_head(model: HeadedCLIP, image_emb: torch.Tensor, text: PeopleTextEmbeddings, people: PeopleSet,
+               config: AttributeExperimentConfig) -> dict:
+    """:func:`sweep_path` of W_t = U Σ^t Vᵀ on a uniform grid over [0, 1], with the head's spectrum."""
+    def embed_at(t: float) -> tuple[torch.Tensor, PeopleTextEmbeddings]:
+        head = _power_head(model, t)
+        return head(image_emb), text.map(head)
+
+    grid = [i / (config.t_points - 1) for i in range(config.t_points)]
+    singular = model.head.singular_values()
+    return {**sweep_path(embed_at, grid, people, config),
+            "head": {"orthogonality_error": model.head.orthogonality_error(), "sigma_min": float(singular.min()),
+                     "sigma_max": float(singular.max())}}
+
+
+def erasure_bounds(image_emb: torch.Tensor, twin_emb: torch.Tensor, fit_emb: torch.Tensor, fit_twin_emb: torch.Tensor,
+                   text: PeopleTextEmbeddings, people: PeopleSet, config: AttributeExperimentConfig) -> dict:
+    """Reference paths from counterfactual twins (:mod:`vlalign.evaluation.erasure`), on a grid of step 0.01:
+
+    - ``ideal_eraser``: every test image moved towards its twin; at 1/2 the attribute is gone from the image;
+    - ``linear_map``: I + t (W − I), W the least-squares linear map from the ``fit`` images to their twins
+      (training images, not the test set), applied to image embeddings.
+    """
+    grid = [i / BOUNDS_POINTS for i in range(BOUNDS_POINTS + 1)]
+    weight = fit_counterfactual_map(fit_emb, fit_twin_emb, BOUNDS_RIDGE)
+    paths = {
+        "ideal_eraser": lambda w: (twin_mixture(image_emb, twin_emb, w), text),
+        "linear_map": lambda t: (apply_map(image_emb, interpolate_map(weight, t)), text),
+    }
+    out = {}
+    for name, path in paths.items():
+        sweep = sweep_path(path, grid, people, config)
+        neutral = sweep["neutralized"]
+        out[name] = {
+            "t": grid, "retrieval_parity_gap_by_t": sweep["retrieval_parity_gap"],
+            "t_star": sweep["t_star"], "attribute_a_rate_at_t_star": sweep["attribute_a_rate_at_t_star"],
+            "retrieval_parity_gap_at_t_star": None if neutral is None else neutral["retrieval_parity_gap"],
+            "activity_accuracy_at_t_star": None if neutral is None else neutral["activity_accuracy"],
+            "min_retrieval_parity_gap": _lowest_gap(sweep),
+            "parity_window": window_below(grid, sweep["retrieval_parity_gap"], TARGETS["parity_gap_max"]),
+            "flipped_rate": sweep["flipped"]["flipped_rate"],
+        }
+    out["linear_map"]["explained_change"] = explained_change(image_emb, twin_emb, weight)
+    out["linear_map"]["ridge"] = BOUNDS_RIDGE
+    return out
 
 
 def _summary(pretrained: dict, sweep: dict) -> dict:
@@ -149,6 +214,7 @@ def _summary(pretrained: dict, sweep: dict) -> dict:
         "flipped_rate_visible": sweep["flipped"]["flipped_rate_visible"],
         "activity_accuracy_pretrained": pretrained["activity_accuracy"],
         "max_activity_drop": max(pretrained["activity_accuracy"] - a for a in sweep["activity_accuracy"]),
+        "min_retrieval_parity_gap": _lowest_gap(sweep),
         "retrieval_parity_gap": {"original": pretrained["retrieval_parity_gap"],
                                  "flipped": sweep["flipped"]["retrieval_parity_gap"],
                                  "neutralized": None if neutral is None else neutral["retrieval_parity_gap"]},
@@ -193,7 +259,13 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
     pref, reg = flip_preference_data(train, config.n_pref)
     image_emb = image_embeddings(model, test.images)
     text = people_text_embeddings(model)
-    pretrained = _head_metrics(None, image_emb, text, test, config)
+    pretrained = people_metrics(image_emb, test, text, config.n_galleries, config.top_k)
+    # Counterfactual twins (same scenes, other style) of the test images and of the preference images.
+    test_twins = world.sample("test", config.n_test, config.seed, swap_attribute=True)
+    fit_twins = world.sample("train", config.n_pref, config.seed, swap_attribute=True)
+    bounds = erasure_bounds(image_emb, image_embeddings(model, test_twins.images),
+                            image_embeddings(model, pref.images), image_embeddings(model, fit_twins.images),
+                            text, test, config)
 
     methods: dict[str, dict] = {}
     sweeps: dict[str, dict] = {}
@@ -220,10 +292,13 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
                                                   "retrieval_parity_gap", "retrieval_stereotype_share")},
         "attribute_direction_cosine": attribute_direction_cosine(image_emb, test, text),
         "methods": methods,
+        "bounds": bounds,
+        "flipped_rate_ceiling": 1.0 - float(test.occluded.float().mean()) / 2,
         "config": dataclasses.asdict(config),
         "seconds": None,
     }
-    figures = _figures(out, test, image_emb, text, sweeps, pretrained, heads[primary], primary, config)
+    figures = _figures(out, test, image_emb, text, sweeps, pretrained, heads[primary], primary, config, bounds)
+    metrics["figures"] = figures
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_bytes(out / "report.md", _report(metrics, figures, model_spec).encode())
@@ -231,7 +306,8 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
 
 
 def _figures(out: Path, test: PeopleSet, image_emb: torch.Tensor, text: PeopleTextEmbeddings, sweeps: dict[str, dict],
-             pretrained: dict, primary_model: HeadedCLIP, primary: str, config: AttributeExperimentConfig) -> dict[str, str]:
+             pretrained: dict, primary_model: HeadedCLIP, primary: str, config: AttributeExperimentConfig,
+             bounds: dict) -> dict[str, str]:
     panels = {m.upper(): s for m, s in sweeps.items()}
     fig3 = attribute_sweep_figure(panels, out / "fig3_attribute_sweep.png")
     sweep = sweeps[primary]
@@ -257,11 +333,56 @@ def _figures(out: Path, test: PeopleSet, image_emb: torch.Tensor, text: PeopleTe
             test.images.images[top], [ATTRIBUTES[int(a)] for a in test.attributes[top]])
     strip = retrieval_strip(rows, out / "fig4_retrieved_images.png",
                             f'Top-{config.top_k} images for "the person is {ACTIVITIES[worst]}" ({primary.upper()} head)')
-    return {"fig3": fig3.name, "fig4": fig4.name, "strip": strip.name}
+    curves = {f"{m.upper()} head: U Σ^t Vᵀ": (sw["t"], sw["retrieval_parity_gap"], sw["t_star"]) for m, sw in sweeps.items()}
+    curves.update({BOUND_NAMES[name]: (b["t"], b["retrieval_parity_gap_by_t"], b["t_star"]) for name, b in bounds.items()})
+    parity = parity_gap_figure(curves, TARGETS["parity_gap_max"], out / "fig_parity_paths.png")
+    return {"fig3": fig3.name, "fig4": fig4.name, "strip": strip.name, "parity": parity.name}
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else percent(value)
+
+
+def _fmt_t(t: float | None) -> str:
+    return "—" if t is None else f"{t:.2f}"
+
+
+def _window(window: list[float] | tuple[float, float] | None) -> str:
+    return "none" if window is None else f"{window[0]:.2f} – {window[1]:.2f}"
+
+
+def _bounds_section(metrics: dict) -> list[str]:
+    """The report's comparison of the trained heads with the counterfactual reference paths."""
+    bounds, gap_max = metrics["bounds"], TARGETS["parity_gap_max"]
+    rows = []
+    for method, s in metrics["methods"].items():
+        window = window_below(s["t"], s["retrieval_parity_gap_by_t"], gap_max)
+        rows.append([f"{method.upper()} head (Σ^t)", _fmt_t(s["t_star"]),
+                     _fmt(s["attribute_a_rate_at_t_star"]), _fmt(s["retrieval_parity_gap"]["neutralized"]),
+                     _fmt(s["min_retrieval_parity_gap"]), _window(window)])
+    for name, b in bounds.items():
+        rows.append([BOUND_NAMES[name], _fmt_t(b["t_star"]),
+                     _fmt(b["attribute_a_rate_at_t_star"]), _fmt(b["retrieval_parity_gap_at_t_star"]),
+                     _fmt(b["min_retrieval_parity_gap"]), _window(b["parity_window"])])
+    ideal, linear = bounds["ideal_eraser"], bounds["linear_map"]
+    lines = ["", "## How far can a linear map neutralize here? (counterfactual twins)", "",
+             "Each test image has a *twin*: the same scene rendered with the other style. Two reference paths use them: "
+             "the ideal eraser moves every image embedding towards its twin's (at 1/2 the style is gone from the "
+             "image, for every prompt), and the best linear map is the least-squares W sending training images to "
+             f"their twins (ridge {linear['ridge']} towards I), swept as I + t(W − I) on the image side.",
+             "", f"![parity along each path]({metrics['figures']['parity']})", "",
+             markdown_table(["path", "t*", "A rate at t*", "parity gap at t*", "lowest gap on the path",
+                             f"t with gap ≤ {100 * gap_max:.0f}%"], rows), "",
+             f"- The retrieval test can read \"neutral\": the ideal eraser reaches a gap of {_fmt(ideal['retrieval_parity_gap_at_t_star'])} "
+             f"at t* = {_fmt_t(ideal['t_star'])} with activity accuracy {_fmt(ideal['activity_accuracy_at_t_star'])}. "
+             f"But only for t in {_window(ideal['parity_window'])} (grid step 0.01): within one activity the figures score "
+             "almost alike on the neutral prompt, so a small leftover of the style decides the top-10.",
+             f"- The best linear map reproduces {_fmt(linear['explained_change'])} of the style change "
+             f"(1 − residual / change, on test twins). Along its path the gap never falls below "
+             f"{_fmt(linear['min_retrieval_parity_gap'])}, and it is {_fmt(linear['retrieval_parity_gap_at_t_star'])} at its t*.",
+             f"- Flipped-rate ceiling: {_fmt(metrics['flipped_rate_ceiling'])} of test images can flip at most. A figure "
+             "whose torso is hidden looks the same in either style, so only about half of those images can flip."]
+    return lines
 
 
 def _report(metrics: dict, figures: dict[str, str], model_spec: str | None) -> str:
@@ -306,12 +427,15 @@ def _report(metrics: dict, figures: dict[str, str], model_spec: str | None) -> s
             lines.append(f"- {method.upper()} misses: {'; '.join(missed)}.")
     if any_missed:
         cos = metrics["attribute_direction_cosine"]
-        lines += ["", "Geometry behind the misses: the head scores iᵀWᵀWt, and WᵀW is positive semi-definite, so reversing "
-                  "the attribute needs WᵀW to turn the image attribute direction u against the text one Δ = T(A-prompt) − "
-                  f"T(B-prompt); its condition number must exceed cot²θ. Here cos(u, Δ) = {cos:.2f} (θ = "
+        lines += ["", "Why: the head scores iᵀWᵀWt, and WᵀW is positive semi-definite, so reversing the attribute needs "
+                  "WᵀW to turn the image attribute direction u against the text one Δ = T(A-prompt) − T(B-prompt); its "
+                  f"condition number must exceed cot²θ. Here cos(u, Δ) = {cos:.2f} (θ = "
                   f"{math.degrees(math.acos(max(-1.0, min(1.0, cos)))):.0f}°), so the trained W is far from orthogonal "
-                  "(σ ranges below), and its Σ^t path does not neutralize every direction at one t: the attribute "
-                  "prompts balance at t*, but the neutral prompts' rankings are still dominated by W's distortion."]
+                  "(σ ranges below), and its Σ^t path never passes through a model that has lost the style: the "
+                  "attribute prompts balance at t*, but the neutral prompts still rank one style first. The next "
+                  "section measures how exactly the style must be erased for the retrieval test to read neutral, and "
+                  "how close the best linear map gets."]
+    lines += _bounds_section(metrics)
     pre = metrics["pretrained"]
     lines += [
         "",

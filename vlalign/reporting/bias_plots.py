@@ -53,6 +53,30 @@ def attribute_sweep_figure(panels: Mapping[str, Mapping[str, object]], path: str
     return _save(fig, path)
 
 
+def parity_gap_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]], target: float,
+                      path: str | Path) -> Path:
+    """Retrieval parity gap against t, one line per path; ``curves`` maps a name to (t, gaps, t*), and t* (the
+    crossing of the attribute-prediction rates) is marked on its line. ``target`` is drawn as a horizontal line."""
+    if not curves:
+        raise ValueError("no curves to plot")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name, (t, gaps, t_star) in curves.items():
+        if len(t) != len(gaps):
+            raise ValueError(f"{name}: {len(t)} t values for {len(gaps)} gaps")
+        (line,) = ax.plot(list(t), list(gaps), label=name, linewidth=1.5)
+        if t_star is not None:
+            ax.plot([float(t_star)], [float(np.interp(float(t_star), list(t), list(gaps)))], marker="o",
+                    color=line.get_color(), markersize=7)
+    ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target (≤ {100 * target:.0f}%)")
+    ax.set_xlabel("t")
+    ax.set_ylabel("retrieval parity gap")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Retrieval parity gap along each path (dot: t*)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
 def retrieval_mix_figure(activities: Sequence[str], a_shares: Mapping[str, Sequence[float]], path: str | Path,
                          stereotype: Sequence[int] | None = None, k: int = 10) -> Path:
     """Grouped bars: share of style-A images among each neutral activity prompt's top-k retrievals, per model."""
