@@ -1,12 +1,13 @@
 """The people world, its preference data, the embedding-level people metrics and the shipped people MiniCLIP."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from vlalign.data.people import (
-    ACTIVITIES, OCCLUDING_ACTIVITIES, STEREOTYPE, PeopleConfig, PeopleWorld, attribute_caption, attribute_prompts,
+    ACTIVITIES, OCCLUDING_ACTIVITIES, STEREOTYPE, PeopleConfig, PeopleSet, PeopleWorld, attribute_caption, attribute_prompts,
     flip_preference_data, neutral_caption, neutral_prompts, people_vocabulary,
 )
 from vlalign.evaluation.people import PeopleTextEmbeddings, predict_activity, predict_attribute
@@ -197,3 +198,24 @@ def test_swap_attribute_renders_counterfactual_twins(world):
     # Twins of twins are the originals; the pretraining split swaps the drawn style too.
     pre, pre_twins = world.sample("pretrain", 32, seed=4), world.sample("pretrain", 32, seed=4, swap_attribute=True)
     assert torch.equal(pre_twins.attributes, 1 - pre.attributes)
+
+
+def test_neutral_score_spread_by_hand():
+    from vlalign.evaluation.people import neutral_score_spread
+    from vlalign.data.image_set import ImageSet
+
+    # Two activities, D = 2; activity 0's neutral prompt is e0. Style A figures score 3 and 5, style B 1 and 1.
+    emb = torch.tensor([[3.0, 0], [5.0, 0], [1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0], [0, 1.0], [0, 1.0]])
+    acts = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    attrs = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    people = PeopleSet(ImageSet(images=torch.zeros(8, 3, 4, 4, dtype=torch.uint8), labels=acts, classnames=ACTIVITIES),
+                       attrs, torch.tensor([False] * 7 + [True]))
+    neutral = torch.zeros(K, 2)
+    neutral[0, 0] = 1.0
+    neutral[1, 1] = 1.0
+    text = PeopleTextEmbeddings(torch.zeros(2, K, 2), neutral)
+    out = neutral_score_spread(emb, people, text, scale=2.0)
+    std_a = float(torch.tensor([6.0, 10.0]).std())  # scaled scores of style A
+    assert out["within_style_std"][0] == pytest.approx(std_a / 2) and out["style_gap"][0] == pytest.approx(6.0)
+    # Activity 1 has one visible style-B figure (the other is hidden): not enough for a spread.
+    assert math.isnan(out["within_style_std"][1]) and math.isnan(out["style_gap"][1])

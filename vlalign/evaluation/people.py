@@ -94,6 +94,29 @@ def attribute_direction_cosine(image_emb: torch.Tensor, people: PeopleSet, text:
     return float(torch.stack(cosines).mean())
 
 
+def neutral_score_spread(image_emb: torch.Tensor, people: PeopleSet, text: PeopleTextEmbeddings,
+                         scale: float = 1.0) -> dict[str, list[float]]:
+    """How the neutral prompt of each activity scores that activity's visible figures, in logits (``scale`` × cosine):
+    ``within_style_std`` (the mean of the two styles' standard deviations) and ``style_gap`` (mean score of style A
+    minus style B), one value per activity (NaN where a style has fewer than two visible figures).
+
+    Retrieval ranks figures of one activity by this score, so a style gap that is small against the spread barely
+    moves the top-k, and one that is large decides it.
+    """
+    spread, gap = [], []
+    for k in range(len(ACTIVITIES)):
+        mask = (people.activities == k) & ~people.occluded
+        scores = scale * image_emb[mask].float() @ text.neutral[k].float()
+        a, b = scores[people.attributes[mask] == 0], scores[people.attributes[mask] == 1]
+        if len(a) < 2 or len(b) < 2:
+            spread.append(float("nan"))
+            gap.append(float("nan"))
+            continue
+        spread.append(float((a.std() + b.std()) / 2))
+        gap.append(float(a.mean() - b.mean()))
+    return {"within_style_std": spread, "style_gap": gap}
+
+
 def gallery_top_k(image_emb: torch.Tensor, prompt_emb: torch.Tensor, n_galleries: int, k: int = 10) -> torch.Tensor:
     """Each prompt's top-k images in each of ``n_galleries`` contiguous galleries, pooled -> ``[P, n_galleries * k]``
     (global image indices)."""

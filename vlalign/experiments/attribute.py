@@ -35,7 +35,8 @@ from vlalign.evaluation.erasure import (
     apply_map, explained_change, fit_counterfactual_map, interpolate_map, twin_mixture, window_below,
 )
 from vlalign.evaluation.people import (
-    PeopleTextEmbeddings, attribute_direction_cosine, gallery_top_k, people_metrics, people_text_embeddings,
+    PeopleTextEmbeddings, attribute_direction_cosine, gallery_top_k, neutral_score_spread, people_metrics,
+    people_text_embeddings,
 )
 from vlalign.evaluation.zero_shot import image_embeddings
 from vlalign.models.base import ContrastiveModel
@@ -294,6 +295,7 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
         "methods": methods,
         "bounds": bounds,
         "flipped_rate_ceiling": 1.0 - float(test.occluded.float().mean()) / 2,
+        "neutral_score_spread": neutral_score_spread(image_emb, test, text, float(model.logit_scale.detach())),
         "config": dataclasses.asdict(config),
         "seconds": None,
     }
@@ -365,6 +367,9 @@ def _bounds_section(metrics: dict) -> list[str]:
                      _fmt(b["attribute_a_rate_at_t_star"]), _fmt(b["retrieval_parity_gap_at_t_star"]),
                      _fmt(b["min_retrieval_parity_gap"]), _window(b["parity_window"])])
     ideal, linear = bounds["ideal_eraser"], bounds["linear_map"]
+    spread = [v for v in metrics["neutral_score_spread"]["within_style_std"] if not math.isnan(v)] or [float("nan")]
+    gaps = [abs(v) for v in metrics["neutral_score_spread"]["style_gap"] if not math.isnan(v)] or [float("nan")]
+    spread_lo, spread_hi, gap_lo, gap_hi = min(spread), max(spread), min(gaps), max(gaps)
     lines = ["", "## How far can a linear map neutralize here? (counterfactual twins)", "",
              "Each test image has a *twin*: the same scene rendered with the other style. Two reference paths use them: "
              "the ideal eraser moves every image embedding towards its twin's (at 1/2 the style is gone from the "
@@ -375,8 +380,9 @@ def _bounds_section(metrics: dict) -> list[str]:
                              f"t with gap ≤ {100 * gap_max:.0f}%"], rows), "",
              f"- The retrieval test can read \"neutral\": the ideal eraser reaches a gap of {_fmt(ideal['retrieval_parity_gap_at_t_star'])} "
              f"at t* = {_fmt_t(ideal['t_star'])} with activity accuracy {_fmt(ideal['activity_accuracy_at_t_star'])}. "
-             f"But only for t in {_window(ideal['parity_window'])} (grid step 0.01): within one activity the figures score "
-             "almost alike on the neutral prompt, so a small leftover of the style decides the top-10.",
+             f"But only for t in {_window(ideal['parity_window'])} (grid step 0.01). Within one activity the neutral "
+             f"prompt's scores vary little (standard deviation {spread_lo:.1f}–{spread_hi:.1f} logits per style) against "
+             f"the {gap_lo:.1f}–{gap_hi:.1f}-logit gap between the styles, so a small leftover of the style decides the top-10.",
              f"- The best linear map reproduces {_fmt(linear['explained_change'])} of the style change "
              f"(1 − residual / change, on test twins). Along its path the gap never falls below "
              f"{_fmt(linear['min_retrieval_parity_gap'])}, and it is {_fmt(linear['retrieval_parity_gap_at_t_star'])} at its t*.",
