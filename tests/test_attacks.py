@@ -401,3 +401,24 @@ def test_square_schedule_and_budget(tiny_mini_clip):
     objective = _CountingObjective(tiny_mini_clip, 3)
     Square(4 / 255, queries=7)(objective, _images(3, 32, 0))
     assert len(objective.batches) == 7  # black-box: one forward per query, no gradients
+
+
+@pytest.mark.parametrize("make, bad, message", [
+    (lambda **kw: PGD(4 / 255, **kw), {"norm": "l1"}, "unknown norm 'l1'"),
+    (lambda **kw: PGD(4 / 255, **kw), {"steps": 0}, "steps must be >= 1, got 0"),
+    (lambda **kw: PGD(4 / 255, **kw), {"restarts": 0}, "restarts must be >= 1, got 0"),
+    (lambda **kw: APGD(4 / 255, **kw), {"norm": "linfinity"}, "unknown norm 'linfinity'"),
+    (lambda **kw: APGD(4 / 255, **kw), {"steps": -1}, "steps must be >= 1, got -1"),
+    (lambda **kw: Square(4 / 255, **kw), {"queries": 0}, "queries must be >= 1, got 0"),
+    (lambda **kw: Square(4 / 255, **kw), {"restarts": 0}, "restarts must be >= 1, got 0"),
+])
+def test_constructor_arguments_are_checked_with_their_names(make, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make(**bad)
+
+
+def test_norm_is_checked_before_eps_and_sets_the_threat_model():
+    # ε = 0.5 is a valid ℓ2 radius; an unknown norm is reported as such, not as a bad ε.
+    assert PGD(0.5, norm="l2").norm == "l2"
+    with pytest.raises(ValueError, match="unknown norm"):
+        PGD(300, norm="l3")

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from vlalign.attacks.base import (
-    NORMS, Attack, AttackResult, BestTracker, Objective, ascent_direction, project, random_start, select_over_restarts,
+    Attack, AttackResult, BestTracker, Objective, ascent_direction, check_counts, project, random_start,
+    select_over_restarts,
 )
 from vlalign.attacks.objectives import LogitObjective
 
@@ -32,8 +33,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
     p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), w_j = ⌈p_j · N_iter⌉ for p_j ≤ 1.
     Computed in hundredths so the arithmetic is exact (0.22 + 0.19 is not 0.41 in floating point).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_counts(steps=steps)
     out = [0]
     previous, current = 0, 22
     while current <= 100:
@@ -53,14 +53,8 @@ class APGD(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, loss: str | None = "ce",
                  restarts: int = 1, random_start: bool = True, rho: float = 0.75, momentum: float = 0.75) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-        self.norm = norm
-        super().__init__(eps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        super().__init__(eps, norm)
+        check_counts(steps=steps, restarts=restarts)
         if not 0 < rho <= 1 or not 0 < momentum <= 1:
             raise ValueError(f"rho and momentum must be in (0, 1], got {rho}, {momentum}")
         self.steps = steps
@@ -159,12 +153,8 @@ class APGDTargeted(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9,
                  restarts: int = 1) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-        self.norm = norm
-        super().__init__(eps)
-        if n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
+        super().__init__(eps, norm)
+        check_counts(n_target_classes=n_target_classes)
         self.inner = APGD(eps, norm=norm, steps=steps, loss=None, restarts=restarts)
         self.n_target_classes = n_target_classes
 

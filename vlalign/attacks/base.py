@@ -52,6 +52,13 @@ def parse_eps(text: str | float) -> float:
     return value
 
 
+def check_counts(**counts: int) -> None:
+    """Raise a ValueError naming the first count (steps, restarts, queries, …) that is below 1."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def check_eps(eps: float) -> None:
     """Raise a ValueError unless ``0 < eps <= 1`` (ε is measured on images in [0, 1])."""
     if not (isinstance(eps, (int, float)) and math.isfinite(eps)) or not 0 < eps <= 1:
@@ -279,7 +286,12 @@ class Attack(ABC):
     #: Whether the attack needs gradients of the model it attacks (white-box).
     white_box: bool = True
 
-    def __init__(self, eps: float | None) -> None:
+    def __init__(self, eps: float | None, norm: str | None = None) -> None:
+        """``norm`` (for attacks that offer several) must be one of NORMS; it is checked before ε."""
+        if norm is not None:
+            if norm not in NORMS:
+                raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
+            self.norm = norm
         if self.norm in NORMS:
             check_eps(eps)
         self.eps = eps

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from vlalign.attacks.base import NORMS, Attack, AttackResult, Objective
+from vlalign.attacks.base import Attack, AttackResult, Objective
 from vlalign.attacks.objectives import EmbeddingObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.models.base import ContrastiveModel
@@ -26,10 +26,7 @@ class EmbeddingAttack(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
                  restarts: int = 1, reference_model: ContrastiveModel | None = None, normalize: bool = False) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-        self.norm = norm
-        super().__init__(eps)
+        super().__init__(eps, norm)
         self.pgd = PGD(eps, norm=norm, steps=steps, step_size=step_size if step_size is not None else eps / 4,
                        random_start=True, restarts=restarts, keep="last")
         self.reference_model = reference_model

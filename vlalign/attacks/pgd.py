@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from vlalign.attacks.base import (
-    NORMS, Attack, AttackResult, BestTracker, Objective, ascent_direction, project, random_start, select_over_restarts,
+    Attack, AttackResult, BestTracker, Objective, ascent_direction, check_counts, project, random_start,
+    select_over_restarts,
 )
 
 
@@ -28,14 +29,8 @@ class PGD(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, restarts: int = 1, keep: str = "best") -> None:
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-        self.norm = norm
-        super().__init__(eps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        super().__init__(eps, norm)
+        check_counts(steps=steps, restarts=restarts)
         if keep not in ("last", "best"):
             raise ValueError(f"keep must be 'last' or 'best', got {keep!r}")
         if step_size is not None and not step_size > 0:

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from vlalign.attacks.base import Attack, AttackResult, Objective, select_over_restarts
+from vlalign.attacks.base import Attack, AttackResult, Objective, check_counts, select_over_restarts
 from vlalign.attacks.objectives import LogitObjective
 
 # Iterations (of 10,000) after which p halves: the paper's schedule, rescaled to the query budget.
@@ -39,12 +39,9 @@ class Square(Attack):
 
     def __init__(self, eps: float, queries: int = 1000, p_init: float = 0.8, restarts: int = 1) -> None:
         super().__init__(eps)
-        if queries < 1:
-            raise ValueError(f"queries must be >= 1, got {queries}")
+        check_counts(queries=queries, restarts=restarts)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
         self.queries = queries
         self.p_init = p_init
         self.restarts = restarts
