@@ -23,18 +23,24 @@ def test_beta_pdf_matches_closed_forms():
     assert beta_pdf(0.05, 0.7) > beta_pdf(0.5, 0.7)
 
 
+def _average_trajectory(thetas: list[torch.Tensor], kind: str, **kwargs) -> WeightAverager:
+    """Start a one-row linear module at thetas[0], step it through thetas[1:], updating an averager after each."""
+    module = torch.nn.Linear(thetas[0].numel(), 1, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(thetas[0][None])
+    averager = WeightAverager(module, kind, len(thetas) - 1, **kwargs)
+    for theta in thetas[1:]:
+        with torch.no_grad():
+            module.weight.copy_(theta[None])
+        averager.update(module)
+    return averager
+
+
 @pytest.mark.parametrize("gamma", [0.5, 0.7, 2.0])
 def test_bma_running_average_equals_explicit_ensemble(gamma):
     steps = 12
     thetas = _trajectory(steps)
-    module = torch.nn.Linear(5, 1, bias=False).double()
-    with torch.no_grad():
-        module.weight.copy_(thetas[0][None])
-    averager = WeightAverager(module, "bma", steps, gamma=gamma)
-    for t in range(1, steps + 1):
-        with torch.no_grad():
-            module.weight.copy_(thetas[t][None])
-        averager.update(module)
+    averager = _average_trajectory(thetas, "bma", gamma=gamma)
     alphas = torch.tensor([bma_weight(t, steps, gamma) for t in range(steps + 1)], dtype=torch.float64)
     explicit = sum(a * th for a, th in zip(alphas, thetas)) / alphas.sum()  # eq. (37)
     assert torch.allclose(averager.average["weight"][0], explicit, atol=1e-12)
@@ -43,16 +49,10 @@ def test_bma_running_average_equals_explicit_ensemble(gamma):
 def test_ema_equals_explicit_geometric_weights():
     steps, decay = 7, 0.8
     thetas = _trajectory(steps)
-    module = torch.nn.Linear(5, 1, bias=False).double()
-    with torch.no_grad():
-        module.weight.copy_(thetas[0][None])
-    averager = WeightAverager(module, "ema", steps, decay=decay)
-    for t in range(1, steps + 1):
-        with torch.no_grad():
-            module.weight.copy_(thetas[t][None])
-        averager.update(module)
+    averager = _average_trajectory(thetas, "ema", decay=decay)
     explicit = decay ** steps * thetas[0] + sum((1 - decay) * decay ** (steps - t) * thetas[t] for t in range(1, steps + 1))
     assert torch.allclose(averager.average["weight"][0], explicit, atol=1e-12)
+    module = torch.nn.Linear(5, 1, bias=False).double()
     averager.copy_to(module)
     assert torch.allclose(module.weight[0], explicit)
 
