@@ -16,7 +16,7 @@ import time
 import torch
 
 from vlalign.data.preference import typographic_preference_data
-from vlalign.evaluation.zero_shot import image_embeddings
+from vlalign.models.embeddings import image_embeddings
 from vlalign.losses.objectives import ObjectiveParams, preference_objective
 from vlalign.models.heads import LinearHead
 from vlalign.models.loading import load_model

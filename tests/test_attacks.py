@@ -15,7 +15,9 @@ from vlalign.attacks import (
     ZeroShotObjective, build_attack, format_eps, parse_eps,
 )
 from vlalign.attacks.apgd import APGD, apgd_checkpoints
-from vlalign.attacks.base import attack_mode, is_bounded, lp_norms, project, select_over_restarts, split_attack_names
+from vlalign.attacks.base import attack_mode, select_over_restarts
+from vlalign.attacks.registry import is_bounded, split_attack_names
+from vlalign.attacks.threat_model import lp_norms, project
 from vlalign.attacks.losses import dlr_loss, logit_loss, margin_loss, targeted_dlr_loss
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.square import Square, square_fraction

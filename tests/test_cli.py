@@ -14,7 +14,7 @@ from vlalign.cli import main
 from vlalign.data.folder import load_image_folder
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.zero_shot import zero_shot_evaluate
-from vlalign.training import registry
+from vlalign.pipelines import train as registry
 
 
 def run_ok(argv: list[str]) -> None:

@@ -10,11 +10,12 @@ from vlalign.data.preference import PreferenceSet, RegularizationSet, typographi
 from vlalign.evaluation.control import is_monotonic, parse_range, sweep_head_power
 from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.models.heads import HeadedCLIP, LinearHead
+from vlalign.models.loading import load_model
 from vlalign.training.baselines import (
     DefensePrefixCLIP, interpolate_state, orthogonality_penalty, paint, train_defense_prefix,
 )
 from vlalign.training.contrastive_po import (
-    PreferenceTrainConfig, load_aligned_model, save_aligned_model, train_preference,
+    PreferenceTrainConfig, save_aligned_model, train_preference,
 )
 
 
@@ -106,7 +107,7 @@ def test_save_and_load_aligned_models(mini_model, tiny_mini_clip, data, tmp_path
     cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=3, batch_size=8)
     result = train_preference(mini_model, pref, reg, cfg, progress=False)
     save_aligned_model(result, tmp_path / "head", "mini")
-    loaded = load_aligned_model(tmp_path / "head")
+    loaded = load_model(tmp_path / "head")
     assert torch.equal(loaded.head.weight, result.model.head.weight)
     x = pref.images[:4].float() / 255
     assert torch.allclose(loaded.encode_image(x), result.model.encode_image(x), atol=1e-6)

@@ -13,8 +13,9 @@ import torch
 
 from vlalign.data.mini_world import vocabulary
 from vlalign.models import CheckpointError, MiniCLIP, MiniCLIPConfig, load_mini_clip, load_model, save_mini_clip
-from vlalign.models import checkpoint as checkpoint_module
-from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json, load_state_checked, load_tensors, save_tensors
+from vlalign import io as io_module
+from vlalign.models.checkpoint import load_state_checked, load_tensors
+from vlalign.io import atomic_write_bytes, atomic_write_json, save_tensors
 from vlalign.models.tokenizer import BOS, EOS, PAD, UNK, WordTokenizer, split_words
 
 TEXTS = ["a photo of a star", "a large red circle on a noisy background", "the word moon", "a"]
@@ -289,7 +290,7 @@ def test_atomic_write_bytes_failure_keeps_old_file(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", crash)  # the new bytes are written, then the write fails
+    monkeypatch.setattr(io_module.os, "fsync", crash)  # the new bytes are written, then the write fails
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, b"new content that never lands")
     assert target.read_bytes() == b"old content"
@@ -299,7 +300,7 @@ def test_atomic_write_bytes_failure_keeps_old_file(tmp_path, monkeypatch):
 def test_interrupted_checkpoint_save_keeps_old_checkpoint(tiny_mini_clip, tmp_path, monkeypatch):
     save_mini_clip(tiny_mini_clip, tmp_path / "ckpt")
     expected = outputs(tiny_mini_clip)
-    real_save_file = checkpoint_module.save_file
+    real_save_file = io_module.save_file
 
     def half_then_crash(tensors, filename, metadata=None):
         real_save_file(tensors, filename, metadata=metadata)
@@ -308,7 +309,7 @@ def test_interrupted_checkpoint_save_keeps_old_checkpoint(tiny_mini_clip, tmp_pa
         raise KeyboardInterrupt  # the user presses Ctrl-C mid-write
 
     changed = MiniCLIP(tiny_mini_clip.config)
-    monkeypatch.setattr(checkpoint_module, "save_file", half_then_crash)
+    monkeypatch.setattr(io_module, "save_file", half_then_crash)
     with pytest.raises(KeyboardInterrupt):
         save_mini_clip(changed, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]

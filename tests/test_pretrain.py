@@ -15,7 +15,8 @@ from vlalign.models import MiniCLIP, load_model
 from vlalign.models.checkpoint import load_tensors
 from vlalign.training import pretrain as pretrain_module
 from vlalign.training.metrics_log import NonFiniteLossError
-from vlalign.training.pretrain import PretrainConfig, build_mini_clip, pretrain_mini_clip, read_metrics
+from vlalign.pipelines.pretrain import pretrain_mini_clip, read_metrics
+from vlalign.training.pretrain import PretrainConfig, build_mini_clip
 from vlalign.training.state import STATE_META, has_training_state
 
 TINY = {

@@ -130,7 +130,9 @@ def test_a_sound_evaluation_has_no_warnings_and_the_right_shape(mini_model, eval
         assert worst <= min(metrics["robust"][a][eps] for a in ("fgsm", "pgd")) <= metrics["clean"]
     assert metrics["worst_case"]["4/255"] < metrics["worst_case"]["1/255"]
     assert "steps" in metrics["checks"]
-    report = result.report(command="vlalign robust-eval ...")
+    from vlalign.reporting.robust import robust_report
+
+    report = robust_report(result, command="vlalign robust-eval ...")
     assert "| **worst case**" in report and "vlalign robust-eval" in report
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vlalign.config import ConfigError, config_from_dict
 from vlalign.models.loading import load_model, save_mini_clip
-from vlalign.training.registry import load_training_config, run_training
+from vlalign.pipelines.train import load_training_config, run_training
 from vlalign.training.robust_finetune import RobustFinetuneConfig, fare_loss, tecoa_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
+from vlalign.evaluation.zero_shot import zero_shot_evaluate
+from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.loading import embedded_mini_dir
 
 N = 600

@@ -6,10 +6,9 @@ threat model; normalization inside the model; eval mode during the attack; a see
 what it maximizes.
 """
 
-from vlalign.attacks.base import (
-    ATTACKS, Attack, AttackResult, LossObjective, Objective, ObjectiveValue, attack_names, build_attack, format_eps,
-    parse_eps, register_attack,
-)
+from vlalign.attacks.base import Attack, AttackResult, LossObjective, Objective, ObjectiveValue
+from vlalign.attacks.registry import ATTACKS, attack_names, build_attack, register_attack
+from vlalign.attacks.threat_model import format_eps, parse_eps
 from vlalign.attacks.objectives import (
     CaptionLikelihoodObjective, EmbeddingObjective, LogitObjective, RetrievalObjective, ZeroShotObjective,
 )

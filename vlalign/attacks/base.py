@@ -1,4 +1,4 @@
-"""The contract every attack keeps, the objective interface they all maximize, and the registry.
+"""The contract every attack keeps, and the objective interface they all maximize.
 
 Contract (AutoAttack / torchattacks conventions):
 
@@ -17,11 +17,9 @@ under a generative VLM (AdPO).
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -29,118 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-NORMS = ("linf", "l2")
-
-
-# --------------------------------------------------------------------------------------------- ε parsing
-
-def parse_eps(text: str | float) -> float:
-    """``'4/255'`` -> 0.01568..., ``'0.03'`` -> 0.03; ε must lie in (0, 1] (pixel units of [0, 1] images)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        raw = str(text).strip()
-        try:
-            if "/" in raw:
-                num, den = raw.split("/", 1)
-                value = float(num) / float(den)
-            else:
-                value = float(raw)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"eps must be a number or a fraction like 4/255, got {text!r}") from None
-    check_eps(value)
-    return value
-
-
-def check_counts(**counts: int) -> None:
-    """Raise a ValueError naming the first count (steps, restarts, queries, …) that is below 1."""
-    for name, value in counts.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def check_eps(eps: float) -> None:
-    """Raise a ValueError unless ``0 < eps <= 1`` (ε is measured on images in [0, 1])."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps)) or not 0 < eps <= 1:
-        hint = f"; did you mean {eps:g}/255?" if isinstance(eps, (int, float)) and 1 < eps <= 255 else ""
-        raise ValueError(f"eps must be in (0, 1] on images in [0, 1] (e.g. 4/255), got {eps!r}{hint}")
-
-
-def format_eps(eps: float) -> str:
-    """0.01568... -> ``'4/255'``; values that are not a whole number of grey levels print as ``'%g'``."""
-    levels = eps * 255
-    if abs(levels - round(levels)) < 1e-6 and round(levels) > 0:
-        return f"{round(levels)}/255"
-    return f"{eps:g}"
-
-
-# ---------------------------------------------------------------------------------- pure threat-model math
-
-def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample ℓ∞ or ℓ2 norm of a perturbation ``[N, ...]`` -> ``[N]``."""
-    flat = delta.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(1)
-    if norm == "l2":
-        return flat.norm(dim=1)
-    raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-
-
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
-    """Project ``x_adv`` onto {‖x_adv − x‖ ≤ ε} ∩ [0, 1].
-
-    ℓ∞: clip δ to [−ε, ε], then clip x + δ to [0, 1] (the order torchattacks and Madry et al. use). ℓ2: scale δ
-    to the ball, then clip to [0, 1]; clipping moves each coordinate towards x, so δ stays in the ball.
-    """
-    delta = x_adv - x
-    if norm == "linf":
-        delta = torch.clamp(delta, min=-eps, max=eps)
-    elif norm == "l2":
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        delta = delta * torch.clamp(eps / norms, max=1.0)
-    else:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-    return torch.clamp(x + delta, 0, 1)
-
-
-def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction of unit norm: sign(g) for ℓ∞, g/‖g‖₂ for ℓ2 (zero where g is zero)."""
-    if norm == "linf":
-        return grad.sign()
-    if norm == "l2":
-        norms = grad.flatten(1).norm(dim=1).view(-1, *([1] * (grad.dim() - 1)))
-        return grad / norms.clamp_min(1e-12)
-    raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-
-
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
-    """A uniformly random point of the ε-ball around ``x``, clipped to [0, 1].
-
-    ℓ∞: δ ~ U[−ε, ε]^d. ℓ2: uniform in the ball (Gaussian direction, radius ε·U^{1/d}).
-    """
-    shape = x.shape
-    if norm == "linf":
-        delta = (torch.rand(shape, generator=generator) * 2 - 1) * eps
-    elif norm == "l2":
-        direction = torch.randn(shape, generator=generator)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        d = x[0].numel()
-        radius = eps * torch.rand(shape[0], generator=generator).pow(1.0 / d)
-        delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
-    else:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-    return torch.clamp(x + delta.to(device=x.device, dtype=x.dtype), 0, 1)
-
-
-def check_images(images: torch.Tensor, what: str = "images") -> None:
-    """Raise a ValueError unless ``images`` is a float tensor ``[B, 3, H, W]`` with values in [0, 1]."""
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise ValueError(f"{what} must be a float tensor in [0, 1]; got {getattr(images, 'dtype', type(images))} "
-                         "(convert uint8 images with .float() / 255)")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"{what} must have shape [B, 3, H, W], got {tuple(images.shape)}")
-    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
-        raise ValueError(f"{what} must lie in [0, 1], got values in [{float(images.min()):.3g}, {float(images.max()):.3g}]")
+from vlalign.attacks.threat_model import NORMS, check_eps, check_images, format_eps, lp_norms
 
 
 # --------------------------------------------------------------------------------------------- objectives
@@ -366,99 +253,3 @@ def select_over_restarts(x: torch.Tensor, loss: torch.Tensor, fooled: torch.Tens
     choice = key.argmax(0)
     rows = choice * b + torch.arange(b, device=x.device)
     return x[rows], loss[rows], (fooled[rows] if fooled is not None else None)
-
-
-# ------------------------------------------------------------------------------------------------ registry
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """A registered attack: ``"module:Class"`` and the keyword arguments that make it this variant."""
-
-    target: str
-    defaults: dict = field(default_factory=dict)
-    description: str = ""
-
-    def resolve(self) -> type[Attack]:
-        module_name, class_name = self.target.split(":")
-        return getattr(importlib.import_module(module_name), class_name)
-
-
-ATTACKS: dict[str, AttackSpec] = {
-    "pgd": AttackSpec("vlalign.attacks.pgd:PGD", {"norm": "linf"}, "PGD, ℓ∞ (Madry et al. 2018)"),
-    "pgd-l2": AttackSpec("vlalign.attacks.pgd:PGD", {"norm": "l2"}, "PGD, ℓ2 (Madry et al. 2018)"),
-    "fgsm": AttackSpec("vlalign.attacks.fgsm:FGSM", {}, "FGSM, ℓ∞ (Goodfellow et al. 2015)"),
-    "apgd-ce": AttackSpec("vlalign.attacks.apgd:APGD", {"loss": "ce"}, "APGD-CE, ℓ∞ (Croce & Hein 2020)"),
-    "apgd-dlr": AttackSpec("vlalign.attacks.apgd:APGD", {"loss": "dlr"}, "APGD-DLR, ℓ∞ (Croce & Hein 2020)"),
-    "apgd-t": AttackSpec("vlalign.attacks.apgd:APGDTargeted", {}, "APGD-T, targeted DLR, ℓ∞ (Croce & Hein 2020)"),
-    "square": AttackSpec("vlalign.attacks.square:Square", {}, "Square, score-based black-box, ℓ∞ (Andriushchenko et al. 2020)"),
-    "transfer": AttackSpec("vlalign.attacks.transfer:TransferAttack", {}, "PGD on a surrogate model, evaluated on the target"),
-    "embedding": AttackSpec("vlalign.attacks.embedding:EmbeddingAttack", {}, "label-free embedding-space PGD (FARE)"),
-    "typographic": AttackSpec("vlalign.attacks.typographic:TypographicAttack", {}, "write another class name (unbounded)"),
-}
-
-#: Options the command line passes to every attack; each attack takes the ones it has.
-COMMON_OPTIONS = ("steps", "restarts", "queries", "surrogate")
-
-
-def register_attack(name: str, target: str, defaults: dict | None = None, description: str = "") -> None:
-    """Register ``"module:Class"`` (an :class:`Attack` subclass) under ``name`` with fixed keyword ``defaults``."""
-    spec = AttackSpec(target, dict(defaults or {}), description)
-    if name in ATTACKS and ATTACKS[name] != spec:
-        raise ValueError(f"attack {name!r} is already registered as {ATTACKS[name].target}")
-    ATTACKS[name] = spec
-
-
-def attack_names() -> list[str]:
-    """Names accepted by :func:`build_attack` (and ``--attack``)."""
-    return sorted(ATTACKS)
-
-
-def attack_class(name: str) -> type[Attack]:
-    """The class registered under ``name``."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; expected one of {attack_names()}")
-    return ATTACKS[name].resolve()
-
-
-def build_attack(name: str, eps: float | None = None, **options: object) -> Attack:
-    """Build the attack registered as ``name``.
-
-    Options in :data:`COMMON_OPTIONS` (``steps``, ``restarts``, ...) go to the attacks that take them and are
-    skipped by the others; any other option must be a parameter of the attack, or this raises a TypeError.
-    """
-    cls = attack_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = dict(ATTACKS[name].defaults)
-    for key, value in options.items():
-        if key in params:
-            if value is not None:
-                kwargs[key] = value
-        elif key not in COMMON_OPTIONS:
-            accepted = sorted(k for k in params if k != "self")
-            raise TypeError(f"attack {name!r} takes no option {key!r}; it takes {accepted}")
-    if "eps" in params:
-        kwargs["eps"] = eps
-    return cls(**kwargs)
-
-
-def attack_norm(name: str) -> str:
-    """Threat model of the attack registered as ``name``: "linf", "l2" or "unbounded"."""
-    return ATTACKS[name].defaults.get("norm", attack_class(name).norm)
-
-
-def is_bounded(name: str) -> bool:
-    """Whether the attack registered as ``name`` has an ε-ball threat model."""
-    return attack_norm(name) in NORMS
-
-
-def split_attack_names(text: str | Sequence[str]) -> list[str]:
-    """``'apgd-ce,pgd'`` -> ``['apgd-ce', 'pgd']``, each checked against the registry."""
-    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n).strip() for n in text]
-    names = [n for n in names if n]
-    if not names:
-        raise ValueError(f"no attack named; expected a comma-separated list from {attack_names()}")
-    for n in names:
-        attack_class(n)
-    if len(set(names)) != len(names):
-        raise ValueError(f"attack list has duplicates: {names}")
-    return names

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from vlalign.attacks.base import Attack, AttackResult, Objective, project
+from vlalign.attacks.base import Attack, AttackResult, Objective
+from vlalign.attacks.threat_model import project
 
 
 class FGSM(Attack):

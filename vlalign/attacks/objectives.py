@@ -14,7 +14,7 @@ from torch import nn
 
 from vlalign.attacks.base import Objective
 from vlalign.attacks.losses import LOGIT_LOSSES, TARGETED_LOSSES, logit_loss
-from vlalign.evaluation.zero_shot import class_text_embeddings
+from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
 
 

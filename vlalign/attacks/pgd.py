@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from vlalign.attacks.base import (
-    Attack, AttackResult, BestTracker, Objective, ascent_direction, check_counts, project, random_start,
-    select_over_restarts,
-)
+from vlalign.attacks.base import Attack, AttackResult, BestTracker, Objective, select_over_restarts
+from vlalign.attacks.threat_model import ascent_direction, check_counts, project, random_start
 
 
 class PGD(Attack):

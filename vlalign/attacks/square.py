@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from vlalign.attacks.base import Attack, AttackResult, Objective, check_counts, select_over_restarts
+from vlalign.attacks.base import Attack, AttackResult, Objective, select_over_restarts
+from vlalign.attacks.threat_model import check_counts
 from vlalign.attacks.objectives import LogitObjective
 
 # Iterations (of 10,000) after which p halves: the paper's schedule, rescaled to the query budget.

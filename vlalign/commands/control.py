@@ -22,9 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.evaluation.control import parse_range
     from vlalign.experiments.control import write_control_report
     from vlalign.models.heads import HeadedCLIP
-    from vlalign.training.contrastive_po import load_aligned_model
+    from vlalign.models.loading import load_model
 
-    model = load_aligned_model(args.run, args.device)
+    model = load_model(args.run, args.device)
     if not isinstance(model, HeadedCLIP):
         raise ValueError(f"{args.run}: not a linear-head run (trainable: head); Σ^t control needs the head W")
     out = args.out or args.run / "control"

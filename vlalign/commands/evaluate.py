@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlalign.data.folder import load_image_folder
     from vlalign.data.mini_world import MiniWorld
-    from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
-    from vlalign.models.checkpoint import atomic_write_json
+    from vlalign.evaluation.zero_shot import zero_shot_evaluate
+    from vlalign.models.embeddings import class_text_embeddings
+    from vlalign.io import atomic_write_json
     from vlalign.models.loading import load_model
     from vlalign.reporting.tables import markdown_table
 

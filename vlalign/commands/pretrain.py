@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlalign.config import load_config
     from vlalign.reporting.tables import markdown_table
-    from vlalign.training.pretrain import PretrainConfig, pretrain_mini_clip
+    from vlalign.pipelines.pretrain import pretrain_mini_clip
+    from vlalign.training.pretrain import PretrainConfig
 
     config = load_config(args.config, PretrainConfig)
     overrides = {k: v for k, v in (("device", args.device), ("seed", args.seed)) if v is not None}

@@ -36,11 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vlalign.attacks.base import parse_eps, split_attack_names
+    from vlalign.attacks.registry import split_attack_names
+    from vlalign.attacks.threat_model import parse_eps
     from vlalign.data.folder import load_image_folder
     from vlalign.data.mini_world import MiniWorld
     from vlalign.evaluation.robust import robust_evaluate
-    from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json
+    from vlalign.io import atomic_write_bytes, atomic_write_json
+    from vlalign.reporting.robust import robust_report, robust_table
     from vlalign.models.loading import load_model
 
     if "{}" not in args.template:
@@ -63,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "metrics.json", result.metrics())
     command = "vlalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["robust-eval"] else None
-    atomic_write_bytes(args.out / "report.md", result.report(f"Robust evaluation of {args.model}", command).encode())
+    atomic_write_bytes(args.out / "report.md", robust_report(result, f"Robust evaluation of {args.model}", command).encode())
     print(f"clean accuracy: {result.clean_accuracy:.3f}")
-    print(result.table())
+    print(robust_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"\nreport: {args.out / 'report.md'}")

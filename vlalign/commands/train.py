@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlalign.training.registry import load_training_config, run_training
+    from vlalign.pipelines.train import load_training_config, run_training
 
     config = load_training_config(args.config)
     metrics = run_training(config, args.out)

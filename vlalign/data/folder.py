@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from vlalign.data.image_set import ImageSet
-from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_bytes, atomic_write_json
 
 METADATA_FILE = "metadata.jsonl"
 CLASSES_FILE = "classes.json"

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from vlalign.data.image_set import ImageSet
-from vlalign.evaluation.zero_shot import accuracy, image_embeddings, written_label_rate
+from vlalign.evaluation.zero_shot import accuracy, written_label_rate
+from vlalign.models.embeddings import image_embeddings
 from vlalign.models.heads import HeadedCLIP
 
 

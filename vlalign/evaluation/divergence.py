@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from vlalign.data.image_set import ImageSet
-from vlalign.evaluation.zero_shot import image_embeddings
+from vlalign.models.embeddings import image_embeddings
 from vlalign.losses.preference import kl_divergence
 from vlalign.models.base import ContrastiveModel
 

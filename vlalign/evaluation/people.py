@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from vlalign.data.people import ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleSet, attribute_prompts, neutral_prompts
+from vlalign.data.people import (
+    ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleSet, PeopleWorld, attribute_prompts, neutral_prompts,
+)
 from vlalign.evaluation.bias import (
     attribute_rates, group_a_rates, per_group_skew, retrieval_a_shares, retrieval_parity_gap, stereotype_skew,
 )
 from vlalign.evaluation.retrieval import top_k_images
-from vlalign.evaluation.zero_shot import image_embeddings
+from vlalign.models.embeddings import image_embeddings
 from vlalign.models.base import ContrastiveModel
 
 
@@ -174,3 +176,13 @@ def evaluate_people_model(model: ContrastiveModel, people: PeopleSet, n_gallerie
     """Embed ``people`` and the prompts with ``model`` and return :func:`people_metrics`."""
     return people_metrics(image_embeddings(model, people.images, batch_size), people, people_text_embeddings(model),
                           n_galleries, k)
+
+
+def evaluate_people_pretraining(model: ContrastiveModel, world: PeopleWorld, n: int, seed: int) -> dict[str, float]:
+    """Activity accuracy, attribute accuracy and bias of a people-world model on fresh unbiased test images."""
+    metrics = evaluate_people_model(model, world.sample("test", n, seed))
+    keys = ("activity_accuracy", "original_rate", "a_rate", "mean_abs_skew", "max_abs_skew", "stereotype_skew",
+            "retrieval_parity_gap", "retrieval_stereotype_share", "retrieval_activity_precision")
+    out = {("attribute_accuracy" if k == "original_rate" else k): metrics[k] for k in keys}
+    out["per_activity_a_rate"] = metrics["per_activity_a_rate"]
+    return out

@@ -20,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vlalign.attacks.base import (
-    attack_class, attack_norm, build_attack, format_eps, is_bounded, split_attack_names,
-)
+from vlalign.attacks.registry import attack_class, attack_norm, build_attack, is_bounded, split_attack_names
+from vlalign.attacks.threat_model import format_eps
 from vlalign.attacks.objectives import ZeroShotObjective
 from vlalign.data.image_set import ImageSet
-from vlalign.evaluation.zero_shot import class_text_embeddings
+from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
-from vlalign.reporting.tables import markdown_table, percent
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
 
 #: Key under which attacks without an ε-ball (typographic) report their single accuracy.
 UNBOUNDED = "unbounded"
@@ -54,8 +56,8 @@ def eps_monotonicity_warnings(robust: Mapping[str, Mapping[float, float]], toler
         for (eps_a, acc_a), (eps_b, acc_b) in zip(ordered, ordered[1:]):
             if acc_b > acc_a + tolerance:
                 warnings.append(
-                    f"{name}: robust accuracy rises with eps ({percent(acc_a)} at {format_eps(eps_a)} -> "
-                    f"{percent(acc_b)} at {format_eps(eps_b)}); the attack is not converging (gradient masking or "
+                    f"{name}: robust accuracy rises with eps ({_percent(acc_a)} at {format_eps(eps_a)} -> "
+                    f"{_percent(acc_b)} at {format_eps(eps_b)}); the attack is not converging (gradient masking or "
                     "too few steps)")
     return warnings
 
@@ -64,8 +66,8 @@ def steps_monotonicity_warning(name: str, eps: float, steps_few: int, acc_few: f
                                acc_full: float, tolerance: float) -> list[str]:
     """Warn when more attack steps gave a *higher* robust accuracy than fewer steps."""
     if acc_full > acc_few + tolerance:
-        return [f"{name} at eps {format_eps(eps)}: {steps_full} steps leave {percent(acc_full)} robust but "
-                f"{steps_few} steps only {percent(acc_few)}; robust accuracy should not rise with steps "
+        return [f"{name} at eps {format_eps(eps)}: {steps_full} steps leave {_percent(acc_full)} robust but "
+                f"{steps_few} steps only {_percent(acc_few)}; robust accuracy should not rise with steps "
                 "(gradient masking or a badly tuned step size)"]
     return []
 
@@ -82,8 +84,8 @@ def black_box_warnings(robust: Mapping[str, Mapping[float, float]], white_box: S
             if best_white is not None and acc < best_white - tolerance:
                 strongest = min((w for w in white_box if eps in robust.get(w, {})), key=lambda w: robust[w][eps])
                 warnings.append(
-                    f"black-box {name} beats every white-box attack at eps {format_eps(eps)} ({percent(acc)} vs "
-                    f"{percent(best_white)} for {strongest}): the gradients are likely masked or obfuscated")
+                    f"black-box {name} beats every white-box attack at eps {format_eps(eps)} ({_percent(acc)} vs "
+                    f"{_percent(best_white)} for {strongest}): the gradients are likely masked or obfuscated")
     return warnings
 
 
@@ -157,37 +159,6 @@ class RobustEvaluation:
             "checks": self.checks,
             "settings": self.settings,
         }
-
-    def table(self) -> str:
-        """Markdown table: one row per attack (and the worst case), one column per ε."""
-        columns = [format_eps(e) for e in self.eps]
-        robust = self.robust_accuracy()
-        rows = [[name, *(percent(by_eps.get(e)) for e in self.eps)]
-                for name, by_eps in robust.items() if UNBOUNDED not in by_eps]
-        worst = self.worst_case()
-        rows.append(["**worst case**", *(f"**{percent(worst[e])}**" for e in self.eps)])
-        table = markdown_table(["attack", *(f"ε = {c}" for c in columns)], rows)
-        unbounded = [[name, percent(by_eps[UNBOUNDED])] for name, by_eps in robust.items() if UNBOUNDED in by_eps]
-        if unbounded:
-            table += "\n\n" + markdown_table(["attack without an ε-ball", "accuracy"], unbounded)
-        return table
-
-    def report(self, title: str = "Robust evaluation", command: str | None = None) -> str:
-        """A Markdown report: clean accuracy, the table, warnings, settings and how to reproduce."""
-        lines = [f"# {title}", "", f"Clean accuracy: **{percent(self.clean_accuracy)}** on {self.labels.numel()} images.",
-                 "", "Robust accuracy (ℓ∞ unless the attack says otherwise); the worst case counts a sample as robust "
-                 "only if it survives every bounded attack at that ε.", "", self.table(), ""]
-        lines.append("## Gradient-masking checks")
-        lines.append("")
-        if self.warnings:
-            lines += [f"- ⚠ {w}" for w in self.warnings]
-        else:
-            lines.append("No warnings: accuracy falls with ε and with steps, no black-box attack beats the white-box "
-                         "ones, input gradients are finite and non-zero, and the model is deterministic.")
-        lines += ["", "## Settings", "", *(f"- {k}: {v}" for k, v in self.settings.items())]
-        if command:
-            lines += ["", "Reproduce:", "", f"    {command}"]
-        return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ the loop

@@ -6,7 +6,8 @@ import torch
 
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.divergence import mean_kl, policy_logits
-from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
+from vlalign.evaluation.zero_shot import zero_shot_evaluate
+from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
 
 #: metrics.json key -> mini-world split
@@ -35,3 +36,15 @@ def evaluate_typographic(model: ContrastiveModel, reference: ContrastiveModel | 
         metrics["kl_clean"] = mean_kl(policy_logits(model, clean, prompts), policy_logits(reference, clean, prompts),
                                       kl_direction)
     return metrics
+
+
+def evaluate_typographic_phenomena(model: ContrastiveModel, world: MiniWorld, n: int, seed: int) -> dict[str, float]:
+    """Clean, typographic and matching-text accuracy and the written-label rate on fresh test images."""
+    class_emb = class_text_embeddings(model, world.classnames)
+    results = {}
+    for split in ("clean", "typographic", "matching"):
+        result = zero_shot_evaluate(model, world.sample(split, n, seed), class_emb)
+        results[f"{split}_accuracy"] = result.accuracy
+        if split == "typographic":
+            results["written_label_rate"] = result.written_label_rate
+    return results

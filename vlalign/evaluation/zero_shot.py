@@ -1,46 +1,14 @@
-"""Zero-shot classification: class-prompt embeddings (computed once) and batched accuracy."""
+"""Zero-shot classification accuracy and written-label rate, over class-prompt embeddings computed once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from vlalign.data.image_set import ImageSet
 from vlalign.models.base import ContrastiveModel
-
-
-@torch.no_grad()
-def class_text_embeddings(model: ContrastiveModel, classnames: Sequence[str],
-                          templates: Sequence[str] = ("a photo of a {}",)) -> torch.Tensor:
-    """One normalized embedding per class: the mean over ``templates`` of the prompt embeddings -> ``[K, D]``."""
-    if len(classnames) == 0:
-        raise ValueError("class list is empty")
-    if len(set(classnames)) != len(classnames):
-        raise ValueError(f"class list has duplicates: {sorted({c for c in classnames if list(classnames).count(c) > 1})}")
-    prompts = [t.format(c) for c in classnames for t in templates]
-    emb = model.encode_text(prompts).view(len(classnames), len(templates), -1).mean(1)
-    return torch.nn.functional.normalize(emb, dim=-1)
-
-
-@torch.no_grad()
-def image_embeddings(model: ContrastiveModel, images: ImageSet | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Normalized image embeddings for an ImageSet, a uint8 tensor or float pixels in [0, 1], in batches."""
-    n = len(images)
-    device = model.device
-    out = []
-    for start in range(0, n, batch_size):
-        if isinstance(images, ImageSet):
-            batch = images.pixels(slice(start, start + batch_size))
-        else:
-            batch = images[start: start + batch_size]
-            if batch.dtype == torch.uint8:
-                batch = batch.float().div_(255.0)
-        out.append(model.encode_image(batch.to(device)).float().cpu())
-    if not out:
-        return torch.empty(0, model.embed_dim)
-    return torch.cat(out)
+from vlalign.models.embeddings import class_text_embeddings, image_embeddings
 
 
 @dataclass

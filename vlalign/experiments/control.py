@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from vlalign.data.mini_world import MiniWorld  # noqa: E402
 from vlalign.evaluation.control import is_monotonic, sweep_head_power  # noqa: E402
-from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from vlalign.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from vlalign.models.heads import HeadedCLIP  # noqa: E402
 from vlalign.reporting.tables import markdown_table  # noqa: E402
 

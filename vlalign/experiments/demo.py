@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from vlalign.data.mini_world import MiniWorld
-from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
+from vlalign.evaluation.zero_shot import zero_shot_evaluate
+from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_bytes, atomic_write_json
 from vlalign.reporting.figures import prediction_grid
 from vlalign.reporting.tables import markdown_table, percent
 

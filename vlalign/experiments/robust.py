@@ -14,13 +14,14 @@ import os
 import time
 from pathlib import Path
 
-from vlalign.attacks.base import parse_eps
+from vlalign.attacks.threat_model import parse_eps
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.robust import robust_evaluate
-from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_bytes, atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.reporting.tables import markdown_table, percent
-from vlalign.training.robust_finetune import RobustFinetuneConfig, train_from_config
+from vlalign.pipelines.robust import train_from_config
+from vlalign.training.robust_finetune import RobustFinetuneConfig
 
 METHODS = ("tecoa", "fare")
 TARGET_EPS = "4/255"

@@ -26,7 +26,7 @@ from vlalign.evaluation.typographic import evaluate_typographic  # noqa: E402
 from vlalign.evaluation.zero_shot import zero_shot_evaluate  # noqa: E402
 from vlalign.experiments.control import control_sweep, plot_frontier, plot_singular_values  # noqa: E402
 from vlalign.models.base import ContrastiveModel  # noqa: E402
-from vlalign.models.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from vlalign.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from vlalign.models.loading import load_model  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
 from vlalign.training.baselines import paint, train_defense_prefix, train_materzynska  # noqa: E402

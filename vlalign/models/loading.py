@@ -10,7 +10,8 @@ import torch
 
 from vlalign.config import ConfigError, config_from_dict
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.checkpoint import CheckpointError, atomic_write_json, load_state_checked, load_tensors, save_tensors
+from vlalign.models.checkpoint import CheckpointError, load_state_checked, load_tensors
+from vlalign.io import atomic_write_json, save_tensors
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -56,6 +57,61 @@ def load_mini_clip(folder: str | Path) -> MiniCLIP:
     return model.eval()
 
 
+RUN_FILE = "run.json"
+HEAD_FILE = "head.safetensors"
+
+
+def save_model(model: ContrastiveModel, folder: str | Path, base_spec: str | None = None,
+               info: dict | None = None) -> None:
+    """Write ``model`` into ``folder`` so that :func:`load_model` loads it back, plus ``run.json`` (``info``).
+
+    A MiniCLIP or transformers CLIP becomes a plain model folder. A :class:`HeadedCLIP` stores only its head
+    (``head.safetensors``) and names its base model (``base_spec``) in ``run.json``, rather than copying it.
+    """
+    from vlalign.models.heads import HeadedCLIP
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = dict(info or {})
+    if isinstance(model, HeadedCLIP):
+        if base_spec is None:
+            raise ValueError("saving a linear-head model needs base_spec, the spec of the model under the head")
+        save_tensors(folder / HEAD_FILE, {"weight": model.head.weight})
+        info.update(trainable="head", base_model=str(base_spec))
+    elif isinstance(model, MiniCLIP):
+        save_mini_clip(model, folder)
+    elif hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder)
+    else:
+        raise TypeError(f"do not know how to save a {type(model).__name__}")
+    atomic_write_json(folder / RUN_FILE, info)
+
+
+def _load_head_run(folder: Path, device: str | torch.device) -> ContrastiveModel:
+    """A linear head over the base model its ``run.json`` names."""
+    from vlalign.models.heads import HeadedCLIP, LinearHead
+
+    info = _read_json(folder / RUN_FILE)
+    if "base_model" not in info:
+        raise CheckpointError(f"{folder / RUN_FILE}: a head run must name its \"base_model\"")
+    base = load_model(info["base_model"], device)
+    weight = load_tensors(folder / HEAD_FILE)["weight"]
+    if weight.shape != (base.embed_dim, base.embed_dim):
+        raise CheckpointError(f"{folder / HEAD_FILE}: head is {tuple(weight.shape)} but the base model "
+                              f"{info['base_model']!r} has embedding width {base.embed_dim}")
+    return HeadedCLIP(base, LinearHead(base.embed_dim, weight).to(device)).eval()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> ContrastiveModel:
     """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), a MiniCLIP or
     transformers CLIP folder, or a hub id."""
@@ -64,19 +120,13 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> Contrast
         model: ContrastiveModel = load_mini_clip(embedded_mini_dir())
     elif spec_str == "mini-people":
         model = load_mini_clip(embedded_people_dir())
-    elif Path(spec_str).is_dir() and not (Path(spec_str) / CONFIG_FILE).is_file() and (Path(spec_str) / "run.json").is_file():
-        # A linear-head run of `vlalign train`: the head over the base model it names.
-        from vlalign.training.contrastive_po import load_aligned_model
-
-        model = load_aligned_model(spec_str, device)
+    elif Path(spec_str).is_dir() and (Path(spec_str) / HEAD_FILE).is_file():
+        model = _load_head_run(Path(spec_str), device)
     elif Path(spec_str).is_dir():
         config_path = Path(spec_str) / CONFIG_FILE
         if not config_path.is_file():
             raise CheckpointError(f"{config_path}: missing; expected a MiniCLIP or transformers CLIP folder")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+        data = _read_json(config_path)
         if data.get("architecture") == "MiniCLIP":
             model = load_mini_clip(spec_str)
         elif data.get("model_type") == "clip":

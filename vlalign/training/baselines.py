@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vlalign.data.preference import PreferenceSet, RegularizationSet
-from vlalign.evaluation.zero_shot import image_embeddings
+from vlalign.models.embeddings import image_embeddings
 from vlalign.losses.preference import kl_divergence
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.heads import HeadedCLIP, LinearHead

@@ -10,8 +10,7 @@ mode the image features themselves — an epoch is then a few matrix products.
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -19,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vlalign.data.preference import PreferenceSet, RegularizationSet
-from vlalign.evaluation.zero_shot import image_embeddings
+from vlalign.models.embeddings import image_embeddings
 from vlalign.losses.objectives import DEFAULT_BETA_LAMBDA, PREFERENCE_OBJECTIVES, ObjectiveParams, preference_objective
 from vlalign.losses.preference import gather, log_policy, regularization_kl
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.checkpoint import atomic_write_json, save_tensors
+from vlalign.models.loading import save_model
 from vlalign.models.heads import HeadedCLIP, LinearHead
 from vlalign.models.lora import add_lora, merge_lora
 from vlalign.training.averaging import WeightAverager
@@ -253,67 +252,6 @@ def train_preference(model: ContrastiveModel, pref: PreferenceSet, reg: Regulari
 
 
 def save_aligned_model(result: PreferenceResult, out: str | Path, base_spec: str) -> None:
-    """Write the aligned model into ``out``: ``head.safetensors`` + ``run.json`` in head mode (the base model is
-    named, not copied), otherwise a loadable model folder (``model.safetensors`` + ``config.json``)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = result.model
-    info = {"method": result.config.method, "trainable": result.config.trainable, "base_model": base_spec}
-    if isinstance(model, HeadedCLIP):
-        save_tensors(out / "head.safetensors", {"weight": model.head.weight})
-    else:
-        from vlalign.models.mini_clip import MiniCLIP
-
-        if isinstance(model, MiniCLIP):
-            from vlalign.models.loading import save_mini_clip
-
-            save_mini_clip(model, out)
-        else:
-            model.save_pretrained(out)
-    atomic_write_json(out / "run.json", info)
-
-
-def load_aligned_model(folder: str | Path, device: str = "cpu") -> ContrastiveModel:
-    """Load what :func:`save_aligned_model` wrote (a head run is rebuilt over its named base model)."""
-    from vlalign.models.checkpoint import CheckpointError, load_tensors
-    from vlalign.models.loading import load_model
-
-    folder = Path(folder)
-    run_path = folder / "run.json"
-    if not run_path.is_file():
-        raise CheckpointError(f"{run_path}: missing; not a folder written by `vlalign train`")
-    info = json.loads(run_path.read_text())
-    if info.get("trainable") == "head":
-        base = load_model(info["base_model"], device)
-        weight = load_tensors(folder / "head.safetensors")["weight"]
-        if weight.shape != (base.embed_dim, base.embed_dim):
-            raise CheckpointError(f"{folder / 'head.safetensors'}: head is {tuple(weight.shape)} but the base model "
-                                  f"{info['base_model']!r} has embedding width {base.embed_dim}")
-        return HeadedCLIP(base, LinearHead(base.embed_dim, weight).to(device)).eval()
-    return load_model(str(folder), device)
-
-
-def train_from_config(config: PreferenceTrainConfig, out: Path) -> dict:
-    """``vlalign train`` for the preference methods: build the data, train, save, evaluate."""
-    from vlalign.data.folder import load_image_folder
-    from vlalign.data.preference import (
-        RegularizationSet, class_prompts, load_preference_jsonl, preference_from_typographic, typographic_preference_data,
-    )
-    from vlalign.evaluation.typographic import evaluate_typographic
-    from vlalign.models.loading import load_model
-
-    model = load_model(config.model, config.device)
-    if config.data is None:
-        pref, reg = typographic_preference_data(config.n_pref, config.n_reg, config.data_seed)
-    elif config.data.endswith(".jsonl"):
-        pref, reg = load_preference_jsonl(config.data, model.image_size), None
-    else:
-        images = load_image_folder(config.data, model.image_size)
-        pref = preference_from_typographic(images)
-        reg = RegularizationSet(images.images, class_prompts(images.classnames), images.labels)
-    result = train_preference(model, pref, reg, config, out)
-    save_aligned_model(result, out, config.model)
-    metrics = evaluate_typographic(result.model, model, config.eval_images, config.eval_seed)
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(out / "train_config.json", {k: v for k, v in vars(replace(config)).items()})
-    return metrics
+    """Write the aligned model into ``out`` (see :func:`vlalign.models.loading.save_model`)."""
+    save_model(result.model, out, base_spec,
+               {"method": result.config.method, "trainable": result.config.trainable, "base_model": base_spec})

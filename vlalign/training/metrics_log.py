@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-from vlalign.models.checkpoint import atomic_write_bytes
+from vlalign.io import atomic_write_bytes
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -7,23 +7,17 @@ embedded ``mini`` model) or ``people`` (the people world, :mod:`vlalign.data.peo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from vlalign.config import config_to_dict
 from vlalign.data.image_set import ImageSet
-from vlalign.data.mini_world import MiniWorld, WorldConfig, vocabulary
-from vlalign.data.people import PeopleConfig, PeopleWorld, people_vocabulary
-from vlalign.evaluation.people import evaluate_people_model
-from vlalign.evaluation.zero_shot import class_text_embeddings, zero_shot_evaluate
+from vlalign.data.mini_world import WorldConfig, vocabulary
+from vlalign.data.people import PeopleConfig, people_vocabulary
 from vlalign.losses.contrastive import clip_contrastive_loss
-from vlalign.models.checkpoint import atomic_write_json
-from vlalign.models.loading import save_mini_clip
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 from vlalign.training.metrics_log import MetricsLogger, check_finite
 from vlalign.training.schedule import warmup_cosine
@@ -105,48 +99,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def evaluate_typographic_phenomena(model: MiniCLIP, world: MiniWorld, n: int, seed: int) -> dict[str, float]:
-    """Clean, typographic and matching-text accuracy and the written-label rate on fresh test images."""
-    class_emb = class_text_embeddings(model, world.classnames)
-    results = {}
-    for split in ("clean", "typographic", "matching"):
-        result = zero_shot_evaluate(model, world.sample(split, n, seed), class_emb)
-        results[f"{split}_accuracy"] = result.accuracy
-        if split == "typographic":
-            results["written_label_rate"] = result.written_label_rate
-    return results
-
-
-def evaluate_people_pretraining(model: MiniCLIP, world: PeopleWorld, n: int, seed: int) -> dict[str, float]:
-    """Activity accuracy, attribute accuracy and bias of a people-world model on fresh unbiased test images."""
-    metrics = evaluate_people_model(model, world.sample("test", n, seed))
-    keys = ("activity_accuracy", "original_rate", "a_rate", "mean_abs_skew", "max_abs_skew", "stereotype_skew",
-            "retrieval_parity_gap", "retrieval_stereotype_share", "retrieval_activity_precision")
-    out = {("attribute_accuracy" if k == "original_rate" else k): metrics[k] for k in keys}
-    out["per_activity_a_rate"] = metrics["per_activity_a_rate"]
-    return out
-
-
-def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
-    """The captioned pretraining images of the config's world and its final evaluation."""
-    if config.world_kind == "people":
-        people = PeopleWorld(config.people)
-        data = people.sample("pretrain", config.n_images, config.seed, workers=config.workers).images
-        return data, lambda model: evaluate_people_pretraining(model, people, config.eval_images, config.eval_seed)
-    world = MiniWorld(config.world)
-    data = world.sample("pretrain", config.n_images, config.seed, workers=config.workers)
-    return data, lambda model: evaluate_typographic_phenomena(model, world, config.eval_images, config.eval_seed)
-
-
-def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, float]:
-    """Pretrain, checkpointing every ``checkpoint_every`` steps (resumes from ``out`` if a state is there),
-    then write ``model.safetensors``, ``config.json``, ``pretrain_config.json`` and ``metrics.json``."""
+def pretrain_clip(model: MiniCLIP, data: ImageSet, config: PretrainConfig, out: str | Path,
+                  progress: bool = True) -> MiniCLIP:
+    """Train ``model`` on the captioned ``data`` with symmetric InfoNCE, checkpointing every
+    ``checkpoint_every`` steps into ``out/state`` (and resuming from it if present)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    model = build_mini_clip(config).to(device)
-    data, evaluate = _pretraining_data(config)
+    model = model.to(device)
     tokens = {k: v.to(device) for k, v in model.tokenize(data.captions).items()}
     _, text_ids = torch.unique(tokens["input_ids"], dim=0, return_inverse=True)
     images = data.images.to(device)  # uint8; converted per batch
@@ -179,14 +140,4 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             save_training_state(state_dir, model, optimizer, scheduler, step + 1, generator)
     logger.close()
-    model.eval()
-    metrics = evaluate(model.cpu())
-    save_mini_clip(model, out)
-    atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
-
-
-def read_metrics(folder: str | Path) -> dict:
-    """The ``metrics.json`` written beside a checkpoint."""
-    return json.loads((Path(folder) / "metrics.json").read_text())
+    return model.eval()

@@ -23,17 +23,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vlalign.attacks.base import format_eps, parse_eps, split_attack_names
+from vlalign.attacks.registry import split_attack_names
+from vlalign.attacks.threat_model import parse_eps
 from vlalign.attacks.objectives import EmbeddingObjective, LogitObjective
 from vlalign.attacks.pgd import PGD
-from vlalign.config import config_to_dict
 from vlalign.data.mini_world import MiniWorld, parse_split
-from vlalign.evaluation.robust import robust_evaluate
-from vlalign.evaluation.zero_shot import class_text_embeddings
+from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.checkpoint import atomic_write_json
-from vlalign.models.loading import load_model, save_mini_clip
-from vlalign.models.mini_clip import MiniCLIP
+from vlalign.models.loading import load_model
 from vlalign.training.metrics_log import MetricsLogger, check_finite
 from vlalign.training.schedule import warmup_cosine
 from vlalign.training.state import has_training_state, load_training_state, save_training_state
@@ -141,15 +138,6 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _save_model(model: ContrastiveModel, out: Path) -> None:
-    if isinstance(model, MiniCLIP):
-        save_mini_clip(model, out)
-    elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(out)
-    else:
-        raise TypeError(f"do not know how to save a {type(model).__name__}")
-
-
 class _ReferenceCache:
     """φ_orig(x) of the training pool, computed by the frozen original encoder once per image, on first use."""
 
@@ -237,21 +225,3 @@ def robust_finetune(config: RobustFinetuneConfig, out: str | Path) -> tuple[Cont
     for p in model.parameters():
         p.requires_grad_(False)
     return model, {"final_loss": value, "steps": config.steps, "train_seconds": time.perf_counter() - began}
-
-
-def train_from_config(config: RobustFinetuneConfig, out: Path) -> dict:
-    """Fine-tune, evaluate clean and robust accuracy on fresh images, write the model folder and metrics."""
-    out = Path(out)
-    model, train_stats = robust_finetune(config, out)
-    eval_images = MiniWorld().sample("clean", config.eval_images, config.eval_seed)
-    evaluation = robust_evaluate(model, eval_images, config.eval_attacks, [parse_eps(e) for e in config.eval_eps],
-                                 steps=config.eval_steps, seed=config.eval_seed, templates=config.templates,
-                                 progress=config.progress)
-    result = evaluation.metrics()
-    metrics = {"method": config.method, "eps": format_eps(config.epsilon), "clean": result["clean"],
-               "worst_case": result["worst_case"], "robust": result["robust"], "warnings": result["warnings"],
-               "train": train_stats}
-    _save_model(model, out)
-    atomic_write_json(out / "train_config.json", config_to_dict(config))
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics

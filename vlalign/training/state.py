@@ -16,9 +16,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from vlalign.models.checkpoint import (
-    CheckpointError, atomic_write_json, load_state_checked, load_tensors, save_tensors,
-)
+from vlalign.io import atomic_write_json, save_tensors
+from vlalign.models.checkpoint import CheckpointError, load_state_checked, load_tensors
 
 STATE_WEIGHTS = "train_state.safetensors"
 STATE_META = "train_state.json"

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from vlalign.config import ConfigError, config_from_dict, read_yaml
 
-_PO = "vlalign.training.contrastive_po:PreferenceTrainConfig:train_from_config"
-_ROBUST = "vlalign.training.robust_finetune:RobustFinetuneConfig:train_from_config"
+_PO = "vlalign.pipelines.preference:PreferenceTrainConfig:train_from_config"
+_ROBUST = "vlalign.pipelines.robust:RobustFinetuneConfig:train_from_config"
 TRAINERS: dict[str, str] = {
     # Preference optimization for contrastive models and its baselines (contrastive-PO paper).
     "dpo": _PO, "ipo": _PO, "kto": _PO, "cdpo": _PO, "hinge": _PO, "simpo": _PO, "ce": _PO,

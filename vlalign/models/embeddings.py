@@ -1,0 +1,47 @@
+"""Embeddings of fixed inputs in fixed batches: class prompts and image sets.
+
+Frozen quantities (prompt embeddings, reference features) are computed here once, always in the same batches,
+so that a value never depends on how a caller happened to group its inputs (on some CPUs a float does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vlalign.models.base import ContrastiveModel
+
+
+@torch.no_grad()
+def class_text_embeddings(model: ContrastiveModel, classnames: Sequence[str],
+                          templates: Sequence[str] = ("a photo of a {}",)) -> torch.Tensor:
+    """One normalized embedding per class: the mean over ``templates`` of the prompt embeddings -> ``[K, D]``."""
+    if len(classnames) == 0:
+        raise ValueError("class list is empty")
+    if len(set(classnames)) != len(classnames):
+        raise ValueError(f"class list has duplicates: {sorted({c for c in classnames if list(classnames).count(c) > 1})}")
+    prompts = [t.format(c) for c in classnames for t in templates]
+    emb = model.encode_text(prompts).view(len(classnames), len(templates), -1).mean(1)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+@torch.no_grad()
+def image_embeddings(model: ContrastiveModel, images: Any, batch_size: int = 256,
+                     dtype: torch.dtype = torch.float32, normalize: bool = True) -> torch.Tensor:
+    """Image embeddings on the CPU, computed in consecutive batches of ``batch_size``.
+
+    ``images`` is a uint8 ``[N, 3, H, W]`` tensor, float pixels in [0, 1], or anything with such a tensor as its
+    ``images`` attribute (an ``ImageSet``, a ``PreferenceSet``).
+    """
+    pixels = getattr(images, "images", images)
+    device = model.device
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        batch = pixels[start: start + batch_size]
+        batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
+        out.append(model.encode_image(batch.to(device), normalize=normalize).to(dtype).cpu())
+    if not out:
+        return torch.empty(0, model.embed_dim, dtype=dtype)
+    return torch.cat(out)

@@ -1,0 +1,1 @@
+"""Pipelines that compose data, training, evaluation and saving into one run (``vlalign train``, pretraining)."""
