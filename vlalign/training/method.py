@@ -1,0 +1,83 @@
+"""What a training method is to the one loop (:func:`vlalign.training.loop.fit`).
+
+A method is an ``nn.Module`` that owns the models it trains and everything frozen it needs, and maps a batch to
+its losses. The loop owns everything else, in one place: data loading, the finite check, backward, clipping,
+accumulation, optimizer and scheduler, weight averaging, logging, checkpoints, resume and data parallelism.
+
+The life of a method in ``fit``:
+
+1. ``streams()`` names its training data: ``{"pref": Stream(dataset), "reg": Stream(dataset)}``. Each dataset
+   item is a dict holding at least ``"index"`` (its position in the dataset, an int), so frozen quantities can be
+   looked up by it. Every step the loop draws one batch from each stream (seeded, resumable, sharded across
+   processes) and passes ``{"pref": batch, "reg": batch}`` to ``forward``; a batch is the dict of collated items.
+2. ``prepare(device)`` runs once before the first step, also on resume: move models to ``device`` and compute
+   what never changes (prompt embeddings, reference logits or embeddings of every training item) in fixed
+   batches with :func:`vlalign.training.frozen.precompute`, so a resumed run sees bit-identical values.
+3. ``forward(batch)`` returns ``{"loss": scalar, <term>: scalar, ...}``; every entry is logged, ``"loss"`` is
+   minimized. Statistics that must be global across processes (KTO's reference point) use
+   :mod:`vlalign.training.distributed`.
+4. ``trainable_module()`` is the module whose parameters with ``requires_grad`` are trained; its state dict is
+   what checkpoints hold and what BMA/EMA average.
+5. ``finish()`` returns the trained model (LoRA merged, gradients off) after the loop has written the averaged
+   weights into ``trainable_module()``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Stream:
+    """One named source of training batches: a map-style dataset and, optionally, its own batch size
+    (default: the loop's ``batch_size``) and collate function (default: ``torch.utils.data.default_collate``)."""
+
+    dataset: Dataset
+    batch_size: int | None = None
+    collate: Any = None
+
+
+class Method(nn.Module, ABC):
+    """Base class of every training method; see the module docstring for the contract."""
+
+    #: Loop settings this method trains with unless the config says otherwise (optimizer, lr, betas, ...).
+    default_train: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def streams(self) -> dict[str, Stream]:
+        """The named training datasets; one batch of each per step."""
+
+    def prepare(self, device: torch.device) -> None:
+        """Move to ``device`` and compute frozen quantities once, in fixed batches (default: only the move)."""
+        self.to(device)
+
+    @abstractmethod
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, <term>: scalar, ...}`` for one batch of every stream."""
+
+    @abstractmethod
+    def trainable_module(self) -> nn.Module:
+        """The module whose trainable parameters the optimizer updates, checkpoints hold and averaging tracks."""
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups: weight decay on matrices, none on biases, norms, embeddings, scales."""
+        decay, no_decay = [], []
+        for name, param in self.trainable_module().named_parameters():
+            if param.requires_grad:
+                plain = param.dim() < 2 or "pos" in name or "embedding" in name
+                (no_decay if plain else decay).append(param)
+        return [group for group in ({"params": decay, "weight_decay": weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}) if group["params"]]
+
+    def finish(self) -> nn.Module:
+        """The trained model, in eval mode with gradients off (default: ``trainable_module()``)."""
+        module = self.trainable_module()
+        for param in module.parameters():
+            param.requires_grad_(False)
+        return module.eval()
