@@ -15,6 +15,7 @@ from vlalign.data.folder import load_image_folder
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.pipelines import train as registry
+from vlalign.pipelines.runs import RunOutcome
 
 
 def run_ok(argv: list[str]) -> None:
@@ -146,7 +147,7 @@ def test_data_typographic_on_a_broken_folder(tmp_path, capsys, exported):
 
 def test_pretrain_with_a_bad_config_key(tmp_path, capsys):
     config = tmp_path / "pretrain.yaml"
-    config.write_text("steps: 2\nmodel:\n  vision_widht: 16\n")
+    config.write_text("train: {steps: 2}\nmodel:\n  vision_widht: 16\n")
     err = run_user_error(capsys, ["pretrain-mini", "--config", config, "--out", tmp_path / "o"])
     assert str(config) in err and "model.vision_widht" in err
     assert not (tmp_path / "o").exists()
@@ -166,10 +167,10 @@ class ToyTrainConfig:
     steps: int = 1
 
 
-def toy_train(config: ToyTrainConfig, out: Path) -> dict:
+def toy_train(config: ToyTrainConfig, out: Path, progress: bool = True, overwrite: bool = False) -> RunOutcome:
     out.mkdir(parents=True, exist_ok=True)
     (out / "done.txt").write_text(str(config.steps))
-    return {"steps": config.steps}
+    return RunOutcome(out, metrics={"steps": config.steps})
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from vlalign.config import ConfigError, config_from_dict, config_to_dict, load_config
 from vlalign.data.mini_world import WorldConfig
 from vlalign.data.typographic import WordStyle
-from vlalign.training.pretrain import ModelShape, PretrainConfig
+from vlalign.pipelines.pretrain import ModelShape, PretrainConfig
 
 
 @dataclass
@@ -58,11 +58,11 @@ def test_shipped_pretrain_config_loads():
     assert isinstance(config.model, ModelShape)
     assert config.model.stem_channels == [32, 64, 128]
     assert config.world.word_style.max_size == 0.38
-    assert config.lr == 0.001 and isinstance(config.lr, float)
+    assert config.train.lr == 0.001 and isinstance(config.train.lr, float)
 
 
 def test_full_config_round_trips_through_dict(tmp_path):
-    config = config_from_dict(PretrainConfig, {"steps": 7, "world": {"image_size": 32, "max_radius": 14.0}})
+    config = config_from_dict(PretrainConfig, {"train": {"steps": 7}, "world": {"image_size": 32, "max_radius": 14.0}})
     assert config_from_dict(PretrainConfig, config_to_dict(config)) == config
 
 
@@ -71,11 +71,11 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_values_are_converted_to_their_hints(tmp_path):
-    path = write(tmp_path, "lr: 1e-3\nwarmup_fraction: 0\nworld: {word_style: {min_size: 0.1, max_size: 0.2}}\n")
+    path = write(tmp_path, "train: {lr: 1e-3, warmup_fraction: 0}\nworld: {word_style: {min_size: 0.1, max_size: 0.2}}\n")
     config = load_config(path, PretrainConfig)
     # YAML 1.1 reads "1e-3" as a string; a float field accepts numeric strings.
-    assert config.lr == pytest.approx(1e-3) and isinstance(config.lr, float)
-    assert isinstance(config.warmup_fraction, float)
+    assert config.train.lr == pytest.approx(1e-3) and isinstance(config.train.lr, float)
+    assert isinstance(config.train.warmup_fraction, float)
     assert config.world.word_style == WordStyle(min_size=0.1, max_size=0.2)
 
 
@@ -98,7 +98,7 @@ def test_missing_file(tmp_path):
 
 
 def test_bad_yaml_is_one_line_with_position(tmp_path):
-    message = load_error(tmp_path, "seed: 1\nsteps: [1, 2\nlr: 3\n")
+    message = load_error(tmp_path, "seed: 1\nn_images: [1, 2\nworkers: 3\n")
     assert "not valid YAML" in message and "line 3" in message
 
 
@@ -108,9 +108,9 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 
 def test_unknown_top_level_key(tmp_path):
-    message = load_error(tmp_path, "stepz: 10\n")
-    assert "unknown key(s) stepz for PretrainConfig" in message
-    assert "steps" in message  # the expected keys are listed
+    message = load_error(tmp_path, "n_imagez: 10\n")
+    assert "unknown key(s) n_imagez for PretrainConfig" in message
+    assert "n_images" in message  # the expected keys are listed
 
 
 def test_unknown_nested_key_has_dotted_path(tmp_path):
@@ -119,12 +119,12 @@ def test_unknown_nested_key_has_dotted_path(tmp_path):
 
 
 @pytest.mark.parametrize("text, path, value, expected", [
-    ("steps: ten\n", "steps", "'ten'", "expected an integer"),
-    ("steps: 2.5\n", "steps", "2.5", "expected an integer"),
-    ("steps: true\n", "steps", "True", "expected an integer"),
-    ("lr: fast\n", "lr", "'fast'", "expected a number"),
-    ("lr: false\n", "lr", "False", "expected a number"),
-    ("device: 3\n", "device", "3", "expected a string"),
+    ("train: {steps: ten}\n", "train.steps", "'ten'", "expected an integer"),
+    ("train: {steps: 2.5}\n", "train.steps", "2.5", "expected an integer"),
+    ("n_images: true\n", "n_images", "True", "expected an integer"),
+    ("train: {lr: fast}\n", "train.lr", "'fast'", "expected float or null"),
+    ("train: {warmup_fraction: false}\n", "train.warmup_fraction", "False", "expected a number"),
+    ("train: {device: 3}\n", "train.device", "3", "expected a string"),
     ("model: {vision_width: wide}\n", "model.vision_width", "'wide'", "expected an integer"),
     ("model: {stem_channels: 8}\n", "model.stem_channels", "8", "expected a list"),
     ("model: {stem_channels: [8, x]}\n", "model.stem_channels[1]", "'x'", "expected an integer"),
@@ -167,12 +167,35 @@ def test_post_init_errors_name_the_section_and_value(tmp_path):
     assert "world: image_size must be >= 16, got 8" in message
     message = load_error(tmp_path, "inner: {rate: -2}\n", Outer)
     assert "inner: rate must be >= 0, got -2.0" in message
-    message = load_error(tmp_path, "steps: 0\n")
-    assert "steps must be >= 1, got 0" in message
-    message = load_error(tmp_path, "batch_size: 64\nn_images: 10\n")
-    assert "batch_size 64 exceeds n_images 10" in message
+    message = load_error(tmp_path, "train: {steps: 0}\n")
+    assert "train: steps must be a finite number in [1, inf), got 0" in message
+    message = load_error(tmp_path, "train: {batch_size: 64}\nn_images: 10\n")
+    assert "train.batch_size 64 exceeds n_images 10" in message
 
 
 def test_config_from_dict_names_its_source():
     with pytest.raises(ConfigError, match=r"^my-source: unknown key\(s\) bogus"):
         config_from_dict(PretrainConfig, {"bogus": 1}, "my-source")
+
+
+def test_field_help_lists_every_field_with_default_and_help():
+    from vlalign.config import field_help
+    from vlalign.training.train_config import TrainConfig
+
+    rows = {name: (type_name, default, text) for name, type_name, default, text in field_help(TrainConfig)}
+    assert rows["steps"] == ("int", 300, "optimizer steps")
+    assert rows["lr"][1] is None and "method's default" in rows["lr"][2]
+    assert rows["extra_averaging"][1] == []
+    assert all(text for _, _, text in rows.values()), "every loop setting has a help text"
+
+
+def test_check_range_names_the_allowed_range():
+    from vlalign.config import check_range
+
+    with pytest.raises(ValueError, match=r"^lr must be a finite number in \(0, inf\), got 0$"):
+        check_range("lr", 0, 0, low_open=True)
+    with pytest.raises(ValueError, match=r"^p must be a finite number in \[0, 1\), got 1$"):
+        check_range("p", 1, 0, 1, high_open=True)
+    with pytest.raises(ValueError, match="got inf"):
+        check_range("x", float("inf"))
+    check_range("p", 0.5, 0, 1)

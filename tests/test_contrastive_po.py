@@ -1,7 +1,6 @@
 """The contrastive preference-optimization trainer, heads, Σ^t control and the Table 1 baselines."""
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -11,12 +10,12 @@ from vlalign.evaluation.control import is_monotonic, parse_range, sweep_head_pow
 from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.models.heads import HeadedCLIP, LinearHead
 from vlalign.models.loading import load_model
-from vlalign.training.baselines import (
-    DefensePrefixCLIP, interpolate_state, orthogonality_penalty, paint, train_defense_prefix,
-)
-from vlalign.training.contrastive_po import (
-    PreferenceTrainConfig, save_aligned_model, train_preference,
-)
+from vlalign.models.prompt_prefix import DefensePrefixCLIP
+from vlalign.pipelines.preference import save_aligned_model
+from vlalign.training.methods.baselines import orthogonality_penalty, train_defense_prefix
+from vlalign.training.methods.preference import PreferenceConfig, train_preference
+from vlalign.training.paint import interpolate_state, paint
+from vlalign.training.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +23,31 @@ def data():
     return typographic_preference_data(64, 64, seed=123)
 
 
+def effective(config):
+    return config.effective_beta, config.effective_lam
+
+
 def test_config_defaults_and_validation():
-    assert (PreferenceTrainConfig(method="dpo").beta, PreferenceTrainConfig(method="dpo").lam) == (1.0, 1.0)
-    assert (PreferenceTrainConfig(method="ipo").beta, PreferenceTrainConfig(method="ipo").lam) == (0.01, 0.01)
-    assert (PreferenceTrainConfig(method="kto").beta, PreferenceTrainConfig(method="kto").lam) == (1.5, 0.01)
+    import dataclasses
+
+    assert effective(PreferenceConfig(method="dpo")) == (1.0, 1.0)
+    assert effective(PreferenceConfig(method="ipo")) == (0.01, 0.01)
+    assert effective(PreferenceConfig(method="kto")) == (1.5, 0.01)
+    # Method defaults are resolved, not written into the fields: a copy with another method gets that method's.
+    assert effective(dataclasses.replace(PreferenceConfig(method="dpo"), method="ipo")) == (0.01, 0.01)
+    assert effective(dataclasses.replace(PreferenceConfig(method="dpo", beta=0.3), method="ipo")) == (0.3, 0.01)
     with pytest.raises(ValueError, match="method"):
-        PreferenceTrainConfig(method="rlhf")
-    with pytest.raises(ValueError, match="beta"):
-        PreferenceTrainConfig(beta=-1.0)
+        PreferenceConfig(method="rlhf")
+    with pytest.raises(ValueError, match=r"beta must be a finite number in \(0, inf\), got -1.0"):
+        PreferenceConfig(beta=-1.0)
+    with pytest.raises(ValueError, match=r"lam must be a finite number in \[0, inf\), got nan"):
+        PreferenceConfig(lam=float("nan"))
 
 
 def test_dpo_starts_at_log2_and_improves_the_preference_margin(mini_model, data):
     pref, reg = data
-    cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=40, batch_size=32, lam=0.0, averaging="none")
-    result = train_preference(mini_model, pref, reg, cfg, progress=False)
+    cfg = PreferenceConfig(method="dpo", trainable="head", lam=0.0)
+    result = train_preference(mini_model, pref, reg, cfg, TrainConfig(steps=40, batch_size=32), progress=False)
     assert result.history[0]["loss_pref"] == pytest.approx(math.log(2), abs=1e-5)
     assert result.history[-1]["policy_ratio"] > 0.5
     assert isinstance(result.model, HeadedCLIP)
@@ -49,8 +59,9 @@ def test_full_mode_trains_a_copy_and_leaves_the_input_model_untouched(tiny_mini_
     pref = PreferenceSet(images, torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long), prompts)
     reg = RegularizationSet(images, prompts)
     before = {k: v.clone() for k, v in tiny_mini_clip.state_dict().items()}
-    cfg = PreferenceTrainConfig(method="ipo", trainable="full", steps=3, batch_size=8, lr=1e-3, averaging="ema")
-    result = train_preference(tiny_mini_clip, pref, reg, cfg, progress=False)
+    cfg = PreferenceConfig(method="ipo", trainable="full")
+    result = train_preference(tiny_mini_clip, pref, reg, cfg, TrainConfig(steps=3, batch_size=8, lr=1e-3,
+                                                                           averaging="ema"), progress=False)
     assert all(torch.equal(before[k], v) for k, v in tiny_mini_clip.state_dict().items())
     after = result.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
@@ -61,21 +72,41 @@ def test_lora_mode_merges_adapters(tiny_mini_clip):
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     prompts = ("a photo of a star", "a photo of a heart")
     pref = PreferenceSet(images, torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long), prompts)
-    cfg = PreferenceTrainConfig(method="dpo", trainable="lora", steps=3, batch_size=4, lr=1e-2, lora_rank=2, averaging="none")
-    model = train_preference(tiny_mini_clip, pref, None, cfg, progress=False).model
+    cfg = PreferenceConfig(method="dpo", trainable="lora", lora_rank=2)
+    model = train_preference(tiny_mini_clip, pref, None, cfg, TrainConfig(steps=3, batch_size=4, lr=1e-2),
+                             progress=False).model
     assert not any("lora_" in k for k in model.state_dict())
     assert set(model.state_dict()) == set(tiny_mini_clip.state_dict())
     x = images.float() / 255
     assert not torch.allclose(model.encode_image(x), tiny_mini_clip.encode_image(x))
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_model, data, tmp_path):
+def interrupt_at(monkeypatch, method_class, step):
+    """Make ``method_class.forward`` raise KeyboardInterrupt (as Ctrl-C would) when it reaches ``step``."""
+    real = method_class.forward
+
+    def forward(self, batch):
+        if batch["step"] == step:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(method_class, "forward", forward)
+    return lambda: monkeypatch.setattr(method_class, "forward", real)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_model, data, tmp_path, monkeypatch):
+    from vlalign.training.methods.preference import ContrastivePreference
+
     pref, reg = data
-    cfg = PreferenceTrainConfig(method="kto", trainable="head", steps=6, batch_size=16, checkpoint_every=3)
-    full = train_preference(mini_model, pref, reg, cfg, tmp_path / "a", progress=False).model
-    # tmp_path/a/state holds the state saved after step 3; a new run from it must finish identically.
-    shutil.copytree(tmp_path / "a" / "state", tmp_path / "b" / "state")
-    resumed = train_preference(mini_model, pref, reg, cfg, tmp_path / "b", progress=False).model
+    cfg = PreferenceConfig(method="kto", trainable="head")
+    loop = TrainConfig(steps=6, batch_size=16, checkpoint_every=3, averaging="bma")
+    full = train_preference(mini_model, pref, reg, cfg, loop, tmp_path / "a", progress=False).model
+    # A run interrupted in step 4 (after its step-3 checkpoint), then resumed, must finish identically.
+    restore = interrupt_at(monkeypatch, ContrastivePreference, 4)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 4; the last checkpoint \\(step 3\\)"):
+        train_preference(mini_model, pref, reg, cfg, loop, tmp_path / "b", progress=False)
+    restore()
+    resumed = train_preference(mini_model, pref, reg, cfg, loop, tmp_path / "b", progress=False).model
     assert torch.equal(full.head.weight, resumed.head.weight)
     assert (tmp_path / "a" / "metrics.csv").read_text().count("\n") >= 2
 
@@ -104,8 +135,8 @@ def test_parse_range_and_monotonic():
 
 def test_save_and_load_aligned_models(mini_model, tiny_mini_clip, data, tmp_path):
     pref, reg = data
-    cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=3, batch_size=8)
-    result = train_preference(mini_model, pref, reg, cfg, progress=False)
+    cfg = PreferenceConfig(method="dpo", trainable="head")
+    result = train_preference(mini_model, pref, reg, cfg, TrainConfig(steps=3, batch_size=8), progress=False)
     save_aligned_model(result, tmp_path / "head", "mini")
     loaded = load_model(tmp_path / "head")
     assert torch.equal(loaded.head.weight, result.model.head.weight)
@@ -154,7 +185,7 @@ def test_defense_prefix_inserts_a_token_before_the_class_name(mini_model):
 
 def test_defense_prefix_training_moves_typographic_predictions(mini_model, data):
     pref, reg = data
-    dp = train_defense_prefix(mini_model, pref, reg, steps=30, batch_size=32)
+    dp = train_defense_prefix(mini_model, pref, reg, TrainConfig(steps=30, batch_size=32))
     assert not dp.prefix.requires_grad
     images = pref.images[:32].float() / 255
     prompts = list(pref.prompts)
@@ -172,7 +203,8 @@ def test_cli_train_control_and_kl_eval(tmp_path):
     from vlalign.cli import main
 
     config = tmp_path / "dpo_head.yaml"
-    config.write_text("method: dpo\ntrainable: head\nsteps: 4\nbatch_size: 16\nn_pref: 48\nn_reg: 48\neval_images: 24\n")
+    config.write_text("method: dpo\noptions: {trainable: head}\ntrain: {steps: 4, batch_size: 16}\n"
+                      "data: {n_pref: 48, n_reg: 48}\neval: {images: 24}\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"clean", "typographic", "clean_heldout", "typographic_heldout", "kl_clean"} <= set(metrics)
@@ -183,5 +215,5 @@ def test_cli_train_control_and_kl_eval(tmp_path):
     assert main(["eval", "--model", str(tmp_path / "run"), "--reference", "mini", "--n", "24",
                  "--out", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["kl_to_reference"] >= 0
-    config.write_text("method: dpo\ntrainable: head\nstep: 4\n")
+    config.write_text("method: dpo\ntrain: {step: 4}\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2

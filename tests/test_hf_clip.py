@@ -11,6 +11,8 @@ import json
 import string
 
 import numpy as np
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,7 +214,8 @@ def test_folder_without_weights_is_a_clear_error(in_memory, tmp_path):
 def test_preference_optimization_runs_on_a_transformers_clip(in_memory, trainable):
     """The contrastive-PO trainer works through the same interface on a transformers CLIPModel."""
     from vlalign.data.preference import PreferenceSet, RegularizationSet
-    from vlalign.training.contrastive_po import PreferenceTrainConfig, train_preference
+    from vlalign.training.methods.preference import PreferenceConfig, train_preference
+    from vlalign.training.train_config import TrainConfig
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 40, 48), dtype=torch.uint8)
@@ -220,8 +223,8 @@ def test_preference_optimization_runs_on_a_transformers_clip(in_memory, trainabl
     pref = PreferenceSet(images, torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long), prompts)
     reg = RegularizationSet(images, prompts)
     before = {k: v.clone() for k, v in in_memory.state_dict().items()}
-    cfg = PreferenceTrainConfig(method="dpo", trainable=trainable, steps=3, batch_size=4, lr=1e-2, averaging="none")
-    result = train_preference(in_memory, pref, reg, cfg, progress=False)
+    cfg = PreferenceConfig(method="dpo", trainable=trainable)
+    result = train_preference(in_memory, pref, reg, cfg, TrainConfig(steps=3, batch_size=4, lr=1e-2), progress=False)
     assert all(torch.equal(before[k], v) for k, v in in_memory.state_dict().items())
     pixels = images.float() / 255
     with torch.no_grad():
@@ -232,3 +235,22 @@ def test_preference_optimization_runs_on_a_transformers_clip(in_memory, trainabl
     else:
         assert torch.allclose(text_before, text_after)  # the text tower is frozen
         assert not any("lora_" in k for k in result.model.state_dict())
+
+
+@pytest.mark.parametrize("trainable", ["head", "full"])
+def test_preference_optimization_trains_a_float64_model(in_memory, trainable):
+    """Frozen quantities keep the model's dtype, so a float64 model trains (and stays float64)."""
+    import copy
+
+    from vlalign.data.preference import PreferenceSet, RegularizationSet
+    from vlalign.training.methods.preference import PreferenceConfig, train_preference
+    from vlalign.training.train_config import TrainConfig
+
+    model = copy.deepcopy(in_memory).double()
+    images = torch.randint(0, 256, (8, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    prompts = ("a photo of a star", "a photo of a moon")
+    pref = PreferenceSet(images, torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long), prompts)
+    result = train_preference(model, pref, RegularizationSet(images, prompts), PreferenceConfig(trainable=trainable),
+                              TrainConfig(steps=2, batch_size=4, lr=1e-2, log_every=1), progress=False)
+    assert all(p.dtype == torch.float64 for p in result.model.parameters())
+    assert result.history[0]["loss_pref"] == pytest.approx(math.log(2), abs=1e-9)  # float64 all the way

@@ -13,15 +13,14 @@ from vlalign.cli import main
 from vlalign.config import config_from_dict
 from vlalign.models import MiniCLIP, load_model
 from vlalign.models.checkpoint import load_tensors
-from vlalign.training import pretrain as pretrain_module
-from vlalign.training.metrics_log import NonFiniteLossError
-from vlalign.pipelines.pretrain import pretrain_mini_clip, read_metrics
-from vlalign.training.pretrain import PretrainConfig, build_mini_clip
+from vlalign.pipelines.pretrain import PretrainConfig, build_mini_clip, pretrain_mini_clip, read_metrics
+from vlalign.training.loop import NonFiniteLossError
+from vlalign.training.methods import clip_pretrain as pretrain_module
 from vlalign.training.state import STATE_META, has_training_state
 
 TINY = {
-    "seed": 3, "n_images": 160, "steps": 4, "batch_size": 32, "eval_images": 24, "checkpoint_every": 2,
-    "warmup_fraction": 0.25, "workers": 1,
+    "seed": 3, "n_images": 160, "eval_images": 24, "workers": 1,
+    "train": {"steps": 4, "batch_size": 32, "checkpoint_every": 2, "warmup_fraction": 0.25, "log_every": 20},
     "world": {"image_size": 32, "min_radius": 5.0, "max_radius": 14.0},
     "model": {"stem_channels": [8, 16], "vision_width": 16, "vision_layers": 1, "vision_heads": 2,
               "text_width": 16, "text_layers": 1, "text_heads": 2, "embed_dim": 8},
@@ -137,7 +136,8 @@ def test_resuming_from_a_later_state_skips_done_steps(tmp_path, monkeypatch):
 def test_nan_loss_raises_a_clear_error(tmp_path, monkeypatch):
     real_loss = pretrain_module.clip_contrastive_loss
     monkeypatch.setattr(pretrain_module, "clip_contrastive_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"pretrain-mini: loss is nan at step 0.*learning rate"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 0 \(loss=nan, logit_scale=.*\); stopped "
+                                                 r"before the backward pass, no checkpoint was written.*learning rate"):
         pretrain_mini_clip(tiny_config(), tmp_path, progress=False)
     assert not (tmp_path / "model.safetensors").exists()
 
@@ -146,7 +146,7 @@ def test_pretrain_through_the_cli(tmp_path, capsys, monkeypatch):
     import yaml
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "steps": 1}))
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "steps": 1}}))
     assert main(["pretrain-mini", "--config", str(config), "--seed", "4", "--out", str(tmp_path / "o")]) == 0
     assert json.loads((tmp_path / "o" / "pretrain_config.json").read_text())["seed"] == 4  # --seed overrides
     assert OUTPUTS <= {p.name for p in (tmp_path / "o").iterdir()}
@@ -156,7 +156,7 @@ def test_pretrain_through_the_cli(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["pretrain-mini", "--config", str(config), "--out", str(tmp_path / "nan")]) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
-    assert last_line.startswith("vlalign pretrain-mini: error: pretrain-mini: loss is inf at step 0")
+    assert last_line.startswith("vlalign pretrain-mini: error: non-finite loss at step 0 (loss=inf")
 
 
 def test_training_state_is_consistent_after_a_crash_between_its_files(tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_training_state_is_consistent_after_a_crash_between_its_files(tmp_path, 
 
     model, optimizer, scheduler = setup()
     train_step(model, optimizer, scheduler)
-    save_training_state(tmp_path, model, optimizer, scheduler, 1)
+    save_training_state(tmp_path, model, optimizer, scheduler, 1, config={})
     train_step(model, optimizer, scheduler)
     weights_at_2 = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -188,7 +188,7 @@ def test_training_state_is_consistent_after_a_crash_between_its_files(tmp_path, 
 
     monkeypatch.setattr(state_module, "atomic_write_json", crash)  # the tensors are written, the JSON is not
     with pytest.raises(KeyboardInterrupt):
-        save_training_state(tmp_path, model, optimizer, scheduler, 2)
+        save_training_state(tmp_path, model, optimizer, scheduler, 2, config={})
     monkeypatch.undo()
 
     model, optimizer, scheduler = setup()

@@ -12,18 +12,19 @@ import torch.nn.functional as F
 
 from vlalign.config import ConfigError, config_from_dict
 from vlalign.models.loading import load_model, save_mini_clip
+from vlalign.pipelines.robust import RobustRun
 from vlalign.pipelines.train import load_training_config, run_training
-from vlalign.training.robust_finetune import RobustFinetuneConfig, fare_loss, tecoa_loss
+from vlalign.training.methods.robust import fare_loss, tecoa_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _tiny_config(folder: Path, method: str, **overrides) -> RobustFinetuneConfig:
-    values = dict(method=method, model=str(folder), steps=4, batch_size=8, train_images=32, attack_steps=2,
-                  eval_images=12, eval_steps=2, eval_attacks=["pgd"], eval_eps=["4/255"], checkpoint_every=2,
-                  progress=False)
-    values.update(overrides)
-    return RobustFinetuneConfig(**values)
+def _tiny_config(folder: Path, method: str, train: dict | None = None, eval: dict | None = None) -> RobustRun:
+    values = {"method": method, "model": str(folder), "options": {"attack_steps": 2},
+              "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, **(train or {})},
+              "data": {"images": 32},
+              "eval": {"images": 12, "steps": 2, "attacks": ["pgd"], "eps": ["4/255"], **(eval or {})}}
+    return config_from_dict(RobustRun, values)
 
 
 @pytest.fixture
@@ -34,27 +35,30 @@ def tiny_folder(tmp_path, tiny_mini_clip) -> Path:
 
 
 def test_config_validation_names_the_field():
-    with pytest.raises(ConfigError, match="method must be one of"):
-        config_from_dict(RobustFinetuneConfig, {"method": "trades"})
+    with pytest.raises(ConfigError, match="method: expected one of"):
+        config_from_dict(RobustRun, {"method": "trades"})
     with pytest.raises(ConfigError, match="did you mean 4/255"):
-        config_from_dict(RobustFinetuneConfig, {"method": "tecoa", "eps": "4"})
-    with pytest.raises(ConfigError, match="eval_seed must differ"):
-        config_from_dict(RobustFinetuneConfig, {"method": "fare", "train_seed": 7, "eval_seed": 7})
+        config_from_dict(RobustRun, {"method": "tecoa", "options": {"eps": "4"}})
+    with pytest.raises(ConfigError, match="eval.seed must differ"):
+        config_from_dict(RobustRun, {"method": "fare", "data": {"seed": 7}, "eval": {"seed": 7}})
     with pytest.raises(ConfigError, match="unknown attack"):
-        config_from_dict(RobustFinetuneConfig, {"method": "fare", "eval_attacks": ["pgd", "cw"]})
+        config_from_dict(RobustRun, {"method": "fare", "eval": {"attacks": ["pgd", "cw"]}})
     with pytest.raises(ConfigError, match="unknown key"):
-        config_from_dict(RobustFinetuneConfig, {"method": "fare", "epsilon": "4/255"})
-    config = config_from_dict(RobustFinetuneConfig, {"method": "tecoa", "eps": "2/255"})
-    assert config.epsilon == pytest.approx(2 / 255) and config.step_size == pytest.approx(0.5 / 255)
+        config_from_dict(RobustRun, {"method": "fare", "options": {"epsilon": "4/255"}})
+    with pytest.raises(ConfigError, match="batch_size 64 exceeds data.images 10"):
+        config_from_dict(RobustRun, {"method": "fare", "data": {"images": 10}})
+    config = config_from_dict(RobustRun, {"method": "tecoa", "options": {"eps": "2/255"}})
+    assert config.options.epsilon == pytest.approx(2 / 255) and config.options.step_size == pytest.approx(0.5 / 255)
+    assert config.options.method == "tecoa"
 
 
 @pytest.mark.parametrize("name", ["tecoa", "fare", "tecoa_eps2", "fare_eps2"])
 def test_shipped_configs_load_through_the_trainer_registry(name):
     config = load_training_config(CONFIGS / f"{name}.yaml")
-    assert isinstance(config, RobustFinetuneConfig)
-    assert config.method == name.split("_")[0]
-    assert config.attack_steps == 10
-    assert config.epsilon == pytest.approx((2 if name.endswith("eps2") else 4) / 255)
+    assert isinstance(config, RobustRun)
+    assert config.method == config.options.method == name.split("_")[0]
+    assert config.options.attack_steps == 10
+    assert config.options.epsilon == pytest.approx((2 if name.endswith("eps2") else 4) / 255)
 
 
 @pytest.mark.parametrize("method", ["tecoa", "fare"])
@@ -81,7 +85,7 @@ def test_losses_against_their_definitions():
 @pytest.mark.parametrize("method", ["tecoa", "fare"])
 def test_training_writes_a_loadable_model_and_metrics(tmp_path, tiny_folder, method):
     out = tmp_path / method
-    metrics = run_training(_tiny_config(tiny_folder, method), out)
+    metrics = run_training(_tiny_config(tiny_folder, method), out, progress=False).metrics
     assert set(metrics) >= {"clean", "worst_case", "robust", "warnings", "train"}
     assert set(metrics["worst_case"]) == {"4/255"}
     assert json.loads((out / "metrics.json").read_text())["method"] == method
@@ -92,9 +96,10 @@ def test_training_writes_a_loadable_model_and_metrics(tmp_path, tiny_folder, met
     assert changed and all(name.startswith("visual.") for name in changed)
 
 
-def test_resumed_training_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_folder, monkeypatch):
-    config = _tiny_config(tiny_folder, "fare", steps=4, checkpoint_every=2, eval_images=4, eval_attacks=["fgsm"])
-    run_training(config, tmp_path / "straight")
+@pytest.mark.parametrize("method", ["tecoa", "fare"])
+def test_resumed_training_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_folder, monkeypatch, method):
+    config = _tiny_config(tiny_folder, method, {"steps": 4, "checkpoint_every": 2}, {"images": 4, "attacks": ["fgsm"]})
+    run_training(config, tmp_path / "straight", progress=False)
 
     # Crash on the optimizer's 4th step: the checkpoint of step 2 is on disk, step 3's update is lost.
     original_step, calls = torch.optim.AdamW.step, {"n": 0}
@@ -106,11 +111,11 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_fo
         return original_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(config, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt, match="the last checkpoint \\(step 2\\).* re-run the same command"):
+        run_training(config, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
     assert json.loads((tmp_path / "resumed" / "state" / "train_state.json").read_text())["step"] == 2
-    run_training(config, tmp_path / "resumed")
+    run_training(config, tmp_path / "resumed", progress=False)
     a, b = load_model(tmp_path / "straight").state_dict(), load_model(tmp_path / "resumed").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "vlalign.commands.experiment",
     "vlalign.commands.robust_eval",
     "vlalign.commands.control",
+    "vlalign.commands.config",
 )
 
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"vlalign {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"vlalign {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Experiment configs as dataclasses, loaded from YAML and validated on load.
 
-Every config class is a plain dataclass whose fields carry type hints. ``load_config`` walks the YAML
+Every config class is a plain dataclass whose fields carry type hints and, by the project's one convention, a
+help text in the field's metadata (``option(default, "help")``), which ``vlalign config show`` prints. ``load_config`` walks the YAML
 mapping, rejects unknown keys, converts and checks each value against its hint, and raises a
 :class:`ConfigError` naming the file, the dotted field path, the value and what was expected. Each
 dataclass may add semantic checks in ``__post_init__`` by raising ``ValueError``; those are re-raised as
@@ -10,6 +11,7 @@ dataclass may add semantic checks in ``__post_init__`` by raising ``ValueError``
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,6 +24,48 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or mapping does not match its dataclass."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a help text (``factory`` builds mutable defaults such as lists)."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
+    """``(name, type, default, help)`` of every init field of the dataclass ``cls`` (default ``None`` when the
+    field is required; a nested dataclass's default is its class name)."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if dataclasses.is_dataclass(default):
+            default = type(default).__name__
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ``ValueError("name must be in [low, high), got value")`` unless ``value`` is finite and inside the
+    interval (``None`` = unbounded; ``*_open`` excludes the end)."""
+    inside = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if inside and low is not None:
+        inside = value > low if low_open else value >= low
+    if inside and high is not None:
+        inside = value < high if high_open else value <= high
+    if not inside:
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must be a finite number in {left}{lo}, {hi}{right}, got {value!r}")
 
 
 def _type_name(hint: Any) -> str:

@@ -3,7 +3,7 @@
 from vlalign.config import ConfigError
 from vlalign.data.folder import DatasetError
 from vlalign.models.checkpoint import CheckpointError
-from vlalign.training.metrics_log import NonFiniteLossError
+from vlalign.training.loop import NonFiniteLossError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DatasetError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -172,6 +172,8 @@ class Attack(ABC):
     norm: str = "linf"
     #: Whether the attack needs gradients of the model it attacks (white-box).
     white_box: bool = True
+    #: Whether :meth:`__call__` accepts ``sample_seeds`` (per-sample random choices).
+    per_sample_seeds: bool = False
 
     def __init__(self, eps: float | None, norm: str | None = None) -> None:
         """``norm`` (for attacks that offer several) must be one of NORMS; it is checked before ε."""
@@ -183,13 +185,25 @@ class Attack(ABC):
             check_eps(eps)
         self.eps = eps
 
-    def __call__(self, objective: Objective, images: torch.Tensor, seed: int = 0) -> AttackResult:
-        """Attack ``images`` ([B, 3, H, W] in [0, 1]) under ``objective``; reproducible for a given ``seed``."""
+    def __call__(self, objective: Objective, images: torch.Tensor, seed: int = 0,
+                 sample_seeds: Sequence[int] | None = None) -> AttackResult:
+        """Attack ``images`` ([B, 3, H, W] in [0, 1]) under ``objective``; reproducible for a given ``seed``.
+
+        ``sample_seeds`` (one per image, for attacks with ``per_sample_seeds``) gives each image its own random
+        choices, so its adversarial image does not depend on the rest of the batch (data-parallel training).
+        """
         check_images(images)
         if images.shape[0] != objective.n:
             raise ValueError(f"objective describes {objective.n} samples but got {images.shape[0]} images")
         images = images.detach()
-        generator = torch.Generator().manual_seed(int(seed))
+        if sample_seeds is not None:
+            if not self.per_sample_seeds:
+                raise ValueError(f"{type(self).__name__} does not take per-sample seeds")
+            if len(sample_seeds) != images.shape[0]:
+                raise ValueError(f"got {len(sample_seeds)} sample seeds for {images.shape[0]} images")
+            generator = [torch.Generator().manual_seed(int(s)) for s in sample_seeds]
+        else:
+            generator = torch.Generator().manual_seed(int(seed))
         with attack_mode(objective.model):
             result = self.run(objective, images, generator)
         result.adversarial = result.adversarial.detach()

@@ -23,7 +23,10 @@ from vlalign.attacks.threat_model import ascent_direction, check_counts, project
 
 
 class PGD(Attack):
-    """ℓ∞ / ℓ2 PGD with random start and batched restarts."""
+    """ℓ∞ / ℓ2 PGD with random start and batched restarts (per-sample seeds make each start independent of the
+    batch)."""
+
+    per_sample_seeds = True
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, restarts: int = 1, keep: str = "best") -> None:

@@ -4,6 +4,7 @@ ascent directions and random starts. Pure functions of tensors."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -91,11 +92,17 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+def random_start(x: torch.Tensor, eps: float, norm: str,
+                 generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
     """A uniformly random point of the ε-ball around ``x``, clipped to [0, 1].
 
-    ℓ∞: δ ~ U[−ε, ε]^d. ℓ2: uniform in the ball (Gaussian direction, radius ε·U^{1/d}).
+    ℓ∞: δ ~ U[−ε, ε]^d. ℓ2: uniform in the ball (Gaussian direction, radius ε·U^{1/d}). With a sequence of
+    ``b`` generators, row ``j`` is drawn from generator ``j % b`` in row order, so each sample's start depends
+    only on its own generator, not on which samples share the batch.
     """
+    if not isinstance(generator, torch.Generator):
+        rows = [random_start(x[j:j + 1], eps, norm, generator[j % len(generator)]) for j in range(x.shape[0])]
+        return torch.cat(rows) if rows else x.clone()
     shape = x.shape
     if norm == "linf":
         delta = (torch.rand(shape, generator=generator) * 2 - 1) * eps

@@ -10,8 +10,18 @@ from vlalign.commands.common import add_out_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train with a config file (its 'method' key picks the method)")
+    from vlalign.pipelines.train import TRAINERS
+
+    parser = sub.add_parser(
+        "train", help="train with a config file (its 'method' key picks the method)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with the method a YAML config names; re-running into the same --out resumes from its "
+                    "last checkpoint (only with the same config), and a finished run is not trained again.",
+        epilog=f"methods: {', '.join(sorted(TRAINERS))}\n"
+               "every field of a method's config, with its default and help: vlalign config show METHOD\n\n"
+               "example:\n  vlalign train --config configs/dpo_typographic.yaml --out runs/dpo")
     parser.add_argument("--config", type=Path, required=True, help="YAML config, e.g. configs/dpo_typographic.yaml")
+    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out and start over")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -20,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.pipelines.train import load_training_config, run_training
 
     config = load_training_config(args.config)
-    metrics = run_training(config, args.out)
-    print(json.dumps(metrics, indent=2))
+    outcome = run_training(config, args.out, overwrite=args.overwrite)
+    if outcome.already_finished:
+        print(f"{args.out}: this run already finished; its results are in {args.out / 'metrics.json'} "
+              "(use --overwrite to train it again)")
+        return 0
+    print(json.dumps(outcome.metrics, indent=2))
     return 0

@@ -94,11 +94,12 @@ def typographic_preference_data(n_pref: int, n_reg: int, seed: int, classes: tup
     return preference_from_typographic(typo, template), RegularizationSet(clean.images, prompts, clean.labels)
 
 
-def load_preference_jsonl(path: str | Path, image_size: int, template: str = DEFAULT_TEMPLATE,
-                          classnames: list[str] | None = None) -> PreferenceSet:
-    """Triplets from a JSONL file of ``{"image": path, "chosen": text, "rejected": text}`` (paths relative to the
-    file). ``chosen``/``rejected`` are class names filled into ``template``; the prompt list is ``classnames``
-    (default: every name that occurs, sorted)."""
+def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, classnames: list[str] | None = None
+                         ) -> tuple[list[tuple[str, int, int, str]], tuple[str, ...]]:
+    """Parse a JSONL file of ``{"image": path, "chosen": text, "rejected": text}`` (paths relative to the file)
+    without reading the images: ``([(image, chosen index, rejected index, "file line N"), ...], prompts)``.
+    ``chosen``/``rejected`` are class names filled into ``template``; the prompt list is ``classnames`` (default:
+    every name that occurs, sorted)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: preference file not found")
@@ -119,7 +120,7 @@ def load_preference_jsonl(path: str | Path, image_size: int, template: str = DEF
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: class list has duplicates")
     index = {c: i for i, c in enumerate(names)}
-    images, chosen, rejected = [], [], []
+    parsed = []
     for number, row in rows:
         where = f"{path} line {number}"
         for key in ("chosen", "rejected"):
@@ -127,8 +128,15 @@ def load_preference_jsonl(path: str | Path, image_size: int, template: str = DEF
                 raise DatasetError(f"{where}: {key} {row[key]!r} is not in the class list {names}")
         if row["chosen"] == row["rejected"]:
             raise DatasetError(f"{where}: chosen and rejected are both {row['chosen']!r}")
-        images.append(load_image(path.parent / row["image"], image_size, where))
-        chosen.append(index[row["chosen"]])
-        rejected.append(index[row["rejected"]])
-    return PreferenceSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(chosen),
-                         torch.tensor(rejected), class_prompts(names, template))
+        parsed.append((row["image"], index[row["chosen"]], index[row["rejected"]], where))
+    return parsed, class_prompts(names, template)
+
+
+def load_preference_jsonl(path: str | Path, image_size: int, template: str = DEFAULT_TEMPLATE,
+                          classnames: list[str] | None = None) -> PreferenceSet:
+    """Triplets from a preference JSONL (see :func:`read_preference_rows`), with every image loaded into memory."""
+    path = Path(path)
+    rows, prompts = read_preference_rows(path, template, classnames)
+    images = [load_image(path.parent / image, image_size, where) for image, _, _, where in rows]
+    return PreferenceSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                         torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows]), prompts)

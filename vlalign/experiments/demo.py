@@ -47,7 +47,8 @@ def run_demo(model: ContrastiveModel, out: str | Path, n: int = 600, seed: int =
     """Show the typographic failure of ``model``, then train the DPO fix (full image tower, ``fix_steps`` steps;
     0 skips it) and show before/after: a table, prediction grids, metrics.json and report.md."""
     from vlalign.data.preference import typographic_preference_data
-    from vlalign.training.contrastive_po import PreferenceTrainConfig, train_preference
+    from vlalign.training.methods.preference import PreferenceConfig, train_preference
+    from vlalign.training.train_config import TrainConfig
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,9 +57,9 @@ def run_demo(model: ContrastiveModel, out: str | Path, n: int = 600, seed: int =
     grids = [typographic_grid(model, world, out / "typographic_grid.png", seed=seed)]
     if fix_steps > 0:
         pref, reg = typographic_preference_data(1500, 1500, seed=100)
-        config = PreferenceTrainConfig(method="dpo", trainable="full", beta=0.3, steps=fix_steps, batch_size=64, lr=5e-4,
-                                       seed=seed)
-        aligned = train_preference(model, pref, reg, config, progress=progress).model
+        config = PreferenceConfig(method="dpo", trainable="full", beta=0.3)
+        train = TrainConfig(steps=fix_steps, batch_size=64, lr=5e-4, averaging="bma", seed=seed)
+        aligned = train_preference(model, pref, reg, config, train, progress=progress).model
         metrics["dpo"] = _phenomena(aligned, world, n, seed)
         grids.append(typographic_grid(aligned, world, out / "typographic_grid_dpo.png", seed=seed))
     rows = []

@@ -9,39 +9,41 @@ worst-case accuracy at 4/255; the report states whether it does and what it cost
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import os
 import time
 from pathlib import Path
 
 from vlalign.attacks.threat_model import parse_eps
+from vlalign.config import config_from_dict
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.robust import robust_evaluate
 from vlalign.io import atomic_write_bytes, atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.reporting.tables import markdown_table, percent
-from vlalign.pipelines.robust import train_from_config
-from vlalign.training.robust_finetune import RobustFinetuneConfig
+from vlalign.pipelines.robust import RobustRun, train_robust_run
 
 METHODS = ("tecoa", "fare")
 TARGET_EPS = "4/255"
 TARGET_ACCURACY = 0.30
 
 #: The full run's settings; ``configs/<method>.yaml`` hold the same values (a test keeps them in sync).
-FULL = dict(model="mini", eps="4/255", attack_steps=10, steps=150, batch_size=64, lr=3e-4, weight_decay=1e-4,
-            warmup_fraction=0.1, train_split="clean", train_images=10000, train_seed=10000, eval_images=256,
-            eval_seed=4242, eval_eps=["2/255", "4/255"], eval_attacks=["apgd-ce", "pgd"], eval_steps=20,
-            checkpoint_every=50)
+FULL = {"model": "mini", "options": {"eps": "4/255", "attack_steps": 10},
+        "train": {"steps": 150, "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup_fraction": 0.1,
+                  "checkpoint_every": 50, "seed": 0, "device": "cpu"},
+        "data": {"split": "clean", "images": 10000, "seed": 10000},
+        "eval": {"images": 256, "seed": 4242, "eps": ["2/255", "4/255"], "attacks": ["apgd-ce", "pgd"], "steps": 20}}
 #: A smoke run: every part runs, nothing is meant to be robust.
-QUICK = dict(FULL, attack_steps=2, steps=6, batch_size=16, train_images=256, eval_images=32, eval_steps=3,
-             checkpoint_every=3)
+QUICK = {**FULL, "options": {"eps": "4/255", "attack_steps": 2},
+         "train": {**FULL["train"], "steps": 6, "batch_size": 16, "checkpoint_every": 3},
+         "data": {**FULL["data"], "images": 256}, "eval": {**FULL["eval"], "images": 32, "steps": 3}}
 
 
-def experiment_config(method: str, quick: bool = False, seed: int = 0) -> RobustFinetuneConfig:
+def experiment_config(method: str, quick: bool = False, seed: int = 0) -> RobustRun:
     """The config this experiment trains ``method`` with."""
-    sizes = QUICK if quick else FULL
-    return RobustFinetuneConfig(method=method, seed=seed, **{k: (list(v) if isinstance(v, list) else v)
-                                                              for k, v in sizes.items()})
+    sizes = copy.deepcopy(QUICK if quick else FULL)
+    sizes["train"]["seed"] = seed
+    return config_from_dict(RobustRun, {"method": method, **sizes}, f"experiment robust ({method})")
 
 
 def _summary(metrics: dict) -> dict:
@@ -49,13 +51,17 @@ def _summary(metrics: dict) -> dict:
             "warnings": metrics["warnings"]}
 
 
-def evaluate_pretrained(config: RobustFinetuneConfig) -> dict:
-    """The pretrained model under the evaluation protocol of ``config`` (same images, attacks, steps)."""
-    images = MiniWorld().sample("clean", config.eval_images, config.eval_seed)
-    evaluation = robust_evaluate(load_model(config.model, config.device), images, config.eval_attacks,
-                                 [parse_eps(e) for e in config.eval_eps], steps=config.eval_steps,
-                                 seed=config.eval_seed, templates=config.templates, progress=config.progress)
+def evaluate_pretrained(run: RobustRun) -> dict:
+    """The pretrained model under the evaluation protocol of ``run`` (same images, attacks, steps)."""
+    images = MiniWorld().sample("clean", run.eval.images, run.eval.seed)
+    evaluation = robust_evaluate(load_model(run.model, run.train.device), images, run.eval.attacks,
+                                 [parse_eps(e) for e in run.eval.eps], steps=run.eval.steps,
+                                 seed=run.eval.seed, templates=run.options.templates, progress=False)
     return evaluation.metrics()
+
+
+def _train(run: RobustRun, out: Path) -> dict:
+    return train_robust_run(run, out, progress=False).metrics
 
 
 def _timed(job: str, function, *args) -> tuple[str, dict, float]:
@@ -70,9 +76,9 @@ def _set_worker_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def default_workers(config: RobustFinetuneConfig) -> int:
+def default_workers(run: RobustRun) -> int:
     """Parallel processes for the three jobs: one per core (at most 2) on CPU, 1 on an accelerator."""
-    return 1 if config.device != "cpu" else max(1, min(2, os.cpu_count() or 1))
+    return 1 if run.train.device != "cpu" else max(1, min(2, os.cpu_count() or 1))
 
 
 def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
@@ -90,10 +96,7 @@ def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, w
     workers = (1 if quick else default_workers(reference)) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if quick or workers > 1:
-        # Progress bars of parallel processes would overwrite each other; a line per finished job instead.
-        configs = {m: dataclasses.replace(c, progress=False) for m, c in configs.items()}
-    jobs = [(m, train_from_config, configs[m], out / m) for m in METHODS]
+    jobs = [(m, _train, configs[m], out / m) for m in METHODS]
     jobs.append(("pretrained", evaluate_pretrained, configs["tecoa"]))
     results: dict[str, dict] = {}
     seconds: dict[str, float] = {}
@@ -121,9 +124,12 @@ def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, w
         "best": best,
         "target": {"eps": TARGET_EPS, "worst_case_at_least": TARGET_ACCURACY,
                    "met": methods[best]["worst_case"][TARGET_EPS] >= TARGET_ACCURACY, "clean_cost": clean_cost},
-        "settings": {"quick": quick, "seed": seed, "eval_images": reference.eval_images, "eval_seed": reference.eval_seed,
-                     "eval_attacks": reference.eval_attacks, "eval_steps": reference.eval_steps,
-                     "train": {k: getattr(reference, k) for k in ("eps", "attack_steps", "steps", "batch_size", "lr")},
+        "settings": {"quick": quick, "seed": seed, "eval_images": reference.eval.images,
+                     "eval_seed": reference.eval.seed, "eval_attacks": reference.eval.attacks,
+                     "eval_steps": reference.eval.steps,
+                     "train": {"eps": reference.options.eps, "attack_steps": reference.options.attack_steps,
+                               "steps": reference.train.steps, "batch_size": reference.train.batch_size,
+                               "lr": reference.train.lr},
                      "workers": workers, "seconds": {**seconds, "total": time.perf_counter() - began}},
     }
     atomic_write_json(out / "metrics.json", metrics)

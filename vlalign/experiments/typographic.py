@@ -29,8 +29,10 @@ from vlalign.models.base import ContrastiveModel  # noqa: E402
 from vlalign.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from vlalign.models.loading import load_model  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
-from vlalign.training.baselines import paint, train_defense_prefix, train_materzynska  # noqa: E402
-from vlalign.training.contrastive_po import PreferenceTrainConfig, train_preference  # noqa: E402
+from vlalign.training.methods.baselines import train_defense_prefix, train_materzynska  # noqa: E402
+from vlalign.training.methods.preference import PreferenceConfig, train_preference  # noqa: E402
+from vlalign.training.paint import paint  # noqa: E402
+from vlalign.training.train_config import TrainConfig  # noqa: E402
 
 PO_METHODS = ("dpo", "ipo", "kto")
 ROW_ORDER = ("pretrained", "ce", "paint", "materzynska", "defense_prefix", "dpo", "ipo", "kto")
@@ -49,12 +51,13 @@ class TypographicSizes:
     steps: int = 300
     head_steps: int = 300
     batch_size: int = 64
+    head_batch_size: int = 128
     betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
     control_t: tuple[float, ...] = tuple(x / 2 for x in range(-8, 9))
 
     @classmethod
     def quick(cls) -> "TypographicSizes":
-        return cls(n_pref=96, n_reg=96, n_eval=48, n_val=48, steps=4, head_steps=10, batch_size=16,
+        return cls(n_pref=96, n_reg=96, n_eval=48, n_val=48, steps=4, head_steps=10, batch_size=16, head_batch_size=32,
                    betas=(0.5, 2.0), control_t=(-1.0, 0.0, 1.0))
 
 
@@ -107,29 +110,32 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         atomic_write_json(out / "metrics.partial.json", {"methods": methods, "seconds": seconds})
 
     record("pretrained", reference)
-    base = PreferenceTrainConfig(trainable="full", steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed,
-                                 extra_averaging=["ema"])
-    ce = timed("ce", lambda: train_preference(reference, pref, reg, replace(base, method="ce", beta=None, lam=None,
-                                                                             extra_averaging=[]), progress=False))
+    train = TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed, averaging="bma",
+                        extra_averaging=["ema"])
+    ce = timed("ce", lambda: train_preference(reference, pref, reg, PreferenceConfig(method="ce", trainable="full"),
+                                              replace(train, extra_averaging=[]), progress=False))
     record("ce", ce.model)
     painted = timed("paint", lambda: paint(reference, ce.model, [i / 10 for i in range(11)],
                                            _validation_score(world, sizes.n_val, 4000 + seed)))
     record("paint", painted.model)
-    record("materzynska", timed("materzynska", lambda: train_materzynska(reference, pref, reg, steps=sizes.head_steps, seed=seed)))
-    record("defense_prefix", timed("defense_prefix", lambda: train_defense_prefix(reference, pref, reg, steps=sizes.head_steps, seed=seed)))
+    head_train = TrainConfig(steps=sizes.head_steps, batch_size=sizes.head_batch_size, seed=seed)
+    record("materzynska", timed("materzynska", lambda: train_materzynska(reference, pref, reg, head_train)))
+    record("defense_prefix", timed("defense_prefix", lambda: train_defense_prefix(reference, pref, reg, head_train)))
     ema: dict[str, dict] = {}
     for method in PO_METHODS:
-        cfg = replace(base, method=method, beta=PO_SETTINGS[method]["beta"], lam=PO_SETTINGS[method]["lam"])
-        result = timed(method, lambda: train_preference(reference, pref, reg, cfg, progress=False))
+        cfg = PreferenceConfig(method=method, trainable="full", **PO_SETTINGS[method])
+        result = timed(method, lambda: train_preference(reference, pref, reg, cfg, train, progress=False))
         record(method, result.model)
         ema[method] = evaluate(result.alternates["ema"])
 
-    head_cfg = PreferenceTrainConfig(method="dpo", trainable="head", steps=sizes.head_steps, batch_size=128, seed=seed)
-    head = timed("dpo_head", lambda: train_preference(reference, pref, reg, head_cfg, progress=False)).model
+    head_cfg = PreferenceConfig(method="dpo", trainable="head")
+    head_loop = replace(head_train, averaging="bma")
+    head = timed("dpo_head", lambda: train_preference(reference, pref, reg, head_cfg, head_loop, progress=False)).model
     control = control_sweep(head, world, sizes.control_t, sizes.n_eval, eval_seed)
     beta_sweep = {"beta": list(sizes.betas), "kl_clean": [], "typographic": []}
     for beta in sizes.betas:
-        row = evaluate(train_preference(reference, pref, reg, replace(head_cfg, beta=beta), progress=False).model)
+        row = evaluate(train_preference(reference, pref, reg, replace(head_cfg, beta=beta), head_loop,
+                                        progress=False).model)
         beta_sweep["kl_clean"].append(row["kl_clean"])
         beta_sweep["typographic"].append(row["typographic"])
 

@@ -24,6 +24,9 @@ class ObjectiveParams:
     simpo_gamma: float = 0.5
     kto_desirable_weight: float = 1.0
     kto_undesirable_weight: float = 1.0
+    #: How batch statistics (KTO's z_ref) average over the batch; data-parallel training passes a mean over the
+    #: batches of every process (:func:`vlalign.training.distributed.global_mean`).
+    batch_mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean
 
 
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ObjectiveParams], torch.Tensor]
@@ -58,7 +61,7 @@ def _simpo(policy_logits, reference_logits, chosen, rejected, p: ObjectiveParams
 def _kto(policy_logits, reference_logits, chosen, rejected, p: ObjectiveParams) -> torch.Tensor:
     # Each triplet (x, y_w, y_l) becomes two unpaired samples: (x, y_w) desirable and (x, y_l) undesirable.
     pw, pl, rw, rl = _pairwise(policy_logits, reference_logits, chosen, rejected)
-    z_ref = po.kto_reference_point(policy_logits, reference_logits, p.beta)
+    z_ref = po.kto_reference_point(policy_logits, reference_logits, p.beta, p.batch_mean)
     desirable = torch.cat([torch.ones_like(chosen, dtype=torch.bool), torch.zeros_like(rejected, dtype=torch.bool)])
     return po.kto_loss(torch.cat([pw, pl]), torch.cat([rw, rl]), desirable, p.beta, z_ref,
                        p.kto_desirable_weight, p.kto_undesirable_weight).mean()

@@ -10,6 +10,8 @@ rejected y_l. h = (log π_θ(y_w) − log π_θ(y_l)) − (log π_ref(y_w) − l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -67,11 +69,12 @@ def simpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, beta:
     return -F.logsigmoid(beta * (policy_chosen - policy_rejected) - gamma)
 
 
-def kto_reference_point(policy_logits: torch.Tensor, reference_logits: torch.Tensor, beta: float) -> torch.Tensor:
+def kto_reference_point(policy_logits: torch.Tensor, reference_logits: torch.Tensor, beta: float,
+                        batch_mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean) -> torch.Tensor:
     """z_ref of eq. (7): β · mean over the batch of KL(π_θ(·|x) ‖ π_ref(·|x)), computed exactly over the K texts,
     clamped at 0 and detached (as in the KTO paper). It uses every image of the batch, so it is defined whether the
     batch holds desirable samples, undesirable ones, or both."""
-    kl = kl_divergence(policy_logits, reference_logits).mean()
+    kl = batch_mean(kl_divergence(policy_logits, reference_logits).detach())
     return (beta * kl).clamp(min=0).detach()
 
 

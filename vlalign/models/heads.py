@@ -45,7 +45,7 @@ class HeadedCLIP(ContrastiveModel):
     def __init__(self, base: ContrastiveModel, head: LinearHead | None = None) -> None:
         super().__init__()
         self.base = base
-        self.head = head if head is not None else LinearHead(base.embed_dim).to(base.device)
+        self.head = head if head is not None else LinearHead(base.embed_dim).to(next(base.parameters()))
         self.image_size = base.image_size
         self.embed_dim = base.embed_dim
 

@@ -1,23 +1,95 @@
-"""``vlalign pretrain-mini``: pretrain a MiniCLIP on its world, evaluate it on fresh images, save it."""
+"""``vlalign pretrain-mini``: pretrain a MiniCLIP on its world through the one loop, evaluate it, save it.
+
+``world_kind`` picks the pretraining data: ``shapes`` (the mini world, :mod:`vlalign.data.mini_world`; the
+embedded ``mini`` model) or ``people`` (the people world, :mod:`vlalign.data.people`; the embedded
+``mini-people`` model). Only the data, the vocabulary and the final evaluation depend on it.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from vlalign.config import config_to_dict
+from vlalign.config import check_range, config_to_dict, option
+from vlalign.data.datasets import TensorImageDataset
 from vlalign.data.image_set import ImageSet
-from vlalign.data.mini_world import MiniWorld
-from vlalign.data.people import PeopleWorld
+from vlalign.data.mini_world import MiniWorld, WorldConfig, vocabulary
+from vlalign.data.people import PeopleConfig, PeopleWorld, people_vocabulary
 from vlalign.evaluation.people import evaluate_people_pretraining
 from vlalign.evaluation.typographic import evaluate_typographic_phenomena
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import save_mini_clip
-from vlalign.models.mini_clip import MiniCLIP
-from vlalign.training.pretrain import PretrainConfig, build_mini_clip, pretrain_clip
+from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
+from vlalign.training.loop import FitResult, fit
+from vlalign.training.methods.clip_pretrain import ContrastivePretraining
+from vlalign.training.train_config import TrainConfig
+
+
+@dataclass
+class ModelShape:
+    """MiniCLIP architecture knobs a pretraining config may set (the vocabulary comes from the world).
+
+    ``image_size`` is the side the model resizes its input to; None means the world's image size.
+    ``init_temperature`` is τ at initialization (the logit scale 1/τ is learned, clamped at 100).
+    """
+
+    image_size: int | None = None
+    stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    vision_width: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    embed_dim: int = 128
+    init_temperature: float = 0.07
+
+
+def _pretrain_loop() -> TrainConfig:
+    return TrainConfig(steps=3000, batch_size=256, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05,
+                       checkpoint_every=500, log_every=20)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``vlalign pretrain-mini`` needs; loaded from YAML and validated."""
+
+    seed: int = option(0, "seed of the pretraining images and of the initial weights")
+    n_images: int = option(60000, "captioned pretraining images, rendered once before training")
+    eval_images: int = option(1200, "fresh test images per split for the final evaluation")
+    eval_seed: int = option(1, "seed of the test images (never the pretraining seed's stream)")
+    workers: int = option(2, "processes that render the images; the images do not depend on it")
+    world_kind: Literal["shapes", "people"] = option("shapes", "the world: shapes (mini) or people (mini-people)")
+    world: WorldConfig = option(help="the shapes world's knobs", factory=WorldConfig)
+    people: PeopleConfig = option(help="the people world's knobs", factory=PeopleConfig)
+    model: ModelShape = option(help="MiniCLIP architecture", factory=ModelShape)
+    train: TrainConfig = option(help="loop settings", factory=_pretrain_loop)
+
+    def __post_init__(self) -> None:
+        for name in ("n_images", "eval_images", "workers"):
+            check_range(name, getattr(self, name), 1)
+        if self.train.batch_size > self.n_images:
+            raise ValueError(f"train.batch_size {self.train.batch_size} exceeds n_images {self.n_images}")
+
+
+def build_mini_clip(config: PretrainConfig) -> MiniCLIP:
+    """A freshly initialized MiniCLIP for this pretraining config (vocabulary and image size from its world)."""
+    shape = config.model
+    if config.world_kind == "people":
+        image_size, vocab = config.people.image_size, people_vocabulary()
+    else:
+        image_size, vocab = config.world.image_size, vocabulary()
+    return MiniCLIP(MiniCLIPConfig(
+        image_size=image_size if shape.image_size is None else shape.image_size, stem_channels=tuple(shape.stem_channels), vision_width=shape.vision_width,
+        vision_layers=shape.vision_layers, vision_heads=shape.vision_heads, text_width=shape.text_width,
+        text_layers=shape.text_layers, text_heads=shape.text_heads, embed_dim=shape.embed_dim, vocab=vocab,
+        init_temperature=shape.init_temperature,
+    ))
 
 
 def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
@@ -31,17 +103,31 @@ def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniC
     return data, lambda model: evaluate_typographic_phenomena(model, world, config.eval_images, config.eval_seed)
 
 
-def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, float]:
+def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, overwrite: bool = False
+             ) -> tuple[MiniCLIP, FitResult, Callable[[MiniCLIP], dict]]:
+    """Pretrain a MiniCLIP per ``config`` through :func:`fit` (checkpoints in ``out/state``; resumes)."""
+    data, evaluate = _pretraining_data(config)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_mini_clip(config)
+    method = ContrastivePretraining(model, TensorImageDataset(data.images, caption=data.captions))
+    run = {k: v for k, v in config_to_dict(config).items() if k not in ("train", "workers", "eval_images", "eval_seed")}
+    result = fit(method, config.train, out, run_config={"pretrain": run}, progress=progress, overwrite=overwrite)
+    return result.model, result, evaluate
+
+
+def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool = True,
+                       overwrite: bool = False) -> dict[str, float]:
     """Pretrain (resuming from ``out`` if a state is there), then write ``model.safetensors``, ``config.json``,
     ``pretrain_config.json`` and ``metrics.json``."""
     out = Path(out)
-    data, evaluate = _pretraining_data(config)
-    torch.manual_seed(config.seed)  # the initial weights
-    model = pretrain_clip(build_mini_clip(config), data, config, out, progress)
+    model, result, evaluate = pretrain(config, out, progress, overwrite)
+    metrics_path = out / "metrics.json"
+    if result.already_finished and metrics_path.is_file():
+        return read_metrics(out)
     metrics = evaluate(model.cpu())
     save_mini_clip(model, out)
     atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(metrics_path, metrics)
     return metrics
 
 

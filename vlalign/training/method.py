@@ -9,7 +9,9 @@ The life of a method in ``fit``:
 1. ``streams()`` names its training data: ``{"pref": Stream(dataset), "reg": Stream(dataset)}``. Each dataset
    item is a dict holding at least ``"index"`` (its position in the dataset, an int), so frozen quantities can be
    looked up by it. Every step the loop draws one batch from each stream (seeded, resumable, sharded across
-   processes) and passes ``{"pref": batch, "reg": batch}`` to ``forward``; a batch is the dict of collated items.
+   processes) and passes ``{"pref": batch, "reg": batch, "step": s, "seed": seed}`` to ``forward``; a stream's
+   batch is the dict of its collated items. ``step`` and ``seed`` let a method draw randomness (attack starts)
+   that depends on (seed, step, item index) alone, so a resumed or data-parallel run draws the same.
 2. ``prepare(device)`` runs once before the first step, also on resume: move models to ``device`` and compute
    what never changes (prompt embeddings, reference logits or embeddings of every training item) in fixed
    batches with :func:`vlalign.training.frozen.precompute`, so a resumed run sees bit-identical values.

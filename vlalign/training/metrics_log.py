@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 from vlalign.io import atomic_write_bytes
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-def check_finite(loss: float, step: int, where: str) -> None:
-    """Raise a clear error instead of training on from a NaN/inf loss."""
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"{where}: loss is {loss} at step {step}; the last checkpoint is kept. "
-            "Lower the learning rate or beta, or check the inputs for NaNs."
-        )
 
 
 class MetricsLogger:

@@ -1,34 +1,62 @@
-"""Resumable training state: model, optimizer, scheduler, step and RNG, in one safetensors file.
+"""Resumable training state: weights, optimizer, scheduler, weight averages, RNG, step and the run's config, in
+one safetensors file.
 
-The tensors and the JSON metadata (step, optimizer hyper-parameters, scheduler) are saved together in
-``train_state.safetensors`` (the metadata in its header), so one atomic rename commits a whole state: a crash
-leaves the previous state or the new one, never weights of one step with counters of another.
-``train_state.json`` is a readable copy of the metadata; resumption does not read it.
+The tensors and the JSON metadata are saved together in ``train_state.safetensors`` (the metadata in its header),
+so one atomic rename commits a whole state: a crash leaves the previous state or the new one, never weights of one
+step with counters of another. ``train_state.json`` is a readable copy of the metadata; resumption does not read
+it. The metadata records the config the run was started with (readable, and as a hash), so a run is never resumed
+with another config, and whether the run finished, so a finished run is not trained again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from vlalign.io import atomic_write_json, save_tensors
 from vlalign.models.checkpoint import CheckpointError, load_state_checked, load_tensors
+from vlalign.training.averaging import WeightAverager
 
 STATE_WEIGHTS = "train_state.safetensors"
 STATE_META = "train_state.json"
 _META_KEY = "vlalign.training_state"
 
 
-def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, step: int, generator: torch.Generator | None = None,
-                        extra: dict[str, Any] | None = None, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy).
-    ``extra_tensors`` (e.g. a weight average) are saved in the same file and returned by the loader."""
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"train.steps: 60 -> 30"`` for every field that differs between two configs (JSON-normalized)."""
+    a = flatten(json.loads(json.dumps(saved, default=str)))
+    b = flatten(json.loads(json.dumps(current, default=str)))
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                        step: int, config: dict[str, Any], finished: bool = False,
+                        averagers: dict[str, WeightAverager] | None = None) -> None:
+    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in trainable.state_dict().items()}
@@ -40,32 +68,50 @@ def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
                 tensors[f"opt.{pid}.{name}"] = value
             else:
                 scalars[f"{pid}.{name}"] = value
-    if generator is not None:
-        tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    averages = {}
+    for kind, averager in (averagers or {}).items():
+        tensors.update({f"avg.{kind}.{n}": v for n, v in averager.average.items()})
+        averages[kind] = {"weight_sum": averager.weight_sum, "step": averager.step}
     meta = {
         "step": step,
+        "finished": finished,
+        "config_hash": config_hash(config),
+        "config": config,
         "param_groups": opt_state["param_groups"],
         "optimizer_scalars": scalars,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "extra": extra or {},
+        "averages": averages,
     }
-    save_tensors(folder / STATE_WEIGHTS, tensors, metadata={"step": str(step), _META_KEY: json.dumps(meta)})
+    save_tensors(folder / STATE_WEIGHTS, tensors, metadata={"step": str(step), _META_KEY: json.dumps(meta, default=str)})
     atomic_write_json(folder / STATE_META, meta)
 
 
-def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Restore what :func:`save_training_state` wrote; returns the JSON metadata (``step``, ``extra``) with the
-    extra tensors under ``extra_tensors``."""
-    folder = Path(folder)
-    tensors = load_tensors(folder / STATE_WEIGHTS)
-    with safe_open(str(folder / STATE_WEIGHTS), framework="pt") as handle:
-        header = handle.metadata() or {}
+def read_state_meta(folder: str | Path) -> dict[str, Any] | None:
+    """The metadata of the state in ``folder`` (``None`` when there is none), without loading its tensors."""
+    path = Path(folder) / STATE_WEIGHTS
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable training state ({exc})") from None
     if _META_KEY not in header:
-        raise CheckpointError(f"{folder / STATE_WEIGHTS}: no training-state metadata in the file; not a resumable state")
-    meta = json.loads(header[_META_KEY])
+        raise CheckpointError(f"{path}: no training-state metadata in the file; not a resumable state")
+    return json.loads(header[_META_KEY])
+
+
+def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                        averagers: dict[str, WeightAverager] | None = None) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote; returns its metadata."""
+    folder = Path(folder)
+    meta = read_state_meta(folder)
+    if meta is None:
+        raise CheckpointError(f"{folder / STATE_WEIGHTS}: no training state")
+    tensors = load_tensors(folder / STATE_WEIGHTS)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_checked(trainable, model_state, folder / STATE_WEIGHTS)
     state: dict[int, dict[str, Any]] = {}
@@ -79,14 +125,19 @@ def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
-    if generator is not None and "rng.generator" in tensors:
-        generator.set_state(tensors["rng.generator"])
+    for kind, averager in (averagers or {}).items():
+        saved = meta["averages"].get(kind)
+        if saved is None:
+            raise CheckpointError(f"{folder / STATE_WEIGHTS}: no '{kind}' weight average in the state")
+        prefix = f"avg.{kind}."
+        averager.load_state_dict({"average": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                  **saved})
     torch.set_rng_state(tensors["rng.torch"])
-    meta["extra_tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return meta
 
 
 def has_training_state(folder: str | Path) -> bool:
     """Whether ``folder`` holds a resumable state."""
-    folder = Path(folder)
-    return (folder / STATE_WEIGHTS).is_file()
+    return (Path(folder) / STATE_WEIGHTS).is_file()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vlalign.data.people import ACTIVITIES
-from vlalign.training.contrastive_po import PreferenceTrainConfig
+from vlalign.training.methods.preference import PreferenceConfig
+from vlalign.training.train_config import TrainConfig
 
 #: Targets of the issue; the report checks each.
 TARGETS = {"flipped_rate_min": 0.90, "t_star_rate_tolerance": 0.05, "parity_gap_max": 0.10, "activity_drop_max": 0.02}
@@ -66,9 +67,9 @@ class AttributeExperimentConfig:
         """A smoke-test size: DPO only, trained as in the full run, evaluated on fewer images and t values."""
         return cls(methods=["dpo"], n_test=1024, n_galleries=4, t_points=11, seed=seed)
 
-    def train_config(self, method: str) -> PreferenceTrainConfig:
+    def train_config(self, method: str) -> tuple[PreferenceConfig, TrainConfig]:
         """Head-mode preference training for ``method`` with this experiment's (β, λ) for it."""
         beta, lam = self.method_params.get(method, (None, None))
-        return PreferenceTrainConfig(method=method, trainable="head", beta=beta, lam=lam, lr=self.lr,
-                                     averaging=self.averaging, steps=self.steps, batch_size=self.batch_size,
-                                     seed=self.seed, device=self.device)
+        return (PreferenceConfig(method=method, trainable="head", beta=beta, lam=lam),
+                TrainConfig(lr=self.lr, averaging=self.averaging, steps=self.steps, batch_size=self.batch_size,
+                            seed=self.seed, device=self.device))

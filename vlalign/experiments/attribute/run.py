@@ -37,7 +37,8 @@ from vlalign.io import atomic_write_bytes, atomic_write_json
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.embeddings import image_embeddings
 from vlalign.models.heads import HeadedCLIP
-from vlalign.training.contrastive_po import save_aligned_model, train_preference
+from vlalign.pipelines.preference import save_aligned_model
+from vlalign.training.methods.preference import train_preference
 
 
 def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentConfig, out: str | Path,
@@ -69,7 +70,7 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
     sweeps: dict[str, dict] = {}
     heads: dict[str, HeadedCLIP] = {}
     for method in config.methods:
-        result = train_preference(model, pref, reg, config.train_config(method), progress=progress)
+        result = train_preference(model, pref, reg, *config.train_config(method), progress=progress)
         aligned = result.model
         if not isinstance(aligned, HeadedCLIP):
             raise TypeError(f"head-mode training returned {type(aligned).__name__}, expected HeadedCLIP")

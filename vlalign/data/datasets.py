@@ -1,0 +1,194 @@
+"""Map-style ``torch.utils.data.Dataset``s that the training loop reads, one example per item.
+
+Every item is a dict with ``"index"`` (its position, so frozen quantities can be looked up by it) and, for image
+data, ``"pixels"`` (uint8 ``[3, H, W]``; converted to float on the training device), plus its own fields
+(``label``, ``written``, ``caption``, ``chosen``, ``rejected``). Nothing here holds a whole image folder in memory:
+folders and preference files are decoded one image at a time, and the procedural worlds render each item from
+(seed, index) on demand (or once up front with ``cache``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from vlalign.data.folder import METADATA_FILE, DatasetError, _read_metadata, load_image, read_classes
+from vlalign.data.mini_world import MiniWorld, WorldConfig
+
+
+class TensorImageDataset(Dataset):
+    """Images already in memory (uint8 ``[N, 3, H, W]``, or None for feature-only data) with per-item fields
+    given as tensors or lists of length N."""
+
+    def __init__(self, images: torch.Tensor | None, n: int | None = None, **fields: torch.Tensor | Sequence) -> None:
+        if images is not None and (images.dtype != torch.uint8 or images.dim() != 4):
+            raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        self.n = images.shape[0] if images is not None else n
+        if self.n is None:
+            raise ValueError("give images or n")
+        for name, values in fields.items():
+            if len(values) != self.n:
+                raise ValueError(f"field {name!r} has {len(values)} entries for {self.n} items")
+        self.images, self.fields = images, fields
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": index}
+        if self.images is not None:
+            item["pixels"] = self.images[index]
+        item.update({name: values[index] for name, values in self.fields.items()})
+        return item
+
+
+class MiniWorldDataset(Dataset):
+    """Items ``0 … n−1`` of a mini-world split, rendered on demand from (split, seed, index) — the same pixels as
+    ``MiniWorld.sample(split, n, seed)`` — or all at once up front with ``cache`` (``workers`` processes).
+    Fields: ``label``, ``written`` (−1 for none) and ``caption``."""
+
+    def __init__(self, split: str, n: int, seed: int, classes: tuple[str, ...] | None = None,
+                 word_classes: tuple[str, ...] | None = None, world: WorldConfig | None = None,
+                 cache: bool = False, workers: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.world = MiniWorld(world)
+        self.split, self.n, self.seed, self.classes, self.word_classes = split, n, seed, classes, word_classes
+        self.cached = self.world.sample(split, n, seed, classes, workers=workers, word_classes=word_classes) if cache else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} items")
+        if self.cached is not None:
+            one, row = self.cached, index
+        else:
+            one, row = self.world.sample(self.split, 1, self.seed, self.classes, start=index,
+                                         word_classes=self.word_classes), 0
+        return {"index": index, "pixels": one.images[row], "label": int(one.labels[row]),
+                "written": int(one.written[row]), "caption": one.captions[row]}
+
+
+class ImageFolderDataset(Dataset):
+    """An image folder (``metadata.jsonl``, see :mod:`vlalign.data.folder`) decoded lazily, one image per item.
+
+    ``on_error="fail"`` (default) raises a :class:`DatasetError` naming the file for an image that is missing or
+    cannot be decoded; ``"skip"`` returns ``None`` for it, which :func:`collate_skipping` drops from the batch and
+    counts (the loop reports the count). Labels and written words are checked against the class list up front.
+    """
+
+    def __init__(self, folder: str | Path, image_size: int, on_error: str = "fail") -> None:
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        self.folder, self.image_size, self.on_error = Path(folder), image_size, on_error
+        records = _read_metadata(self.folder)
+        self.classnames = read_classes(self.folder, records)
+        index = {c: i for i, c in enumerate(self.classnames)}
+        meta_path = self.folder / METADATA_FILE
+        self.files, self.labels, self.written, self.captions, self.where = [], [], [], [], []
+        for record in records:
+            where = f"{meta_path} line {record['_line']}"
+            if record["label"] not in index:
+                raise DatasetError(f"{where}: label {record['label']!r} is not in the class list {list(self.classnames)}")
+            mark = record.get("written")
+            if mark is not None and mark not in index:
+                raise DatasetError(f"{where}: written {mark!r} is not in the class list {list(self.classnames)}")
+            self.files.append(record["file_name"])
+            self.labels.append(index[record["label"]])
+            self.written.append(index[mark] if mark is not None else -1)
+            self.captions.append(str(record.get("caption", "")))
+            self.where.append(where)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            pixels = load_image(self.folder / self.files[index], self.image_size, self.where[index])
+        except DatasetError:
+            if self.on_error == "fail":
+                raise
+            return None
+        return {"index": index, "pixels": torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1),
+                "label": self.labels[index], "written": self.written[index], "caption": self.captions[index]}
+
+
+class PreferenceView(Dataset):
+    """Preference triplets over any labelled image dataset whose items carry a written class: chosen = the true
+    class, rejected = the written one (a typographic image folder, say)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.base[index]
+        if item is None:
+            return None
+        if item["written"] < 0:
+            raise DatasetError(f"item {index} has no written class name; preference triplets need a typographic set")
+        return {**item, "chosen": item["label"], "rejected": item["written"]}
+
+
+class PreferenceJsonlDataset(Dataset):
+    """Triplets from a JSONL file of ``{"image": path, "chosen": text, "rejected": text}`` (paths relative to the
+    file), decoded lazily; ``chosen``/``rejected`` index ``prompts`` (see
+    :func:`vlalign.data.preference.read_preference_rows`)."""
+
+    def __init__(self, path: str | Path, image_size: int, rows: list[tuple[str, int, int, str]],
+                 prompts: tuple[str, ...], on_error: str = "fail") -> None:
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        self.path, self.image_size, self.rows, self.prompts, self.on_error = Path(path), image_size, rows, prompts, on_error
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        image, chosen, rejected, where = self.rows[index]
+        try:
+            pixels = load_image(self.path.parent / image, self.image_size, where)
+        except DatasetError:
+            if self.on_error == "fail":
+                raise
+            return None
+        return {"index": index, "pixels": torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1),
+                "chosen": chosen, "rejected": rejected}
+
+
+def collate_skipping(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """``default_collate`` over the items that are not ``None``, plus ``"skipped"``: how many were."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        raise DatasetError(f"every image of a batch of {len(items)} failed to decode")
+    batch = default_collate(kept)
+    batch["skipped"] = len(items) - len(kept)
+    return batch
+
+
+def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a dataset in a run's config: its class, size and, where known, its source."""
+    info: dict[str, Any] = {"class": type(dataset).__name__, "n": len(dataset)}
+    for attr in ("split", "seed", "classes", "word_classes", "folder", "path"):
+        if hasattr(dataset, attr):
+            value = getattr(dataset, attr)
+            info[attr] = str(value) if isinstance(value, Path) else value
+    if hasattr(dataset, "base"):
+        info["base"] = dataset_fingerprint(dataset.base)
+    return json.loads(json.dumps(info, default=str))
+
+
+def collate_for(dataset: Dataset) -> Callable | None:
+    """The collate function a dataset needs (``collate_skipping`` for datasets that may skip items)."""
+    base = getattr(dataset, "base", dataset)
+    return collate_skipping if getattr(base, "on_error", "fail") == "skip" else None
