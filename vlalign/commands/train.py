@@ -29,8 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlalign.pipelines.train import load_training_config, run_training
 
+    from vlalign.training.distributed import rank
+
     config = load_training_config(args.config)
     outcome = run_training(config, args.out, overwrite=args.overwrite)
+    if rank() != 0:  # under accelerate launch the main process reports
+        return 0
     if outcome.already_finished:
         print(f"{args.out}: this run already finished; its results are in {args.out / 'metrics.json'} "
               "(use --overwrite to train it again)")

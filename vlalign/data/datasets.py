@@ -117,7 +117,7 @@ class ImageFolderDataset(Dataset):
             if self.on_error == "fail":
                 raise
             return None
-        return {"index": index, "pixels": torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1),
+        return {"index": index, "pixels": torch.from_numpy(np.array(pixels)).permute(2, 0, 1),
                 "label": self.labels[index], "written": self.written[index], "caption": self.captions[index]}
 
 
@@ -162,7 +162,7 @@ class PreferenceJsonlDataset(Dataset):
             if self.on_error == "fail":
                 raise
             return None
-        return {"index": index, "pixels": torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1),
+        return {"index": index, "pixels": torch.from_numpy(np.array(pixels)).permute(2, 0, 1),
                 "chosen": chosen, "rejected": rejected}
 
 

@@ -25,6 +25,7 @@ from vlalign.evaluation.typographic import evaluate_typographic_phenomena
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import save_mini_clip
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
+from vlalign.training import distributed
 from vlalign.training.loop import FitResult, fit
 from vlalign.training.methods.clip_pretrain import ContrastivePretraining
 from vlalign.training.train_config import TrainConfig
@@ -124,6 +125,8 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
     metrics_path = out / "metrics.json"
     if result.already_finished and metrics_path.is_file():
         return read_metrics(out)
+    if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
+        return {}
     metrics = evaluate(model.cpu())
     save_mini_clip(model, out)
     atomic_write_json(out / "pretrain_config.json", config_to_dict(config))

@@ -16,6 +16,7 @@ from vlalign.evaluation.robust import robust_evaluate
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import load_model, save_model
 from vlalign.pipelines.runs import RunOutcome
+from vlalign.training import distributed
 from vlalign.training.loop import FitResult, fit
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
@@ -102,6 +103,8 @@ def train_robust_run(run: RobustRun, out: Path, progress: bool = True, overwrite
     result = robust_finetune(run, out, progress, overwrite)
     if result.already_finished and (out / "metrics.json").is_file():
         return RunOutcome(out, already_finished=True)
+    if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
+        return RunOutcome(out, start_step=result.start_step)
     model = result.model
     eval_images = MiniWorld().sample("clean", run.eval.images, run.eval.seed)
     evaluation = robust_evaluate(model, eval_images, run.eval.attacks, [parse_eps(e) for e in run.eval.eps],

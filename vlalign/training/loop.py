@@ -116,10 +116,8 @@ class _Processes:
         self.accelerator = None
         if self.distributed:
             from accelerate import Accelerator
-            from accelerate.utils import DistributedDataParallelKwargs
 
-            self.accelerator = Accelerator(cpu=requested.type == "cpu", kwargs_handlers=[
-                DistributedDataParallelKwargs(broadcast_buffers=False)])
+            self.accelerator = Accelerator(cpu=requested.type == "cpu")
             self.device = self.accelerator.device
         else:
             self.device = requested
@@ -223,6 +221,7 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
                 else contextlib.nullcontext())
     last_saved = start
     history: list[dict[str, float]] = []
+    skipped: dict[str, int] = {}  # per stream, since this call started
     method.train()
     bar = tqdm(range(start, train.steps), desc=type(method).__name__, initial=start, total=train.steps,
                disable=not (progress and processes.is_main))
@@ -233,6 +232,9 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
             sums: dict[str, torch.Tensor] = {}
             for micro in range(train.accumulation):
                 batch: dict[str, Any] = {name: _to_device(next(it), device) for name, it in iterators.items()}
+                for name in iterators:
+                    if "skipped" in batch[name]:  # undecodable images dropped by the collate function
+                        skipped[name] = skipped.get(name, 0) + int(batch[name].pop("skipped"))
                 batch["step"], batch["seed"] = step, train.seed
                 sync = micro == train.accumulation - 1 or not processes.distributed
                 with contextlib.nullcontext() if sync else wrapped.no_sync():
@@ -249,6 +251,7 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
             for averager in averagers.values():
                 averager.update(module)
             if step % train.log_every == 0 or step == train.steps - 1:
+                sums.update({f"skipped_{name}": torch.tensor(float(n), device=device) for name, n in skipped.items()})
                 row = _log_row(sums, step, scheduler)
                 history.append(row)
                 if logger is not None:
@@ -286,10 +289,17 @@ def _check_terms(terms: dict[str, torch.Tensor], step: int, last_saved: int, sta
 
 def _log_row(sums: dict[str, torch.Tensor], step: int, scheduler: Any) -> dict[str, float]:
     names = list(sums)
-    values = torch.stack([sums[n].reshape(()) for n in names])
+    values = torch.stack([sums[n].reshape(()).double() for n in names])
     if distributed.world_size() > 1:
-        values = distributed.gather(values[None]).mean(0)
+        per_process = distributed.gather(values[None].to(distributed_device(values)))
+        totals = torch.tensor([n.startswith("skipped_") for n in names], device=per_process.device)
+        values = torch.where(totals, per_process.sum(0), per_process.mean(0))  # counts add up, losses average
     return {"step": step, **{n: float(v) for n, v in zip(names, values)}, "lr": scheduler.get_last_lr()[0]}
+
+
+def distributed_device(tensor: torch.Tensor) -> torch.device:
+    """Where a tensor must be for a collective: the GPU under NCCL, anywhere under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else tensor.device
 
 
 def _finish(method: Method, train: TrainConfig, averagers: dict[str, WeightAverager]) -> FitResult:

@@ -117,9 +117,7 @@ class ContrastivePreference(Method):
         else:
             self.policy = copy.deepcopy(model)
             self.trained = self.policy.image_encoder
-            if config.trainable == "lora":
-                add_lora(self.trained, config.lora_rank, config.lora_alpha, config.lora_targets)
-            else:
+            if config.trainable == "full":
                 for param in self.trained.parameters():
                     param.requires_grad_(True)
         self.frozen: dict[str, torch.Tensor] = {}
@@ -158,6 +156,10 @@ class ContrastivePreference(Method):
                 for key in keys:
                     frozen[f"{which}_{key}"] = precompute(data, lambda b, k=key: torch.as_tensor(b[k]),
                                                           collate=collate_for(data)).to(device)
+        if self.config.trainable == "lora" and not any("lora_" in n for n, _ in self.trained.named_parameters()):
+            # Here rather than in __init__: the loop has seeded the RNG, so the adapters' random init is the run's.
+            add_lora(self.trained, self.config.lora_rank, self.config.lora_alpha, self.config.lora_targets)
+            self.trained.to(device)
         if self.config.method == "ce" and self.use_reg and "reg_label" not in frozen:
             sample = self.reg_data[0]
             if sample is not None and "label" not in sample:
