@@ -217,3 +217,15 @@ def test_cli_train_control_and_kl_eval(tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["kl_to_reference"] >= 0
     config.write_text("method: dpo\ntrain: {step: 4}\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_a_preference_jsonl_with_a_kl_term_needs_regularization_images(tmp_path):
+    from vlalign.config import ConfigError, config_from_dict
+    from vlalign.pipelines.preference import PreferenceRun
+
+    with pytest.raises(ConfigError, match="data.path is a preference JSONL and the KL weight lam = 1.0 > 0"):
+        config_from_dict(PreferenceRun, {"method": "dpo", "data": {"path": "prefs.jsonl"}})
+    run = config_from_dict(PreferenceRun, {"method": "dpo", "options": {"lam": 0}, "data": {"path": "prefs.jsonl"}})
+    assert run.options.effective_lam == 0
+    # The top-level method fills in the options' method, and with it that method's defaults.
+    assert config_from_dict(PreferenceRun, {"method": "ipo"}).options.effective_beta == 0.01

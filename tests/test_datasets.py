@@ -31,6 +31,19 @@ def test_mini_world_items_are_the_rendered_split(world):
         lazy[6]
 
 
+def test_people_world_items_are_the_rendered_split():
+    from vlalign.data.datasets import PeopleWorldDataset
+    from vlalign.data.people import PeopleWorld
+
+    expected = PeopleWorld().sample("train", 5, 3)
+    for data in (PeopleWorldDataset("train", 5, 3), PeopleWorldDataset("train", 5, 3, cache=True)):
+        for i in range(5):
+            item = data[i]
+            assert torch.equal(item["pixels"], expected.images.images[i])
+            assert (item["label"], item["attribute"], item["occluded"]) == (
+                int(expected.images.labels[i]), int(expected.attributes[i]), bool(expected.occluded[i]))
+
+
 @pytest.fixture
 def folder(tmp_path, world):
     images = world.sample("typographic", 8, 4)

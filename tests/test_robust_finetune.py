@@ -144,3 +144,48 @@ def test_full_experiment_meets_the_target(tmp_path):
     metrics = run_robust_experiment(tmp_path)
     assert metrics["methods"]["pretrained"]["worst_case"]["4/255"] <= 0.1
     assert metrics["target"]["met"], metrics["methods"]
+
+
+def test_a_run_folder_refuses_another_method_and_a_finished_run_is_reported(tmp_path, tiny_folder, capsys):
+    from vlalign.cli import main
+    from vlalign.training.loop import ConfigMismatchError
+
+    out = tmp_path / "run"
+    run_training(_tiny_config(tiny_folder, "tecoa", {"steps": 2}), out, progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"method: 'tecoa' -> 'fare'.*--overwrite"):
+        run_training(_tiny_config(tiny_folder, "fare", {"steps": 2}), out, progress=False)
+    assert run_training(_tiny_config(tiny_folder, "tecoa", {"steps": 2}), out, progress=False).already_finished
+    config = tmp_path / "tecoa.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({"method": "tecoa", "model": str(tiny_folder), "options": {"attack_steps": 2},
+                                      "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2},
+                                      "data": {"images": 32},
+                                      "eval": {"images": 12, "steps": 2, "attacks": ["pgd"], "eps": ["4/255"]}}))
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 0
+    assert "this run already finished" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_training_is_one_line_that_says_how_to_resume(tmp_path, tiny_folder, capsys, monkeypatch):
+    import yaml
+
+    from vlalign.cli import main
+    from vlalign.training.methods.robust import RobustFinetune
+
+    config = tmp_path / "fare.yaml"
+    config.write_text(yaml.safe_dump({"method": "fare", "model": str(tiny_folder), "options": {"attack_steps": 1},
+                                      "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2},
+                                      "data": {"images": 32}}))
+    real = RobustFinetune.forward
+
+    def forward(self, batch):
+        if batch["step"] == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(RobustFinetune, "forward", forward)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vlalign train: interrupted at step 3; the last checkpoint (step 2)")
+    assert err.endswith("re-run the same command to resume")

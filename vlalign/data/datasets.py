@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, default_collate
 
 from vlalign.data.folder import METADATA_FILE, DatasetError, _read_metadata, load_image, read_classes
 from vlalign.data.mini_world import MiniWorld, WorldConfig
+from vlalign.data.people import PeopleConfig, PeopleWorld
 
 
 class TensorImageDataset(Dataset):
@@ -75,6 +76,31 @@ class MiniWorldDataset(Dataset):
                                          word_classes=self.word_classes), 0
         return {"index": index, "pixels": one.images[row], "label": int(one.labels[row]),
                 "written": int(one.written[row]), "caption": one.captions[row]}
+
+
+class PeopleWorldDataset(Dataset):
+    """Items ``0 … n−1`` of a people-world split, rendered on demand (or all up front with ``cache``) — the same
+    pixels as ``PeopleWorld.sample(split, n, seed)``. Fields: ``label`` (activity), ``attribute``, ``occluded``,
+    ``caption``."""
+
+    def __init__(self, split: str, n: int, seed: int, world: PeopleConfig | None = None, cache: bool = False,
+                 workers: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.world, self.split, self.n, self.seed = PeopleWorld(world), split, n, seed
+        self.cached = self.world.sample(split, n, seed, workers=workers) if cache else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} items")
+        one, row = (self.cached, index) if self.cached is not None else (
+            self.world.sample(self.split, 1, self.seed, start=index), 0)
+        return {"index": index, "pixels": one.images.images[row], "label": int(one.images.labels[row]),
+                "attribute": int(one.attributes[row]), "occluded": bool(one.occluded[row]),
+                "caption": one.images.captions[row]}
 
 
 class ImageFolderDataset(Dataset):
