@@ -74,9 +74,10 @@ def run_identity(method: Method, train: TrainConfig, run_config: dict[str, Any] 
     config, the resolved loop settings (without the run-only ones) and the size of every stream."""
     loop = {k: v for k, v in asdict(train).items() if k not in RUN_ONLY_FIELDS}
     method_config = getattr(method, "config", None)
+    if method_config is not None and not isinstance(method_config, dict):
+        method_config = asdict(method_config)
     identity = dict(run_config or {})
-    identity["method"] = {"class": type(method).__name__,
-                          **(asdict(method_config) if method_config is not None else {})}
+    identity["method"] = {"class": type(method).__name__, **(method_config or {})}
     identity["train"] = loop
     identity["streams"] = {name: dataset_fingerprint(stream.dataset) for name, stream in method.streams().items()}
     return identity
@@ -312,11 +313,21 @@ def _finish(method: Method, train: TrainConfig, averagers: dict[str, WeightAvera
             continue
         if kind != "none":
             averagers[kind].copy_to(module)
-        alternates[kind] = copy.deepcopy(method).finish()
+        alternates[kind] = copy.deepcopy(method, _shared(method)).finish()
         _restore(module, raw)
     if train.averaging != "none":
         averagers[train.averaging].copy_to(module)
     return FitResult(model=method.finish(), alternates=alternates)
+
+
+def _shared(method: Method) -> dict[int, Any]:
+    """A deepcopy memo under which a copy of ``method`` shares its datasets and frozen tensors with the original
+    (only the models need copying to build an alternate)."""
+    shared: list[Any] = [getattr(method, "frozen", None)]
+    for stream in method.streams().values():
+        shared += [stream.dataset, getattr(stream.dataset, "base", None)]
+    shared += [value for value in vars(method).values() if isinstance(value, torch.utils.data.Dataset)]
+    return {id(obj): obj for obj in shared if obj is not None}
 
 
 @torch.no_grad()

@@ -85,6 +85,7 @@ class MaterzynskaProjection(_FeatureMethod):
         super().__init__(model, pref, prompts, reg)
         check_range("orthogonality", orthogonality, 0)
         self.orthogonality = orthogonality
+        self.config = {"orthogonality": orthogonality}
         self.head = LinearHead(model.embed_dim).to(next(model.parameters()))
 
     def trainable_module(self) -> nn.Module:
@@ -119,6 +120,7 @@ class DefensePrefixTraining(_FeatureMethod):
         super().__init__(model, pref, prompts, reg)
         check_range("identity_weight", identity_weight, 0)
         self.identity_weight = identity_weight
+        self.config = {"identity_weight": identity_weight}
         self.prefixed = DefensePrefixCLIP(model)
 
     def prepare(self, device: torch.device) -> None:
