@@ -1,7 +1,12 @@
 # Two commands matter: `make demo` and `make test`. Both create .venv if missing.
-# TORCH pins the CPU wheel by default; GPU users override it, e.g. `make demo TORCH=torch`.
+# TORCH is the torch requirement; GPU users override it, e.g. `make demo TORCH=torch`.
+# TORCH_INDEX holds extra pip arguments for installing torch only. On a machine without a GPU, PyPI's torch is the
+# multi-GB CUDA build; PyTorch's CPU wheel index gives the small CPU build:
+#   make setup TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+# Empty by default, so pip's own configuration (a local wheel folder, a mirror) decides.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= runs/demo
@@ -14,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -118,7 +118,8 @@ def test_eval_with_a_missing_model_folder(tmp_path, capsys):
 def test_eval_with_an_unknown_hub_id_offline(tmp_path, capsys):
     # conftest sets HF_HUB_OFFLINE: nothing is downloaded, and the failure is one line naming the model.
     err = run_user_error(capsys, ["eval", "--model", "no-such-owner/no-such-clip", "--out", tmp_path / "o"])
-    assert "cannot load CLIP model 'no-such-owner/no-such-clip'" in err
+    assert "no-such-owner/no-such-clip: no such folder, and not in the local hub cache" in err
+    assert "HF_HUB_OFFLINE=0" in err  # and how to go online
 
 
 def test_eval_with_a_model_folder_without_config(tmp_path, capsys):

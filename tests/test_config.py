@@ -199,3 +199,38 @@ def test_check_range_names_the_allowed_range():
     with pytest.raises(ValueError, match="got inf"):
         check_range("x", float("inf"))
     check_range("p", 0.5, 0, 1)
+
+
+# --- duplicate keys --------------------------------------------------------------------------------------------
+
+def test_a_duplicate_top_level_key_names_the_key_and_both_lines(tmp_path):
+    path = write(tmp_path, "name: a\nsteps: 3\ncount: 2\nname: b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, Outer)
+    message = str(info.value)
+    assert message == f"{path}: duplicate key 'name' at line 4 (first given at line 1); remove one of them"
+
+
+def test_a_duplicate_nested_key_is_caught_too(tmp_path):
+    path = write(tmp_path, "inner:\n  rate: 1.0\n  mode: fast\n  rate: 2.0\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'rate' at line 4 \(first given at line 2\)"):
+        load_config(path, Outer)
+
+
+def test_the_same_key_in_different_mappings_and_merges_are_fine(tmp_path):
+    path = write(tmp_path, "inner:\n  rate: 1.0\nmaybe:\n  rate: 2.0\n")
+    config = load_config(path, Outer)
+    assert config.inner.rate == 1.0 and config.maybe.rate == 2.0
+    # A YAML merge ("<<") then an override is how anchors are meant to be used, not a duplicate.
+    from vlalign.config import read_yaml
+
+    merged = write(tmp_path, "base: &b {rate: 1.0, mode: slow}\ninner:\n  <<: *b\n  rate: 3.0\n", "merge.yaml")
+    assert read_yaml(merged)["inner"] == {"rate": 3.0, "mode": "slow"}
+
+
+def test_a_duplicate_key_in_a_list_item_mapping(tmp_path):
+    from vlalign.config import read_yaml
+
+    path = write(tmp_path, "items:\n  - a: 1\n    a: 2\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'a' at line 3 \(first given at line 2\)"):
+        read_yaml(path)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import re
 import sys
+import warnings
 
 COMMAND_MODULES = (
     "vlalign.commands.data",
@@ -24,8 +25,35 @@ COMMAND_MODULES = (
 )
 
 
+DESCRIPTION = """\
+Make CLIP-style image-text models harder to fool: measure how written words and small pixel changes
+mislead a model, then fix it with preference optimization (DPO, IPO, KTO) or adversarial fine-tuning.
+Runs offline on the embedded MiniCLIP ('mini'); any transformers CLIP folder or cached hub id works too."""
+
+EPILOG = """\
+start here:
+  vlalign demo --out runs/demo            the embedded model fooled by written words, then fixed (~4 min on a CPU)
+  vlalign COMMAND --help                  options, defaults and an example for one command"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from vlalign import __version__
+
+    parts = [f"vlalign {__version__}"]
+    for package in ("torch", "transformers"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return ", ".join(parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlalign", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vlalign", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -43,20 +71,36 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _warnings_as_lines(command: str):
+    """A ``warnings.showwarning`` that prints vlalign's own warnings (unknown words, distorted images) as one
+    ``vlalign COMMAND: warning: ...`` line, like its errors; other libraries' warnings keep Python's format."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 -- warnings' signature
+        if category.__module__.startswith("vlalign."):
+            print(f"vlalign {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlalign`` console script."""
     from vlalign.errors import USER_ERRORS
 
     argv = _join_negative_values([str(a) for a in (sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"vlalign {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(f"vlalign {args.command}: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _warnings_as_lines(args.command)
+        try:
+            return int(args.handler(args) or 0)
+        except USER_ERRORS as exc:
+            print(f"vlalign {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            print(f"vlalign {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

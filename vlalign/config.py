@@ -205,13 +205,47 @@ def config_from_dict(cls: type[T], data: dict | None, source: str = "<dict>") ->
         raise ConfigError(f"{source}: {exc}") from None
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line} (first given at line {first_line})")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping.
+
+    Without this, ``lr: 0.1`` followed further down by ``lr: 1.0`` trains with 1.0 and nobody notices.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor" merges are meant to be overridden
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping itself reports it
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateKeyError(key, line, first)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """The parsed contents of a YAML file; a missing file or a syntax error is a one-line ConfigError."""
+    """The parsed contents of a YAML file; a missing file, a syntax error or a key given twice in one mapping is
+    a one-line ConfigError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}; remove one of them") from None
     except yaml.YAMLError as exc:
         # PyYAML's own message spans several lines and names "<unicode string>"; keep the problem and position.
         mark = getattr(exc, "problem_mark", None)

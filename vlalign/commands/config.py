@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from vlalign.commands.common import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("config", help="show the fields, defaults and help of a method's training config",
-                            description="Example: vlalign config show dpo")
+    parser = add_command(sub, "config", "show the fields, defaults and help of a method's training config",
+                         "vlalign config show dpo")
     parser.add_argument("action", choices=["show"], help="what to do")
     parser.add_argument("method", help="a training method, e.g. dpo, kto, tecoa, fare")
     parser.set_defaults(handler=run)

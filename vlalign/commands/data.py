@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vlalign.commands.common import add_out_argument
+from vlalign.commands.common import add_command, add_out_argument, check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="export mini-world splits; render typographic attacks onto image folders")
+    parser = add_command(sub, "data", "export mini-world splits; render typographic attacks onto image folders",
+                         ["vlalign data export --split typographic --n 240 --out data/typo",
+                          "vlalign data typographic --data my_photos --out my_photos_attacked"])
     data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
-    export = data_sub.add_parser("export", help="write a mini-world split as images + metadata.jsonl")
+    export = add_command(data_sub, "export", "write a mini-world split as images + metadata.jsonl",
+                         "vlalign data export --split typographic --n 240 --seed 0 --out data/typo")
     export.add_argument("--split", default="typographic", help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…")
-    export.add_argument("--n", type=int, default=240)
-    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--n", type=int, default=240, help="number of images")
+    export.add_argument("--seed", type=int, default=0, help="seed of the images")
     add_out_argument(export)
     export.set_defaults(handler=run_export)
 
-    typo = data_sub.add_parser("typographic", help="write a random other class name onto every image of a folder")
+    typo = add_command(data_sub, "typographic", "write a random other class name onto every image of a folder",
+                       "vlalign data typographic --data data/clean --instances 2 --out data/clean_attacked",
+                       description="Write a random other class name onto every image of a folder. The input folder is "
+                                   "never modified: --out must be a different folder, outside it.")
     typo.add_argument("--data", type=Path, required=True, help="image folder with metadata.jsonl")
     typo.add_argument("--instances", type=int, default=1, help="words written per image")
-    typo.add_argument("--seed", type=int, default=0)
+    typo.add_argument("--seed", type=int, default=0, help="seed of the words' choice, font, size and place")
     add_out_argument(typo)
     typo.set_defaults(handler=run_typographic)
 
@@ -35,6 +42,7 @@ def run_export(args: argparse.Namespace) -> int:
     from vlalign.data.folder import export_image_set
     from vlalign.data.mini_world import MiniWorld
 
+    check_output(args.out)
     images = MiniWorld().sample(args.split, args.n, args.seed)
     export_image_set(images, args.out, progress=True)
     print(f"wrote {len(images)} images of split {args.split!r} to {args.out}")
@@ -46,18 +54,32 @@ def run_typographic(args: argparse.Namespace) -> int:
         export_image_set, load_image_folder,
     )
     from vlalign.data.image_set import ImageSet
-    from vlalign.data.typographic import typographic_attack
+    from vlalign.data.typographic import WordClippedWarning, typographic_attack
 
+    check_output(args.out, [("--data", args.data)])
     source = load_image_folder(args.data)
     rng = np.random.default_rng(args.seed)
-    attacked, written = [], []
+    attacked, written, clipped = [], [], []
     for i in range(len(source)):
         image = Image.fromarray(source.images[i].permute(1, 2, 0).numpy())
         label = source.classnames[int(source.labels[i])]
-        out, word = typographic_attack(image, label, source.classnames, rng, n_instances=args.instances)
+        name = source.files[i] if source.files else f"image {i}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", WordClippedWarning)
+            try:
+                out, word = typographic_attack(image, label, source.classnames, rng, n_instances=args.instances)
+            except ValueError as exc:
+                raise ValueError(f"{args.data / name}: {exc}") from None
+        if any(issubclass(w.category, WordClippedWarning) for w in caught):
+            clipped.append(f"{name} ({word!r})")
         attacked.append(torch.from_numpy(np.array(out)).permute(2, 0, 1))  # a writable copy of the PIL buffer
         written.append(source.classnames.index(word))
-    result = ImageSet(torch.stack(attacked), source.labels, source.classnames, torch.tensor(written), source.captions)
+    if clipped:  # one line for the folder, not one per image
+        warnings.warn(WordClippedWarning(
+            f"{len(clipped)} of {len(source)} images are too small for their word, which is cut off at the border "
+            f"(e.g. {', '.join(clipped[:3])})"))
+    result = ImageSet(torch.stack(attacked), source.labels, source.classnames, torch.tensor(written), source.captions,
+                      files=source.files)
     export_image_set(result, args.out, progress=True)
     print(f"wrote {len(result)} typographically attacked images to {args.out}")
     return 0

@@ -7,11 +7,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from vlalign.commands.common import add_model_argument, add_out_argument
+from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("robust-eval", help="robust zero-shot accuracy under attacks (metrics.json, report.md)")
+    parser = add_command(sub, "robust-eval", "robust zero-shot accuracy under attacks (metrics.json, report.md)",
+                         "vlalign robust-eval --model mini --attack apgd-ce,pgd --eps 1/255,4/255 --out runs/robust-eval")
     add_model_argument(parser)
     parser.add_argument("--attack", default="apgd-ce,pgd",
                         help="comma-separated attacks: apgd-ce, apgd-dlr, apgd-t, pgd, pgd-l2, fgsm, square, transfer, "
@@ -27,8 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--data", type=Path, help="an image folder with metadata.jsonl instead of a split")
     parser.add_argument("--n", type=int, default=256, help="images to generate for a split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and of the attacks")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward/attack batch")
     parser.add_argument("--template", default="a photo of a {}", help="class prompt template")
+    parser.add_argument("--top-k", type=int, default=5, help="classes with their probability per image in predictions.jsonl")
+    parser.add_argument("--allow-unknown-words", action="store_true",
+                        help="evaluate even if class names are missing from a word-level model's vocabulary (warns)")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -40,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.attacks.threat_model import parse_eps
     from vlalign.data.folder import load_image_folder
     from vlalign.data.mini_world import MiniWorld
+    from vlalign.evaluation.predictions import robust_records, write_jsonl
     from vlalign.evaluation.robust import robust_evaluate
     from vlalign.io import atomic_write_bytes, atomic_write_json
+    from vlalign.models.embeddings import class_text_embeddings
+    from vlalign.reporting.failures import robust_failure_grid
     from vlalign.reporting.robust import robust_report, robust_table
     from vlalign.models.loading import load_model
 
@@ -51,24 +58,39 @@ def run(args: argparse.Namespace) -> int:
     eps = [parse_eps(e) for e in args.eps.split(",") if e.strip()]
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    check_device(args.device)
+    check_output(args.out, [("--model", args.model), ("--surrogate", args.surrogate), ("--data", args.data)],
+                 nested_ok=("--model", "--surrogate"))
     torch.manual_seed(args.seed)
     model = load_model(args.model, args.device)
     if args.data is not None:
         images = load_image_folder(args.data, image_size=model.image_size)
     else:
         images = MiniWorld().sample(args.split, args.n, args.seed)
+    class_emb = class_text_embeddings(model, images.classnames, (args.template,),
+                                      allow_unknown_words=args.allow_unknown_words)
     result = robust_evaluate(model, images, attacks, eps, steps=args.steps, restarts=args.restarts,
                              queries=args.queries, batch_size=args.batch_size, seed=args.seed,
-                             templates=(args.template,), surrogate=args.surrogate, progress=True)
+                             class_embeddings=class_emb, templates=(args.template,), surrogate=args.surrogate,
+                             progress=True)
     result.settings = {"model": str(args.model), "source": str(args.data) if args.data else f"mini-world split {args.split}",
                        **result.settings}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "metrics.json", result.metrics())
+    metrics = result.metrics()
+    if images.load_warnings:
+        metrics["image_load_warnings"] = images.load_warnings
+    atomic_write_json(args.out / "metrics.json", metrics)
+    write_jsonl(args.out / "predictions.jsonl", robust_records(images, result, args.top_k))
+    grid = robust_failure_grid(images, result, args.out / "failures.png", str(args.model))
     command = "vlalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["robust-eval"] else None
     atomic_write_bytes(args.out / "report.md", robust_report(result, f"Robust evaluation of {args.model}", command).encode())
     print(f"clean accuracy: {result.clean_accuracy:.3f}")
     print(robust_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}")
-    print(f"\nreport: {args.out / 'report.md'}")
+    print(f"\nper-image predictions: {args.out / 'predictions.jsonl'}")
+    print(f"adversarial images that fool the model: {grid}" if grid else "no attack fooled the model")
+    print(f"report: {args.out / 'report.md'}")
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from vlalign.commands.common import add_out_argument
+from vlalign.commands.common import add_out_argument, check_device, check_output, HelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     parser = sub.add_parser(
         "train", help="train with a config file (its 'method' key picks the method)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Train with the method a YAML config names; re-running into the same --out resumes from its "
                     "last checkpoint (only with the same config), and a finished run is not trained again.",
         epilog=f"methods: {', '.join(sorted(TRAINERS))}\n"
@@ -26,12 +27,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def _config_inputs(config: Any, source: Path) -> list[tuple[str, Any]]:
+    """The folders a run config reads (its model and data), as ``(name, value)`` for :func:`check_output`."""
+    data = getattr(config, "data", None)
+    return [(f"{source}: model", getattr(config, "model", None)),
+            *((f"{source}: data.{key}", getattr(data, key, None)) for key in ("path", "regularization"))]
+
+
 def run(args: argparse.Namespace) -> int:
     from vlalign.pipelines.train import load_training_config, run_training
 
     from vlalign.training.distributed import rank
 
+    check_output(args.out)
     config = load_training_config(args.config)
+    check_device(getattr(getattr(config, "train", None), "device", None), f"{args.config}: train.device")
+    check_output(args.out, _config_inputs(config, args.config), nested_ok=(f"{args.config}: model",))
     outcome = run_training(config, args.out, overwrite=args.overwrite)
     if rank() != 0:  # under accelerate launch the main process reports
         return 0

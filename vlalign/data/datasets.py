@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vlalign.data.folder import METADATA_FILE, DatasetError, _read_metadata, load_image, read_classes
+from vlalign.data.folder import METADATA_FILE, DatasetError, _read_metadata, _written_words, load_image, read_classes
 from vlalign.data.mini_world import MiniWorld, WorldConfig
 from vlalign.data.people import PeopleConfig, PeopleWorld
 
@@ -124,12 +124,13 @@ class ImageFolderDataset(Dataset):
             where = f"{meta_path} line {record['_line']}"
             if record["label"] not in index:
                 raise DatasetError(f"{where}: label {record['label']!r} is not in the class list {list(self.classnames)}")
-            mark = record.get("written")
-            if mark is not None and mark not in index:
-                raise DatasetError(f"{where}: written {mark!r} is not in the class list {list(self.classnames)}")
+            words = _written_words(record, index, self.classnames, where)
+            if len(words) > 1:
+                raise DatasetError(f"{where}: written lists {len(words)} words; a training set takes one written "
+                                   "class name per image (evaluation takes several)")
             self.files.append(record["file_name"])
             self.labels.append(index[record["label"]])
-            self.written.append(index[mark] if mark is not None else -1)
+            self.written.append(words[0] if words else -1)
             self.captions.append(str(record.get("caption", "")))
             self.where.append(where)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,3 +35,17 @@ def font_dir() -> Path:
 def load_font(name: str, size: int) -> ImageFont.FreeTypeFont:
     """A cached FreeType font of ``size`` pixels from the DejaVu family."""
     return ImageFont.truetype(str(font_dir() / name), size)
+
+
+@lru_cache(maxsize=None)
+def _codepoints(name: str) -> frozenset[int]:
+    from fontTools.ttLib import TTFont  # a matplotlib dependency
+
+    return frozenset(TTFont(str(font_dir() / name), lazy=True)["cmap"].getBestCmap())
+
+
+def missing_glyphs(name: str, text: str) -> list[str]:
+    """Characters of ``text`` the font ``name`` has no glyph for (they would render as empty boxes); spaces and
+    invisible format characters (zero-width joiners, ...) need none."""
+    covered = _codepoints(name)
+    return sorted({c for c in text if ord(c) not in covered and not c.isspace() and unicodedata.category(c) != "Cf"})

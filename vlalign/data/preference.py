@@ -75,11 +75,15 @@ def class_prompts(classnames: tuple[str, ...] | list[str], template: str = DEFAU
 
 
 def preference_from_typographic(images: ImageSet, template: str = DEFAULT_TEMPLATE) -> PreferenceSet:
-    """Typographic images -> triplets (x̃, true class, written class)."""
-    written = images.written
-    if written is None or bool((written < 0).any()):
+    """Typographic images -> triplets (x̃, true class, written class); an image carrying several written class
+    names gives one triplet per name."""
+    words = images.written.reshape(len(images), -1)
+    has_word = (words >= 0).any(1)
+    if not bool(has_word.all()):
         raise ValueError("every image needs a written class name (a typographic set) to build preference triplets")
-    return PreferenceSet(images.images, images.labels.clone(), written.clone(), class_prompts(images.classnames, template))
+    rows, columns = (words >= 0).nonzero(as_tuple=True)
+    return PreferenceSet(images.images[rows], images.labels[rows].clone(), words[rows, columns].clone(),
+                         class_prompts(images.classnames, template))
 
 
 def typographic_preference_data(n_pref: int, n_reg: int, seed: int, classes: tuple[str, ...] = INDOMAIN_CLASSES,
@@ -94,12 +98,30 @@ def typographic_preference_data(n_pref: int, n_reg: int, seed: int, classes: tup
     return preference_from_typographic(typo, template), RegularizationSet(clean.images, prompts, clean.labels)
 
 
+def is_full_prompt(text: str, template: str = DEFAULT_TEMPLATE) -> bool:
+    """Whether a ``chosen``/``rejected`` value is already a whole prompt rather than a class name.
+
+    The rule: a value with more than one word, or containing the template's own text (``"a photo of a"`` for
+    ``"a photo of a {}"``, compared word by word, case-insensitively), is a full prompt and used as it is; a
+    single word is a class name and filled into the template. So ``star`` -> ``a photo of a star``, while
+    ``a photo of a star`` and ``a drawing of a star`` stay unchanged (never ``a photo of a a photo of a star``).
+    Write a multi-word class name in full (``a photo of a traffic light``) to keep the template.
+    """
+    words = text.lower().split()
+    if len(words) > 1:
+        return True
+    fixed = [part.lower().split() for part in template.split("{}")]
+    return any(part and " ".join(part) in " ".join(words) for part in fixed)
+
+
 def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, classnames: list[str] | None = None
                          ) -> tuple[list[tuple[str, int, int, str]], tuple[str, ...]]:
     """Parse a JSONL file of ``{"image": path, "chosen": text, "rejected": text}`` (paths relative to the file)
     without reading the images: ``([(image, chosen index, rejected index, "file line N"), ...], prompts)``.
-    ``chosen``/``rejected`` are class names filled into ``template``; the prompt list is ``classnames`` (default:
-    every name that occurs, sorted)."""
+
+    A ``chosen``/``rejected`` value is a class name filled into ``template`` or, by the rule of
+    :func:`is_full_prompt`, a full prompt used as it is; a class name and its templated prompt share one prompt.
+    The prompt list comes from ``classnames`` (default: every value that occurs, sorted)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: preference file not found")
@@ -116,20 +138,26 @@ def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, cla
         rows.append((number, row))
     if not rows:
         raise DatasetError(f"{path}: no preference triplets")
+    if "{}" not in template:
+        raise ValueError(f"template must contain '{{}}', got {template!r}")
     names = list(classnames) if classnames else sorted({r[k] for _, r in rows for k in ("chosen", "rejected")})
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: class list has duplicates")
-    index = {c: i for i, c in enumerate(names)}
+    # "star" and "a photo of a star" are one text: they share one prompt (and one index of the policy).
+    texts = {n: n if is_full_prompt(n, template) else template.format(n) for n in names}
+    prompts = tuple(dict.fromkeys(texts.values()))
+    index = {n: prompts.index(text) for n, text in texts.items()}
     parsed = []
     for number, row in rows:
         where = f"{path} line {number}"
         for key in ("chosen", "rejected"):
             if row[key] not in index:
                 raise DatasetError(f"{where}: {key} {row[key]!r} is not in the class list {names}")
-        if row["chosen"] == row["rejected"]:
-            raise DatasetError(f"{where}: chosen and rejected are both {row['chosen']!r}")
+        if index[row["chosen"]] == index[row["rejected"]]:
+            raise DatasetError(f"{where}: chosen {row['chosen']!r} and rejected {row['rejected']!r} are the same "
+                               f"prompt {texts[row['chosen']]!r}")
         parsed.append((row["image"], index[row["chosen"]], index[row["rejected"]], where))
-    return parsed, class_prompts(names, template)
+    return parsed, prompts
 
 
 def load_preference_jsonl(path: str | Path, image_size: int, template: str = DEFAULT_TEMPLATE,

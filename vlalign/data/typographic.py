@@ -7,12 +7,16 @@ world's pretraining data and attacks any user image folder.
 
 from __future__ import annotations
 
+import unicodedata
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlalign.data.fonts import FONT_NAMES, load_font
+from vlalign.data.fonts import FONT_NAMES, load_font, missing_glyphs
+from vlalign.data.pixels import to_rgb
 
 
 @dataclass(frozen=True)
@@ -47,24 +51,72 @@ def _contrasting_colour(rng: np.random.Generator, against: float, min_contrast: 
     return (0, 0, 0) if against > 127 else (255, 255, 255)
 
 
+#: Smallest font size in pixels: below it a word is no longer legible, so it is no attack.
+MIN_FONT_PIXELS = 6
+
+
+class WordClippedWarning(UserWarning):
+    """A word did not fit its image even at the smallest font size and was cut off at the border."""
+
+
+@lru_cache(maxsize=4096)
+def _undrawable(word: str) -> str | None:
+    if not word or not word.strip():
+        return f"cannot draw an empty or blank word, got {word!r}"
+    control = sorted({c for c in word if unicodedata.category(c) in ("Cc", "Cs")})
+    if control:
+        return f"cannot draw {word!r}: it holds control characters {control}"
+    if all(missing_glyphs(name, word) for name in FONT_NAMES):
+        return (f"cannot draw {word!r}: the DejaVu fonts have no glyph for "
+                f"{''.join(missing_glyphs(FONT_NAMES[0], word))!r}, so it would be written as empty boxes")
+    return None
+
+
+def check_drawable(word: str) -> None:
+    """Raise ValueError when ``word`` cannot be written as text: empty or blank, holding control characters,
+    or characters none of the fonts has a glyph for (they would render as empty boxes)."""
+    problem = _undrawable(word)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _font_for(word: str, picked: str) -> str:
+    """``picked`` when it has every glyph of ``word``, else the first font that does (no extra random draw, so
+    words every font covers are rendered exactly as before)."""
+    if not missing_glyphs(picked, word):
+        return picked
+    return next(name for name in FONT_NAMES if not missing_glyphs(name, word))
+
+
 def draw_word(image: Image.Image, word: str, rng: np.random.Generator, style: WordStyle = WordStyle()) -> Image.Image:
-    """Draw ``word`` once onto ``image`` (modified in place and returned), fully inside its borders."""
-    if not word:
-        raise ValueError("cannot draw an empty word")
+    """Draw ``word`` once onto ``image`` (modified in place and returned), fully inside its borders.
+
+    Raises ValueError (see :func:`check_drawable`) for a word that cannot be written. An image too small to hold
+    the word at the smallest legible size (:data:`MIN_FONT_PIXELS`) gets it cut off at the border, with a
+    :class:`WordClippedWarning`.
+    """
+    check_drawable(word)
     width, height = image.size
     side = min(width, height)
-    font_name = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
-    size = max(6, int(round(side * rng.uniform(style.min_size, style.max_size))))
+    font_name = _font_for(word, FONT_NAMES[int(rng.integers(len(FONT_NAMES)))])
+    size = max(MIN_FONT_PIXELS, int(round(side * rng.uniform(style.min_size, style.max_size))))
     font = load_font(font_name, size)
     left, top, right, bottom = font.getbbox(word)
     # Shrink until the word fits with a 2-pixel margin.
-    while (right - left > width - 4 or bottom - top > height - 4) and size > 6:
-        size = max(6, int(size * 0.85))
+    while (right - left > width - 4 or bottom - top > height - 4) and size > MIN_FONT_PIXELS:
+        size = max(MIN_FONT_PIXELS, int(size * 0.85))
         font = load_font(font_name, size)
         left, top, right, bottom = font.getbbox(word)
     text_w, text_h = right - left, bottom - top
-    x = int(rng.integers(2, max(3, width - text_w - 1))) - left
-    y = int(rng.integers(2, max(3, height - text_h - 1))) - top
+    if text_w > width or text_h > height:
+        warnings.warn(WordClippedWarning(
+            f"{word!r} does not fit a {width}x{height} image even at the smallest font size ({MIN_FONT_PIXELS} px, "
+            f"{text_w}x{text_h} pixels): it is cut off at the border"), stacklevel=2)
+    # Where the word fits but its margin does not, the clamp keeps it inside; elsewhere it changes nothing.
+    x = int(rng.integers(2, max(3, width - text_w - 1)))
+    y = int(rng.integers(2, max(3, height - text_h - 1)))
+    x = (min(x, width - text_w) if text_w <= width else x) - left
+    y = (min(y, height - text_h) if text_h <= height else y) - top
     draw = ImageDraw.Draw(image)
     if rng.random() < style.box_prob:
         box_colour = _random_colour(rng)
@@ -87,16 +139,19 @@ def typographic_attack(
 ) -> tuple[Image.Image, str]:
     """Write a random class name other than ``true_class`` ``n_instances`` times onto a copy of ``image``.
 
-    Returns the attacked image and the written class name. Works on images of any size: word sizes are
-    fractions of the shorter side.
+    Returns the attacked image and the written class name. Works on images of any size and mode (read with
+    :func:`~vlalign.data.pixels.to_rgb`): word sizes are fractions of the shorter side; a word too long for a
+    tiny image is cut off with a :class:`WordClippedWarning`.
     """
     others = [c for c in classnames if c != true_class]
     if not others:
         raise ValueError(f"need at least one class other than {true_class!r} to attack with, got {list(classnames)}")
     if n_instances < 1:
         raise ValueError(f"n_instances must be >= 1, got {n_instances}")
+    for name in others:  # every candidate, so an undrawable class fails at once, not on a random image
+        check_drawable(name)
     word = others[int(rng.integers(len(others)))]
-    attacked = image.convert("RGB").copy()
+    attacked = to_rgb(image).copy()
     for _ in range(n_instances):
         draw_word(attacked, word, rng, style)
     return attacked, word

@@ -130,6 +130,14 @@ class RobustEvaluation:
     warnings: list[str] = field(default_factory=list)
     checks: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    #: zero-shot logits of the clean images ``[N, K]``
+    clean_logits: torch.Tensor | None = None
+    #: attack name -> ε (or :data:`UNBOUNDED`) -> predicted class per sample ``[N]`` (the clean prediction for
+    #: images that were not attacked because the clean one was already wrong)
+    predictions: dict[str, dict[float | str, torch.Tensor]] = field(default_factory=dict)
+    #: attack name -> ε -> (sample indices ``[M]``, uint8 adversarial images ``[M, 3, H, W]``) of the first
+    #: ``keep_examples`` samples the attack fooled, for a picture of what fools the model
+    examples: dict[str, dict[float | str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def clean_accuracy(self) -> float:
@@ -195,12 +203,14 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
                     steps: int = 20, restarts: int = 1, queries: int = 1000, batch_size: int = 128, seed: int = 0,
                     class_embeddings: torch.Tensor | None = None, templates: Sequence[str] = ("a photo of a {}",),
                     surrogate: ContrastiveModel | str | None = None, steps_check: bool = True,
-                    tolerance: float | None = None, progress: bool = False) -> RobustEvaluation:
+                    tolerance: float | None = None, progress: bool = False, keep_examples: int = 16,
+                    ) -> RobustEvaluation:
     """Attack ``images`` with every attack at every ε and run the gradient-masking checks.
 
     ``tolerance`` (default: one sample, 1/N) is how far an accuracy may move the "wrong" way before a check
     warns; sampling noise of a single image is not a finding. ``surrogate`` is the transfer attack's source
-    model (default ``"mini"``).
+    model (default ``"mini"``). Per-sample predictions under every attack are kept, and the adversarial images
+    of up to ``keep_examples`` fooled samples per attack and ε.
     """
     names = split_attack_names(attacks)
     eps = sorted({float(e) for e in eps})
@@ -239,7 +249,8 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
                    "surrogate": surrogate if surrogate is not None else "mini"}
         built_surrogate: dict = {}
 
-        def run_attack(name: str, eps_value: float | None, attack_steps: int) -> torch.Tensor:
+        def run_attack(name: str, eps_value: float | None, attack_steps: int,
+                       record: tuple[dict, dict] | None = None) -> torch.Tensor:
             opts = dict(options, steps=attack_steps)
             if _uses(name, "surrogate") and "model" in built_surrogate:
                 opts["surrogate"] = built_surrogate["model"]
@@ -247,20 +258,37 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
             if hasattr(attack, "surrogate") and "model" not in built_surrogate:
                 built_surrogate["model"] = attack.surrogate  # load the surrogate once for all ε
             correct = clean_correct.clone()
+            predicted = logits.argmax(1)
+            fooled_index, fooled_images = [], []
             for number, chunk in enumerate(chunks):
                 x = pixels[chunk].to(model.device)
                 objective = ZeroShotObjective(model, images.classnames, labels[chunk], templates,
                                               class_embeddings=class_emb)
                 adversarial = attack(objective, x, seed=seed * 1_000_003 + number).adversarial
-                correct[chunk] = _predict(model, adversarial, class_emb, batch_size).argmax(1) == labels[chunk]
+                predicted[chunk] = _predict(model, adversarial, class_emb, batch_size).argmax(1)
+                correct[chunk] = predicted[chunk] == labels[chunk]
+                room = keep_examples - sum(len(i) for i in fooled_index)
+                fooled = (~correct[chunk]).nonzero().squeeze(1)[:max(room, 0)]
+                if fooled.numel():
+                    fooled_index.append(chunk[fooled])
+                    fooled_images.append(adversarial[fooled.to(adversarial.device)].detach().mul(255).round()
+                                         .clamp_(0, 255).to(torch.uint8).cpu())
+            if record is not None:
+                key = eps_value if eps_value is not None else UNBOUNDED
+                record[0].setdefault(name, {})[key] = predicted
+                if fooled_index:
+                    record[1].setdefault(name, {})[key] = (torch.cat(fooled_index), torch.cat(fooled_images))
             return correct
 
         correct: dict[str, dict[float | str, torch.Tensor]] = {}
+        predictions: dict[str, dict[float | str, torch.Tensor]] = {}
+        examples: dict[str, dict[float | str, tuple[torch.Tensor, torch.Tensor]]] = {}
         jobs = [(name, e) for name in names for e in (eps if is_bounded(name) else [None])]
         bar = tqdm(jobs, desc="robust-eval", disable=not progress)
         for name, e in bar:
             bar.set_postfix(attack=name, eps=format_eps(e) if e is not None else UNBOUNDED)
-            correct.setdefault(name, {})[e if e is not None else UNBOUNDED] = run_attack(name, e, steps)
+            correct.setdefault(name, {})[e if e is not None else UNBOUNDED] = run_attack(name, e, steps,
+                                                                                         (predictions, examples))
 
         bounded = {name: by_eps for name, by_eps in correct.items() if UNBOUNDED not in by_eps}
         norms = {attack_norm(name) for name in bounded}
@@ -285,4 +313,5 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
     settings = {"attacks": ",".join(names), "eps": ",".join(format_eps(e) for e in eps), "steps": steps,
                 "restarts": restarts, "queries": queries, "seed": seed, "n": n,
                 "attacked (clean-correct) images": int(rows.numel())}
-    return RobustEvaluation(labels, clean_correct, correct, eps, warnings, checks, settings)
+    return RobustEvaluation(labels, clean_correct, correct, eps, warnings, checks, settings, logits, predictions,
+                            examples)

@@ -43,11 +43,17 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def written_label_rate(predictions: torch.Tensor, written: torch.Tensor) -> float:
-    """Share of images carrying a written class name whose prediction equals that name."""
-    has_word = written >= 0
+    """Share of images carrying a written class name whose prediction equals that name.
+
+    ``written`` is ``[N]`` (one word per image) or ``[N, W]`` (several, padded with -1); then a prediction
+    counts when it equals any of the image's words.
+    """
+    words = written.reshape(written.shape[0], -1)
+    has_word = (words >= 0).any(1)
     if not bool(has_word.any()):
         raise ValueError("no image carries a written class name")
-    return float((predictions[has_word] == written[has_word]).float().mean())
+    hit = (words == predictions.reshape(-1, 1)) & (words >= 0)
+    return float(hit.any(1)[has_word].float().mean())
 
 
 @torch.no_grad()

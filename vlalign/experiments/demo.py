@@ -16,14 +16,16 @@ from vlalign.reporting.tables import markdown_table, percent
 
 
 def typographic_grid(model: ContrastiveModel, world: MiniWorld, path: Path, n: int = 16, seed: int = 0,
-                     class_emb: torch.Tensor | None = None) -> Path:
-    """Clean images above their typographic versions, titled with the model's predictions."""
+                     class_emb: torch.Tensor | None = None, model_name: str = "the model") -> Path:
+    """Clean images above their typographic versions, titled with the model's predictions; the figure's title
+    names ``model_name``, so a before and an after grid cannot be mistaken for each other."""
     clean = world.sample("clean", n, seed)
     typo = world.sample("typographic", n, seed)
     class_emb = class_text_embeddings(model, world.classnames) if class_emb is None else class_emb
-    titles, colours, images = [], [], []
+    titles, colours, images, correct = [], [], [], {}
     for images_set, name in ((clean, "clean"), (typo, "typo")):
         preds = zero_shot_evaluate(model, images_set, class_emb).predictions
+        correct[name] = int((preds == images_set.labels).sum())
         for i in range(n):
             pred = world.classnames[int(preds[i])]
             truth = world.classnames[int(images_set.labels[i])]
@@ -31,7 +33,8 @@ def typographic_grid(model: ContrastiveModel, world: MiniWorld, path: Path, n: i
             colours.append("green" if pred == truth else "red")
         images.append(images_set.images)
     return prediction_grid(torch.cat(images), titles, path, colours,
-                           suptitle="Predictions (green = correct, red = wrong); bottom rows carry a misleading word")
+                           suptitle=f"{model_name}: {correct['clean']}/{n} clean and {correct['typo']}/{n} typographic "
+                                    f"images right (green = correct, red = wrong; bottom rows carry a misleading word)")
 
 
 def _phenomena(model: ContrastiveModel, world: MiniWorld, n: int, seed: int) -> dict:
@@ -54,14 +57,16 @@ def run_demo(model: ContrastiveModel, out: str | Path, n: int = 600, seed: int =
     out.mkdir(parents=True, exist_ok=True)
     world = MiniWorld()
     metrics = {"pretrained": _phenomena(model, world, n, seed)}
-    grids = [typographic_grid(model, world, out / "typographic_grid.png", seed=seed)]
+    grids = [typographic_grid(model, world, out / "typographic_grid.png", seed=seed,
+                              model_name="Pretrained MiniCLIP")]
     if fix_steps > 0:
         pref, reg = typographic_preference_data(1500, 1500, seed=100)
         config = PreferenceConfig(method="dpo", trainable="full", beta=0.3)
         train = TrainConfig(steps=fix_steps, batch_size=64, lr=5e-4, averaging="bma", seed=seed)
         aligned = train_preference(model, pref, reg, config, train, progress=progress).model
         metrics["dpo"] = _phenomena(aligned, world, n, seed)
-        grids.append(typographic_grid(aligned, world, out / "typographic_grid_dpo.png", seed=seed))
+        grids.append(typographic_grid(aligned, world, out / "typographic_grid_dpo.png", seed=seed,
+                                      model_name=f"After the DPO fix ({fix_steps} steps)"))
     rows = []
     for split in metrics["pretrained"]:
         row = [split]

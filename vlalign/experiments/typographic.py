@@ -28,6 +28,7 @@ from vlalign.experiments.control import control_sweep, plot_frontier, plot_singu
 from vlalign.models.base import ContrastiveModel  # noqa: E402
 from vlalign.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from vlalign.models.loading import load_model  # noqa: E402
+from vlalign.reporting.figures import save_figure  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
 from vlalign.training.methods.baselines import train_defense_prefix, train_materzynska  # noqa: E402
 from vlalign.training.methods.preference import PreferenceConfig, train_preference  # noqa: E402
@@ -189,11 +190,12 @@ def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> N
     ax.set_xticks(list(xs), [ROW_NAMES[m] for m in ROW_ORDER], rotation=20)
     ax.set_ylabel("zero-shot accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=4, loc="lower center")
+    # Above the axes: inside, any placement covers bars (every method has one near 0.9 and one near 0.2).
+    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.set_title("Table 1 in the mini world: zero-shot accuracy per method", pad=24)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "table1.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "table1.png", dpi=120)
     plot_frontier(control, out / "frontier.png")
     plot_singular_values(head, out / "singular_values.png")
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -58,6 +58,15 @@ class ContrastiveModel(nn.Module, ABC):
         tokens = {k: v.to(self.device) for k, v in self.tokenize(list(texts)).items()}
         return self.encode_tokens(tokens, normalize=normalize)
 
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """Words of ``texts`` the text tower cannot represent (sorted). Subword tokenizers encode any text, so
+        the default is none; a word-level tokenizer maps each unknown word to the same ``<unk>`` token."""
+        return []
+
+    def vocabulary_size(self) -> int | None:
+        """Number of words a word-level tokenizer knows; None for subword tokenizers."""
+        return None
+
     def image_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the image tower (the part preference optimization trains)."""
         return self.image_encoder.parameters()

@@ -12,17 +12,24 @@ from typing import Any
 import torch
 
 from vlalign.models.base import ContrastiveModel
+from vlalign.models.vocabulary import check_known_words
 
 
 @torch.no_grad()
 def class_text_embeddings(model: ContrastiveModel, classnames: Sequence[str],
-                          templates: Sequence[str] = ("a photo of a {}",)) -> torch.Tensor:
-    """One normalized embedding per class: the mean over ``templates`` of the prompt embeddings -> ``[K, D]``."""
+                          templates: Sequence[str] = ("a photo of a {}",), allow_unknown_words: bool = False,
+                          ) -> torch.Tensor:
+    """One normalized embedding per class: the mean over ``templates`` of the prompt embeddings -> ``[K, D]``.
+
+    Class names or template words the model's vocabulary lacks raise
+    :class:`~vlalign.models.vocabulary.UnknownWordsError` (a warning with ``allow_unknown_words``).
+    """
     if len(classnames) == 0:
         raise ValueError("class list is empty")
     if len(set(classnames)) != len(classnames):
         raise ValueError(f"class list has duplicates: {sorted({c for c in classnames if list(classnames).count(c) > 1})}")
     prompts = [t.format(c) for c in classnames for t in templates]
+    check_known_words(model, prompts, "class prompts", allow=allow_unknown_words)
     emb = model.encode_text(prompts).view(len(classnames), len(templates), -1).mean(1)
     return torch.nn.functional.normalize(emb, dim=-1)
 

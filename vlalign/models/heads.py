@@ -58,6 +58,12 @@ class HeadedCLIP(ContrastiveModel):
     def encode_tokens(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         return self.head(self.base.encode_tokens(tokens))
 
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        return self.base.unknown_words(texts)
+
+    def vocabulary_size(self) -> int | None:
+        return self.base.vocabulary_size()
+
     @property
     def image_encoder(self) -> nn.Module:
         return self.base.image_encoder

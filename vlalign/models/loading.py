@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -140,9 +142,48 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> Contrast
     elif Path(spec_str).exists():
         raise CheckpointError(f"{spec_str}: expected a model folder, got a file")
     elif spec_str.startswith((".", "/", "~")):
-        raise CheckpointError(f"{spec_str}: model folder not found")
+        raise CheckpointError(f"{spec_str}: model folder not found{_did_you_mean(spec_str)}")
     else:
-        from vlalign.models.hf_clip import HFCLIP
-
-        model = HFCLIP.from_pretrained(spec_str)
+        model = _load_hub_model(spec_str)
     return model.to(device).eval()
+
+
+def hub_downloads_allowed() -> bool:
+    """Whether a hub id missing from the local cache may be downloaded: only when the user said so with
+    ``HF_HUB_OFFLINE=0``. Otherwise a mistyped local path (``runs/tiny_dpoo`` is a valid hub id too) would be
+    sent to the hub and retried for a minute before failing with a network error."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _did_you_mean(spec: str) -> str:
+    """``" (did you mean runs/tiny_dpo?)"`` when the folder part of ``spec`` exists and holds a similar name."""
+    path = Path(spec).expanduser()
+    if not path.parent.is_dir():
+        return ""
+    names = sorted(p.name for p in path.parent.iterdir() if p.is_dir())
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(str(Path(spec).parent / name) for name in close) + "?)"
+
+
+def _load_hub_model(spec: str) -> ContrastiveModel:
+    """A transformers CLIP by hub id: from the local cache, or downloaded when :func:`hub_downloads_allowed`.
+
+    Decides without touching the network, so a name that is neither a folder nor a cached id fails at once.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    from vlalign.models.hf_clip import HFCLIP
+
+    cache = constants.HF_HUB_CACHE
+    try:
+        cached = isinstance(try_to_load_from_cache(spec, CONFIG_FILE, cache_dir=cache), str)
+    except HFValidationError:
+        raise CheckpointError(f"{spec}: no such model folder{_did_you_mean(spec)}, nor a valid hub id") from None
+    if cached or hub_downloads_allowed():
+        return HFCLIP.from_pretrained(spec, local_files_only=not hub_downloads_allowed())
+    raise CheckpointError(
+        f"{spec}: no such folder{_did_you_mean(spec)}, and not in the local hub cache ({cache}); to download "
+        f"it from the Hugging Face hub, run once with HF_HUB_OFFLINE=0 set (or `hf download {spec}` first)")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.tokenizer import WordTokenizer
+from vlalign.models.tokenizer import SPECIALS, WordTokenizer
 
 
 @dataclass
@@ -174,6 +174,12 @@ class MiniCLIP(ContrastiveModel):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts)
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        return self.tokenizer.unknown_words(texts)
+
+    def vocabulary_size(self) -> int | None:
+        return len(self.tokenizer) - len(SPECIALS)
 
     def encode_tokens(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         features = self.text(tokens["input_ids"], tokens["attention_mask"], tokens.get("inputs_embeds"))

@@ -3,6 +3,7 @@ retrieved images (Fig. 4)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -85,14 +86,16 @@ def retrieval_mix_figure(activities: Sequence[str], a_shares: Mapping[str, Seque
     n, m = len(activities), len(a_shares)
     width = 0.8 / m
     x = np.arange(n)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * n), 4.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * n), 4.4))
     for j, (name, shares) in enumerate(a_shares.items()):
         if len(shares) != n:
             raise ValueError(f"{name}: {len(shares)} shares for {n} activities")
         ax.bar(x - 0.4 + width * (j + 0.5), list(shares), width, label=name)
     ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
-    labels = [a if stereotype is None else f"{a}\n(stereotype {'AB'[s]})" for a, s in zip(activities, stereotype or [0] * n)]
-    ax.set_xticks(x, labels, fontsize=7)
+    # Wrapped to the width of one bar group, so neighbouring labels cannot run into each other.
+    labels = [textwrap.fill(a, 12) + ("" if stereotype is None else f"\n(stereotype {'AB'[s]})")
+              for a, s in zip(activities, stereotype or [0] * n)]
+    ax.set_xticks(x, labels, fontsize=7.5)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"share of style-A images in top-{k}")
     ax.set_title('Retrieval with "the person is <activity>": attribute mix of the retrieved images')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from vlalign.io import atomic_write_bytes  # noqa: E402
 
 
 def prediction_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, colours: Sequence[str] | None = None,
@@ -26,10 +29,18 @@ def prediction_grid(images: torch.Tensor, titles: Sequence[str], path: str | Pat
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Render ``fig`` to PNG and write it atomically (through :mod:`vlalign.io`), then close it."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
