@@ -229,3 +229,14 @@ def test_a_preference_jsonl_with_a_kl_term_needs_regularization_images(tmp_path)
     assert run.options.effective_lam == 0
     # The top-level method fills in the options' method, and with it that method's defaults.
     assert config_from_dict(PreferenceRun, {"method": "ipo"}).options.effective_beta == 0.01
+
+
+def test_preference_prompts_with_unknown_words_are_refused(mini_model):
+    from vlalign.models.vocabulary import UnknownWordsError
+
+    images = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
+    pref = PreferenceSet(images, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long),
+                         ("a photo of a dog", "a photo of a cat"))
+    with pytest.raises(UnknownWordsError, match=r"preference prompts: 2 word\(s\) unknown.*'cat', 'dog'|'dog', 'cat'"):
+        train_preference(mini_model, pref, None, PreferenceConfig(trainable="head"), TrainConfig(steps=1, batch_size=4),
+                         progress=False)

@@ -29,6 +29,7 @@ from vlalign.models.base import ContrastiveModel
 from vlalign.models.heads import HeadedCLIP, LinearHead
 from vlalign.models.mini_clip import MiniCLIP
 from vlalign.models.prompt_prefix import DefensePrefixCLIP
+from vlalign.models.vocabulary import check_known_words
 from vlalign.training.frozen import precompute
 from vlalign.training.loop import fit
 from vlalign.training.method import Method, Stream
@@ -62,6 +63,7 @@ class _FeatureMethod(Method):
         self.to(device)
         base = self.base
         encode = lambda b: base.encode_image(b["pixels"].to(device).float().div_(255.0))  # noqa: E731
+        check_known_words(base, self.prompts, "prompts")
         frozen = {"scale": base.logit_scale.detach(), "text": base.encode_text(list(self.prompts)).detach()}
         frozen["pref_features"] = precompute(self.pref_data, encode, collate_for(self.pref_data)).to(device)
         frozen["pref_label"] = precompute(self.pref_data, lambda b: torch.as_tensor(b["chosen"]),

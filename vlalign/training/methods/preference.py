@@ -26,6 +26,7 @@ from vlalign.losses.preference import gather, log_policy, regularization_kl
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.heads import HeadedCLIP, LinearHead
 from vlalign.models.lora import add_lora, merge_lora
+from vlalign.models.vocabulary import check_known_words
 from vlalign.training import distributed
 from vlalign.training.frozen import precompute
 from vlalign.training.loop import fit
@@ -138,6 +139,7 @@ class ContrastivePreference(Method):
     def prepare(self, device: torch.device) -> None:
         self.to(device)
         base = self.policy.base if isinstance(self.policy, HeadedCLIP) else self.policy
+        check_known_words(base, [*self.prompts, *self.reg_prompts], "preference prompts")
         with torch.no_grad():
             scale = base.logit_scale.detach()
             texts = {"pref": base.encode_text(list(self.prompts))}
