@@ -166,6 +166,7 @@ def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_
     processes = _Processes(train)
     device = processes.device
     identity = run_identity(method, train, run_config)
+    _check_streams(method, train)  # before any work: a bad batch size fails at once
     state_dir = Path(out) / "state" if out is not None else None
     meta = _start(state_dir, identity, overwrite, processes)
 
@@ -194,13 +195,18 @@ def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_
     return result
 
 
+def _check_streams(method: Method, train: TrainConfig) -> None:
+    for name, stream in method.streams().items():
+        batch_size, n = stream.batch_size or train.batch_size, len(stream.dataset)
+        if batch_size > n:
+            raise ConfigError(f"train.batch_size {batch_size} exceeds the {n} examples of stream '{name}'")
+
+
 def _loaders(method: Method, train: TrainConfig, processes: _Processes, start: int) -> dict[str, DataLoader]:
     loaders = {}
     for name, stream in method.streams().items():
         batch_size = stream.batch_size or train.batch_size
         n = len(stream.dataset)
-        if batch_size > n:
-            raise ConfigError(f"train.batch_size {batch_size} exceeds the {n} examples of stream '{name}'")
         sampler = StepBatchSampler(n, batch_size, train.seed, name, start, train.steps, train.accumulation,
                                    processes.world, processes.rank)
         loaders[name] = DataLoader(stream.dataset, batch_sampler=sampler, collate_fn=stream.collate or default_collate,
