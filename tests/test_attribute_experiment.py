@@ -149,6 +149,8 @@ def test_config_errors():
         AttributeExperimentConfig(methods=[])
     with pytest.raises(ValueError, match="neutral_half_width"):
         AttributeExperimentConfig(neutral_half_width=0.7)
+    with pytest.raises(ValueError, match="weight_noise"):
+        AttributeExperimentConfig(weight_noise=-1e-6)
 
 
 def test_seeds_flag(tmp_path, capsys):
@@ -224,3 +226,18 @@ def test_seeds_aggregate_on_a_transformers_clip(tmp_path):
     assert "## Targets on every seed" in report and "--seeds 3,5" in report
     for name in ("fig_seed_spread.png", "fig_seed_parity.png", "seed-3/report.md", "seed-5/report.md"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_perturb_image_tower_scales_each_weight_by_a_small_random_factor():
+    from vlalign.experiments.attribute.run import perturb_image_tower
+
+    model = _tiny_hf_clip()
+    noisy = perturb_image_tower(model, 1e-3, seed=0)
+    ratios = torch.cat([(q / p).detach().flatten() - 1 for p, q in zip(model.image_encoder.parameters(),
+                                                              noisy.image_encoder.parameters()) if bool((p != 0).all())])
+    assert ratios.numel() > 1000
+    assert float(ratios.std()) == pytest.approx(1e-3, rel=0.1) and abs(float(ratios.mean())) < 1e-4
+    for p, q in zip(model.text_encoder.parameters(), noisy.text_encoder.parameters()):
+        assert torch.equal(p, q)  # the text tower and the original model are untouched
+    again = perturb_image_tower(model, 1e-3, seed=0)
+    assert all(torch.equal(p, q) for p, q in zip(noisy.image_encoder.parameters(), again.image_encoder.parameters()))

@@ -38,6 +38,10 @@ class AttributeExperimentConfig:
     ``method_params`` gives (β, λ) per method; a method missing from it uses the trainer's defaults. The Σ^t
     sweep samples ``t_points`` values of t evenly over [0, 1] (step 0.01 by default); ``neutral_half_width`` is
     the half width of the window around t* over which the neutralized parity gap is averaged.
+
+    ``weight_noise`` > 0 multiplies every image-tower weight by (1 + weight_noise · N(0, 1)) (draws seeded by
+    ``weight_noise_seed``) before anything is computed: about what another CPU's rounding does to the features
+    (1e-6), to measure how far one seed's figures move between machines without another machine.
     """
 
     methods: list[str] = field(default_factory=lambda: ["dpo", "ipo", "kto"])
@@ -55,6 +59,8 @@ class AttributeExperimentConfig:
     averaging: str = "none"
     seed: int = 0
     device: str = "cpu"
+    weight_noise: float = 0.0
+    weight_noise_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -69,6 +75,8 @@ class AttributeExperimentConfig:
             raise ValueError(f"t_points must be >= 2, got {self.t_points}")
         if not 0 <= self.neutral_half_width <= 0.5:
             raise ValueError(f"neutral_half_width must lie in [0, 0.5], got {self.neutral_half_width}")
+        if not 0 <= self.weight_noise < 0.1:
+            raise ValueError(f"weight_noise must lie in [0, 0.1), got {self.weight_noise}")
         if self.n_pref < 1 or self.n_reg < 1:
             raise ValueError(f"n_pref and n_reg must be >= 1, got {self.n_pref}, {self.n_reg}")
 

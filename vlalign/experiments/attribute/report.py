@@ -132,7 +132,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         f"regularization images (unbiased `train` split), {cfg['n_test']} unbiased `test` images in "
         f"{cfg['n_galleries']} retrieval galleries; linear head trained {cfg['steps']} steps (batch {cfg['batch_size']}), "
         f"seed {cfg['seed']}. Reproduce: `vlalign experiment attribute --out DIR --seed {cfg['seed']}"
-        + (" --quick" if cfg == dataclasses.asdict(AttributeExperimentConfig.quick(cfg["seed"])) else "") + "`.",
+        + (" --quick" if cfg == dataclasses.asdict(AttributeExperimentConfig.quick(cfg["seed"])) else "") + "`."
+        + (f" Image-tower weights perturbed by {cfg['weight_noise']:g} relative noise (noise seed "
+           f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else ""),
         "",
         "Definitions: the predicted attribute of an image of activity k is the more similar of \"the A-person is k\" "
         "and \"the B-person is k\"; activity accuracy is over \"the person is k\". The Σ^t sweep samples "

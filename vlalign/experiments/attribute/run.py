@@ -24,6 +24,7 @@ the trained W by several percent, as much as another seed; hence :mod:`.seeds`, 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -46,6 +47,20 @@ from vlalign.models.heads import HeadedCLIP
 from vlalign.training.contrastive_po import save_aligned_model, train_preference
 
 
+def perturb_image_tower(model: ContrastiveModel, relative: float, seed: int) -> ContrastiveModel:
+    """A copy of ``model`` whose image-tower weights are each multiplied by (1 + relative · N(0, 1)), the draws
+    from a generator seeded with ``seed`` (the text tower and ``model`` itself are left as they are)."""
+    if relative < 0:
+        raise ValueError(f"relative noise must be >= 0, got {relative}")
+    noisy = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in noisy.image_encoder.parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(param.device)
+            param.mul_((1 + relative * noise).to(param.dtype))
+    return noisy
+
+
 def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentConfig, out: str | Path,
                          model_spec: str | None = None, progress: bool = False) -> dict:
     """Run the experiment on ``model`` (any ContrastiveModel); write metrics.json, report.md and figures to ``out``.
@@ -57,6 +72,8 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model = model.to(config.device).eval()
+    if config.weight_noise > 0:
+        model = perturb_image_tower(model, config.weight_noise, config.weight_noise_seed)
     world = PeopleWorld()
     train = world.sample("train", config.n_pref + config.n_reg, config.seed)
     test = world.sample("test", config.n_test, config.seed)
