@@ -78,7 +78,7 @@ def parity_gap_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float
     ax.set_xlabel("t")
     ax.set_ylabel("retrieval parity gap")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Retrieval parity gap along each path (dot: t*; bar: mean over the window around t*)", fontsize=9)
+    ax.set_title("Parity gap along each path (dot: t*; bar: its mean over t* ± w)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
@@ -169,29 +169,32 @@ def seed_spread_figure(panels: Mapping[str, Mapping[str, Sequence[float | None]]
 
 
 def seed_parity_figure(curves: Mapping[str, Mapping[int, tuple[Sequence[float], Sequence[float],
-                                                                 Sequence[float] | None, float]]],
+                                                                 Sequence[float] | None, float | None, float]]],
                        path: str | Path) -> Path:
     """Retrieval parity gap against t, one panel per method and one line per seed, with each seed's averaging
-    window around t* shaded and its target drawn dashed.
+    window around t* shaded, the gap's mean over it drawn as a thick bar, and the seed's target dashed.
 
-    ``curves`` maps a method to {seed: (t, gaps, window [lo, hi] or None, target)}.
+    ``curves`` maps a method to {seed: (t, gaps, window [lo, hi] or None, mean over the window or None, target)}.
     """
     if not curves:
         raise ValueError("no curves to plot")
     fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False)
     for ax, (method, by_seed) in zip(axes[0], curves.items()):
-        for j, (seed, (t, gaps, window, target)) in enumerate(by_seed.items()):
+        for j, (seed, (t, gaps, window, mean, target)) in enumerate(by_seed.items()):
             if len(t) != len(gaps):
                 raise ValueError(f"{method}, seed {seed}: {len(t)} t values for {len(gaps)} gaps")
             colour = f"C{j}"
             ax.plot(list(t), list(gaps), color=colour, linewidth=1.3, label=f"seed {seed}")
             ax.axhline(target, color=colour, linestyle="--", linewidth=0.8)
             if window is not None:
-                ax.axvspan(window[0], window[1], color=colour, alpha=0.15)
+                ax.axvspan(window[0], window[1], color=colour, alpha=0.12)
+                if mean is not None:
+                    ax.plot([window[0], window[1]], [mean, mean], color=colour, linewidth=5, alpha=0.8,
+                            solid_capstyle="butt")
         ax.set_xlabel("t  (W_t = U Σ^t Vᵀ)")
         ax.set_ylabel("retrieval parity gap")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{method}: parity gap per seed (shaded: t* window)", fontsize=9)
+        ax.set_title(f"{method}: parity gap per seed (bar: mean over t* ± w)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -68,7 +68,7 @@ def miss_numbers(summary: dict) -> str:
     gaps = summary["retrieval_parity_gap"]
     return (f"flipped rate {fmt_percent(summary['flipped_rate'])} vs ≥ {100 * TARGETS['flipped_rate_min']:.0f}%; "
             f"neutralized gap {fmt_percent(gaps['neutralized'])} vs ≤ {percent(summary['retrieval_parity_gap_max'])} "
-            f"({TARGETS['parity_gap_max_fraction']:g} × {percent(gaps['original'])}); max activity drop "
+            f"= {TARGETS['parity_gap_max_fraction']:g} × {percent(gaps['original'])}; max activity drop "
             f"{100 * summary['max_activity_drop']:.1f} vs ≤ {100 * TARGETS['activity_drop_max']:.0f} pts")
 
 
@@ -176,7 +176,7 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         missed = [name for name, ok in summary["targets_met"].items() if not ok]
         if missed:
             any_missed = True
-            lines.append(f"- {method.upper()} misses: {'; '.join(missed)} ({miss_numbers(summary)}).")
+            lines.append(f"- {method.upper()} misses: {'; '.join(missed)}. Its figures: {miss_numbers(summary)}.")
     if any_missed:
         cos = metrics["attribute_direction_cosine"]
         lines += ["", "Why: the head scores iᵀWᵀWt, and WᵀW is positive semi-definite, so reversing the attribute needs "

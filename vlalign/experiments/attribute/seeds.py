@@ -153,7 +153,8 @@ def seeds_report(agg: dict, per_seed: dict[int, dict], figures: dict[str, str], 
     lines += ["", "Methods meeting every target on every seed: " + (", ".join(verdict) if verdict else "none") + ".", ""]
     lines += ["## The parity gap along Σ^t, per seed", "",
               f"![parity gap per seed]({figures['parity']})", "",
-              f"Shaded: the window t* ± {half:g} over which the neutralized gap is averaged; dashed: each seed's target.", ""]
+              f"Shaded: the window t* ± {half:g} over which the neutralized gap is averaged; thick bar: that mean; "
+              "dashed: each seed's target.", ""]
     bound_rows = [[name.replace("_", " "), _fmt(b["t_star"], False), _fmt(b["retrieval_parity_gap_neutralized"], True),
                    _fmt(b["retrieval_parity_gap_at_t_star"], True), _fmt(b["min_retrieval_parity_gap"], True)]
                   for name, b in agg["bounds"].items()]
@@ -171,7 +172,7 @@ def seeds_report(agg: dict, per_seed: dict[int, dict], figures: dict[str, str], 
 def attribute_seeds(model: ContrastiveModel, config: AttributeExperimentConfig, seeds: Sequence[int], out: str | Path,
                     model_spec: str | None = None, progress: bool = False, command: str | None = None) -> dict:
     """:func:`attribute_experiment` once per seed (``config`` with its ``seed`` replaced) into ``out/seed-<s>/``,
-    then the aggregate ``metrics.json``, ``report.md`` and figures in ``out``."""
+    then :func:`write_seed_summary` into ``out``."""
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list without repeats, got {seeds}")
@@ -183,22 +184,30 @@ def attribute_seeds(model: ContrastiveModel, config: AttributeExperimentConfig, 
         torch.manual_seed(seed)  # as a single-seed run does, so seed-<s>/ equals `--seed s`
         per_seed[seed] = attribute_experiment(model, dataclasses.replace(config, seed=seed), out / f"seed-{seed}",
                                               model_spec, progress)
+    command = command or f"vlalign experiment attribute --seeds {','.join(map(str, seeds))} --out DIR"
+    return write_seed_summary(out, per_seed, command, round(time.perf_counter() - started, 1))
+
+
+def write_seed_summary(out: str | Path, per_seed: dict[int, dict], command: str, seconds: float | None = None) -> dict:
+    """The aggregate (:func:`aggregate_seeds`) of single-seed ``metrics.json`` dicts, written to ``out`` as
+    ``metrics.json``, ``report.md``, ``fig_seed_spread.png`` and ``fig_seed_parity.png``; returns the aggregate."""
+    out = Path(out)
     agg = aggregate_seeds(per_seed)
+    seeds = agg["seeds"]
     spread_panels = {key: {m.upper(): agg["methods"][m]["figures"][key]["values"] for m in agg["methods"]}
                      for key in ("flipped_rate", "parity_gap_ratio", "max_activity_drop", "t_star")}
     targets = {"flipped_rate": TARGETS["flipped_rate_min"], "parity_gap_ratio": TARGETS["parity_gap_max_fraction"],
                "max_activity_drop": TARGETS["activity_drop_max"], "t_star": None}
     titles = {key: HEADLINE[key][0] for key in spread_panels}
     spread_fig = seed_spread_figure(spread_panels, titles, targets, seeds, out / "fig_seed_spread.png")
-    curves = {m.upper(): {s: (per_seed[s]["methods"][m]["t"], per_seed[s]["methods"][m]["retrieval_parity_gap_by_t"],
-                              per_seed[s]["methods"][m]["neutral_window"], per_seed[s]["retrieval_parity_gap_max"])
-                          for s in seeds} for m in agg["methods"]}
+    curves = {m.upper(): {s: (run["t"], run["retrieval_parity_gap_by_t"], run["neutral_window"],
+                              run["retrieval_parity_gap"]["neutralized"], per_seed[s]["retrieval_parity_gap_max"])
+                          for s in seeds for run in [per_seed[s]["methods"][m]]} for m in agg["methods"]}
     parity_fig = seed_parity_figure(curves, out / "fig_seed_parity.png")
     figures = {"spread": spread_fig.name, "parity": parity_fig.name}
-    command = command or f"vlalign experiment attribute --seeds {','.join(map(str, seeds))} --out DIR"
-    agg.update(config={k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}, command=command,
-               per_seed={s: f"seed-{s}/metrics.json" for s in seeds}, figures=figures,
-               seconds=round(time.perf_counter() - started, 1))
+    config = {k: v for k, v in per_seed[seeds[0]]["config"].items() if k != "seed"}
+    agg.update(config=config, command=command, per_seed={s: f"seed-{s}/metrics.json" for s in seeds}, figures=figures,
+               seconds=seconds)
     atomic_write_json(out / "metrics.json", agg)
     atomic_write_bytes(out / "report.md", seeds_report(agg, per_seed, figures, command).encode())
     return agg
