@@ -82,7 +82,8 @@ def test_quick_run_flips_and_finds_a_neutral_point(quick_run):
 def test_headline_barely_moves_when_the_embeddings_move(quick_run):
     """Float noise of another CPU, ~1e-5 relative on every embedding, moves each headline figure of the trained
     head's sweep by far less than the targets' margins (2 points of activity accuracy, several points of flipped
-    rate and parity gap). Bounds are loose on purpose: only a jump of a grid step or an edge would break them."""
+    rate and parity gap). Bounds are loose on purpose: only a jump of a grid step or an edge would break them
+    (measured here: nothing moves at 1e-5; at 1e-3, t* by ~1e-3 and the neutralized gap by < 0.01)."""
     from vlalign.data.people import PeopleWorld
     from vlalign.evaluation.people import people_metrics, people_text_embeddings
     from vlalign.experiments.attribute.sweeps import summarize_sweep, sweep_head
@@ -99,18 +100,20 @@ def test_headline_barely_moves_when_the_embeddings_move(quick_run):
     clean = summarize_sweep(pretrained, sweep_head(head_model, emb, text, test, config))
     assert clean["t_star"] == pytest.approx(m["t_star"], abs=1e-6)  # the saved head reproduces the run
 
-    g = torch.Generator().manual_seed(1)
-    noisy = lambda x: x * (1 + 1e-5 * torch.randn(x.shape, generator=g))  # noqa: E731
-    noisy_text = text.map(noisy)
-    noisy_emb = noisy(emb)
-    moved = summarize_sweep(people_metrics(noisy_emb, test, noisy_text, config.n_galleries, config.top_k),
-                            sweep_head(head_model, noisy_emb, noisy_text, test, config))
-    assert abs(moved["t_star"] - clean["t_star"]) <= 0.01
-    assert abs(moved["attribute_a_rate_at_t_star"] - clean["attribute_a_rate_at_t_star"]) <= 0.01
-    for key in ("original", "neutralized"):
-        assert abs(moved["retrieval_parity_gap"][key] - clean["retrieval_parity_gap"][key]) <= 0.02, key
-    assert abs(moved["flipped_rate"] - clean["flipped_rate"]) <= 0.005
-    assert abs(moved["max_activity_drop"] - clean["max_activity_drop"]) <= 0.005
+    # 1e-5 (another CPU's rounding, generously) and 1e-3, where predictions do change: the figures move smoothly.
+    for relative in (1e-5, 1e-3):
+        g = torch.Generator().manual_seed(1)
+        noisy = lambda x: x * (1 + relative * torch.randn(x.shape, generator=g))  # noqa: E731
+        noisy_text = text.map(noisy)
+        noisy_emb = noisy(emb)
+        moved = summarize_sweep(people_metrics(noisy_emb, test, noisy_text, config.n_galleries, config.top_k),
+                                sweep_head(head_model, noisy_emb, noisy_text, test, config))
+        assert abs(moved["t_star"] - clean["t_star"]) <= 0.01, relative
+        assert abs(moved["attribute_a_rate_at_t_star"] - clean["attribute_a_rate_at_t_star"]) <= 0.01, relative
+        for key in ("original", "neutralized"):
+            assert abs(moved["retrieval_parity_gap"][key] - clean["retrieval_parity_gap"][key]) <= 0.03, (relative, key)
+        assert abs(moved["flipped_rate"] - clean["flipped_rate"]) <= 0.005, relative
+        assert abs(moved["max_activity_drop"] - clean["max_activity_drop"]) <= 0.005, relative
 
 
 def test_target_checks():
