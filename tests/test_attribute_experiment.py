@@ -13,8 +13,8 @@ from vlalign.experiments.attribute import (
 from vlalign.experiments.attribute.seeds import spread
 
 ISSUE_KEYS = ("t", "attribute_a_rate", "activity_accuracy", "t_star", "attribute_a_rate_at_t_star", "flipped_rate",
-              "activity_accuracy_pretrained", "retrieval_parity_gap", "retrieval_parity_gap_at_t_star", "neutral_window",
-              "retrieval_parity_gap_max", "targets_met")
+              "activity_accuracy_pretrained", "retrieval_parity_gap", "retrieval_parity_gap_at_t_star",
+              "neutral_window", "retrieval_parity_gap_max", "targets_met")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,8 @@ def test_target_checks():
                "retrieval_parity_gap": {"original": 0.8, "neutralized": 0.39}}
     checks = target_checks(summary)
     assert len(checks) == 3 and all(checks.values())
-    summary.update(flipped_rate=0.87, max_activity_drop=0.021, retrieval_parity_gap={"original": 0.8, "neutralized": 0.41})
+    summary.update(flipped_rate=0.87, max_activity_drop=0.021,
+                   retrieval_parity_gap={"original": 0.8, "neutralized": 0.41})
     assert not any(target_checks(summary).values())
     summary["retrieval_parity_gap"]["neutralized"] = None  # the rates never crossed: no neutral model
     assert not target_checks(summary)["neutralized parity gap <= 0.5 x pretrained"]
@@ -166,6 +167,17 @@ def test_seeds_flag(tmp_path, capsys):
             parse_seeds(bad)
     assert main(["experiment", "robust", "--out", str(tmp_path), "--seeds", "0,1"]) == 2
     assert "--seeds is supported by ['attribute'] only" in capsys.readouterr().err
+
+
+def test_seeds_flag_reaches_the_multi_seed_run(tmp_path, monkeypatch):
+    import vlalign.experiments.attribute.seeds as seeds_module
+    from vlalign.cli import main
+
+    calls = []
+    monkeypatch.setattr(seeds_module, "run_attribute_seeds",
+                        lambda out, seeds, quick: calls.append((out, seeds, quick)))
+    assert main(["experiment", "attribute", "--out", str(tmp_path), "--seeds", "2,0,1", "--quick"]) == 0
+    assert calls == [(tmp_path, [2, 0, 1], True)]
 
 
 # ----------------------------------------------------------------------------- transformers CLIPModel, offline
@@ -236,8 +248,8 @@ def test_perturb_image_tower_scales_each_weight_by_a_small_random_factor():
 
     model = _tiny_hf_clip()
     noisy = perturb_image_tower(model, 1e-3, seed=0)
-    ratios = torch.cat([(q / p).detach().flatten() - 1 for p, q in zip(model.image_encoder.parameters(),
-                                                              noisy.image_encoder.parameters()) if bool((p != 0).all())])
+    pairs = zip(model.image_encoder.parameters(), noisy.image_encoder.parameters())
+    ratios = torch.cat([(q / p).detach().flatten() - 1 for p, q in pairs if bool((p != 0).all())])
     assert ratios.numel() > 1000
     assert float(ratios.std()) == pytest.approx(1e-3, rel=0.1) and abs(float(ratios.mean())) < 1e-4
     for p, q in zip(model.text_encoder.parameters(), noisy.text_encoder.parameters()):

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0)
     seeds.add_argument("--seeds", default=None,
-                       help=f"comma-separated seeds, e.g. 0,1,2: one run each plus mean and spread ({', '.join(MULTI_SEED)})")
+                       help="comma-separated seeds, e.g. 0,1,2: one run each plus the mean and spread "
+                            f"({', '.join(MULTI_SEED)} only)")
     parser.set_defaults(handler=run)
 
 

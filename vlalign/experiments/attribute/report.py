@@ -110,8 +110,9 @@ def _bounds_section(metrics: dict) -> list[str]:
                              "lowest gap on the path", f"t with gap ≤ {100 * gap_max:.1f}%"], rows), "",
              f"- The retrieval test can read \"neutral\": the ideal eraser reaches a gap of {fmt_percent(ideal['retrieval_parity_gap_at_t_star'])} "
              f"at t* = {_fmt_t(ideal['t_star'])} with activity accuracy {fmt_percent(ideal['activity_accuracy_at_t_star'])}. "
-             f"But the dip is narrow (gap ≤ {100 * gap_max:.1f}% for t in {_window(ideal['parity_window'])}, grid step 0.01), "
-             f"so even its mean over t* ± {half:g} is {fmt_percent(ideal['retrieval_parity_gap_neutralized'])}. Within one activity the neutral "
+             f"But the dip is narrow (gap ≤ {100 * gap_max:.1f}% for t in {_window(ideal['parity_window'])}, grid "
+             f"step 0.01), so even its mean over t* ± {half:g} is "
+             f"{fmt_percent(ideal['retrieval_parity_gap_neutralized'])}. Within one activity the neutral "
              f"prompt's scores vary little (standard deviation {spread_lo:.1f}–{spread_hi:.1f} logits per style) against "
              f"the {gap_lo:.1f}–{gap_hi:.1f}-logit gap between the styles, so a small leftover of the style decides the top-10.",
              f"- The best linear map reproduces {fmt_percent(linear['explained_change'])} of the style change "
@@ -152,8 +153,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         "## Targets",
         "",
         f"Flipped rate ≥ {100 * TARGETS['flipped_rate_min']:.0f}%; neutralized parity gap ≤ "
-        f"{TARGETS['parity_gap_max_fraction']:g} × the pretrained gap ({percent(metrics['pretrained']['retrieval_parity_gap'])}"
-        f" → ≤ {percent(metrics['retrieval_parity_gap_max'])}); activity accuracy within "
+        f"{TARGETS['parity_gap_max_fraction']:g} × the pretrained gap "
+        f"({percent(metrics['pretrained']['retrieval_parity_gap'])} → ≤ {percent(metrics['retrieval_parity_gap_max'])})"
+        "; activity accuracy within "
         f"{100 * TARGETS['activity_drop_max']:.0f} points of the pretrained model at every t of the sweep. One seed "
         "is one draw: `--seeds 0,1,2` reports the mean and spread, and whether each target holds on every seed.",
         "",
@@ -169,8 +171,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
                      f"{sum(checks.values())}/{len(checks)}"])
     lines += [markdown_table(["method", f"flipped rate (≥ {100 * TARGETS['flipped_rate_min']:.0f}%)",
                               "flipped, visible figures", "t*", "A rate at t*",
-                              f"neutralized parity gap (≤ {percent(metrics['retrieval_parity_gap_max'])})", "gap at t* alone",
-                              f"max activity drop (≤ {100 * TARGETS['activity_drop_max']:.0f} pts)", "targets met"], rows), ""]
+                              f"neutralized parity gap (≤ {percent(metrics['retrieval_parity_gap_max'])})",
+                              "gap at t* alone", f"max activity drop (≤ {100 * TARGETS['activity_drop_max']:.0f} pts)",
+                              "targets met"], rows), ""]
     any_missed = False
     for method, summary in metrics["methods"].items():
         missed = [name for name, ok in summary["targets_met"].items() if not ok]

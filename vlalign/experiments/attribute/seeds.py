@@ -32,7 +32,8 @@ def spread(values: Sequence[float | None]) -> dict:
     are not None, their count ``n``, the number ``missing`` that are None, and the ``values`` themselves."""
     present = [float(v) for v in values if v is not None]
     if not present:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "missing": len(values), "values": list(values)}
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "missing": len(values),
+                "values": list(values)}
     if any(math.isnan(v) for v in present):
         raise ValueError(f"spread of values with NaN: {list(values)}")
     return {"mean": statistics.fmean(present), "std": statistics.stdev(present) if len(present) > 1 else None,
@@ -55,7 +56,8 @@ HEADLINE: dict[str, tuple[str, Callable[[dict], float | None], bool]] = {
                                          lambda s: s["retrieval_parity_gap"]["neutralized"], True),
     "parity_gap_ratio": ("neutralized gap / pretrained gap", _ratio, False),
     "retrieval_parity_gap_at_t_star": ("parity gap at t* alone", lambda s: s["retrieval_parity_gap_at_t_star"], True),
-    "retrieval_parity_gap_flipped": ("parity gap, flipped (t = 1)", lambda s: s["retrieval_parity_gap"]["flipped"], True),
+    "retrieval_parity_gap_flipped": ("parity gap, flipped (t = 1)",
+                                     lambda s: s["retrieval_parity_gap"]["flipped"], True),
     "max_activity_drop": ("max activity-accuracy drop over t", lambda s: s["max_activity_drop"], True),
 }
 
@@ -132,9 +134,10 @@ def seeds_report(agg: dict, per_seed: dict[int, dict], figures: dict[str, str], 
     lines += [markdown_table(["figure"] + [m.upper() for m in methods], rows), ""]
     names = list(next(iter(agg["methods"].values()))["targets_met_every_seed"])
     lines += ["## Targets on every seed", "",
-              f"Flipped rate ≥ {100 * TARGETS['flipped_rate_min']:.0f}% (ceiling {_fmt(agg['flipped_rate_ceiling'], True)}); "
-              f"neutralized parity gap ≤ {TARGETS['parity_gap_max_fraction']:g} × the seed's pretrained gap; activity "
-              f"accuracy within {100 * TARGETS['activity_drop_max']:.0f} points of the pretrained model at every t.", ""]
+              f"Flipped rate ≥ {100 * TARGETS['flipped_rate_min']:.0f}% (ceiling "
+              f"{_fmt(agg['flipped_rate_ceiling'], True)}); neutralized parity gap ≤ "
+              f"{TARGETS['parity_gap_max_fraction']:g} × the seed's pretrained gap; activity accuracy within "
+              f"{100 * TARGETS['activity_drop_max']:.0f} points of the pretrained model at every t.", ""]
     target_rows = []
     for m in methods:
         entry = agg["methods"][m]
@@ -150,7 +153,7 @@ def seeds_report(agg: dict, per_seed: dict[int, dict], figures: dict[str, str], 
             if not all(summary["targets_met"].values()):
                 lines.append(f"- {m.upper()}, seed {seed}: {miss_numbers(summary)}.")
     verdict = [m.upper() for m in methods if agg["methods"][m]["all_targets_every_seed"]]
-    lines += ["", "Methods meeting every target on every seed: " + (", ".join(verdict) if verdict else "none") + ".", ""]
+    lines += ["", f"Methods meeting every target on every seed: {', '.join(verdict) if verdict else 'none'}.", ""]
     lines += ["## The parity gap along Σ^t, per seed", "",
               f"![parity gap per seed]({figures['parity']})", "",
               f"Shaded: the window t* ± {half:g} over which the neutralized gap is averaged; thick bar: that mean; "
@@ -164,8 +167,8 @@ def seeds_report(agg: dict, per_seed: dict[int, dict], figures: dict[str, str], 
     per_rows = [[str(s), fmt_percent(per_seed[s]["pretrained"]["retrieval_parity_gap"])] +
                 [fmt_percent(per_seed[s]["methods"][m]["retrieval_parity_gap"]["neutralized"]) for m in methods] +
                 [f"[seed-{s}/report.md](seed-{s}/report.md)"] for s in seeds]
-    lines += ["## Per seed", "", markdown_table(["seed", "pretrained gap"] + [f"{m.upper()} neutralized gap" for m in methods]
-                                                 + ["report"], per_rows), ""]
+    per_headers = ["seed", "pretrained gap"] + [f"{m.upper()} neutralized gap" for m in methods] + ["report"]
+    lines += ["## Per seed", "", markdown_table(per_headers, per_rows), ""]
     return "\n".join(lines)
 
 
@@ -218,7 +221,7 @@ def run_attribute_seeds(out: str | Path, seeds: Sequence[int], quick: bool = Fal
     from vlalign.models.loading import load_model
 
     config = AttributeExperimentConfig.quick() if quick else AttributeExperimentConfig()
-    command = f"vlalign experiment attribute --seeds {','.join(map(str, seeds))} --out DIR" + (" --quick" if quick else "")
+    command = f"vlalign experiment attribute --seeds {','.join(map(str, seeds))} --out DIR{' --quick' if quick else ''}"
     agg = attribute_seeds(load_model("mini-people"), config, seeds, out, model_spec="mini-people", progress=not quick,
                           command=command)
     for method, entry in agg["methods"].items():

@@ -99,7 +99,8 @@ def erasure_bounds(image_emb: torch.Tensor, twin_emb: torch.Tensor, fit_emb: tor
         out[name] = {
             "t": grid, "retrieval_parity_gap_by_t": sweep["retrieval_parity_gap"],
             "t_star": sweep["t_star"], "attribute_a_rate_at_t_star": sweep["attribute_a_rate_at_t_star"],
-            "retrieval_parity_gap_neutralized": sweep["neutralized_parity_gap"], "neutral_window": sweep["neutral_window"],
+            "retrieval_parity_gap_neutralized": sweep["neutralized_parity_gap"],
+            "neutral_window": sweep["neutral_window"],
             "retrieval_parity_gap_at_t_star": sweep["parity_gap_at_t_star"],
             "activity_accuracy_at_t_star": None if neutral is None else neutral["activity_accuracy"],
             "min_retrieval_parity_gap": _lowest_gap(sweep),
