@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+import numpy as np
+
 from vlalign.evaluation.bias import (
-    attribute_rates, crossing_point, group_a_rates, per_group_skew, retrieval_a_shares, retrieval_parity_gap,
-    stereotype_skew, value_at,
+    attribute_rates, crossing_point, group_a_rates, neutral_point, per_group_skew, retrieval_a_shares,
+    retrieval_parity_gap, stereotype_skew, value_at, window_mean,
 )
 
 A, B = 0, 1
@@ -69,6 +71,82 @@ def test_crossing_point_linear_interpolation():
     assert value_at(t, [0.8, 0.6, 0.4], 0.75) == pytest.approx(0.5)
 
 
+def test_crossing_point_zero_runs_and_touches():
+    t = [0.0, 1.0, 2.0, 3.0]
+    # first - second: +1, 0, 0, -1 -> the zero run [1, 2] is where they cross: its middle.
+    assert crossing_point(t, [1, 0, 0, -1], [0, 0, 0, 0]) == pytest.approx(1.5)
+    # +1, 0, +1, -1: touching 0 is not a crossing; the sign flips between t = 2 and 3, halfway.
+    assert crossing_point(t, [1, 0, 1, -1], [0, 0, 0, 0]) == pytest.approx(2.5)
+    # Starting equal: the first order of the curves is the one after the start.
+    assert crossing_point(t, [0, 1, -1, -1], [0, 0, 0, 0]) == pytest.approx(1.5)
+    assert crossing_point(t, [0, 0, 0, 0], [0, 0, 0, 0]) is None
+    assert crossing_point(t, [0, 1, 0, 2], [0, 0, 0, 0]) is None
+
+
+def test_crossing_point_moves_continuously():
+    # A value drifting through 0 at a grid point moves t* by about as much as the value, not by a grid step.
+    t = [0.0, 0.5, 1.0]
+    base = crossing_point(t, [1.0, 0.0, -1.0], [0, 0, 0])
+    assert base == pytest.approx(0.5)
+    for eps in (1e-6, -1e-6):
+        moved = crossing_point(t, [1.0, eps, -1.0], [0, 0, 0])
+        assert abs(moved - base) <= 1e-6
+
+
+def test_crossing_point_matches_a_dense_search():
+    # Reference: the first sign change of the piecewise-linear interpolant, found on a 200001-point grid.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        t = np.sort(rng.choice(np.linspace(0, 1, 1001), size=12, replace=False))
+        first = np.cumsum(rng.normal(-0.1, 0.3, size=12)) + 0.5
+        second = rng.normal(0, 0.05, size=12)
+        dense = np.linspace(t[0], t[-1], 200001)
+        diff = np.interp(dense, t, first) - np.interp(dense, t, second)
+        sign = np.sign(diff[np.flatnonzero(diff)])
+        flips = np.flatnonzero(sign != sign[0])
+        got = crossing_point(t.tolist(), first.tolist(), second.tolist())
+        if flips.size == 0:
+            assert got is None
+        else:
+            expected = dense[np.flatnonzero(diff)][flips[0]]
+            assert got == pytest.approx(expected, abs=2 * (t[-1] - t[0]) / 200000)
+
+
+def test_window_mean_hand_worked():
+    t, v = [0.0, 1.0, 2.0], [0.0, 2.0, 0.0]
+    assert window_mean(t, v, 1.0, 1.0) == pytest.approx(1.0)    # the whole triangle: area 2 over width 2
+    assert window_mean(t, v, 0.5, 0.5) == pytest.approx(1.0)    # [0, 1]: area 1 over width 1
+    # [0.5, 1.5]: the interpolant is 1, 2, 1 at 0.5, 1, 1.5 -> area 0.75 + 0.75 over width 1.
+    assert window_mean(t, v, 1.0, 0.5) == pytest.approx(1.5)
+    assert window_mean(t, v, 0.0, 1.0) == pytest.approx(1.0)    # clipped to [0, 1]
+    assert window_mean(t, v, 0.25, 0.0) == pytest.approx(0.5)   # no width: the value at the centre
+
+
+def test_window_mean_matches_a_dense_average_and_is_continuous():
+    rng = np.random.default_rng(1)
+    t = np.linspace(0, 1, 21)
+    v = rng.uniform(0, 1, size=21)
+    for center, half in ((0.31, 0.05), (0.02, 0.05), (0.5, 0.2), (0.97, 0.1)):
+        lo, hi = max(center - half, 0.0), min(center + half, 1.0)
+        dense = np.linspace(lo, hi, 400001)
+        assert window_mean(t, v, center, half) == pytest.approx(np.interp(dense, t, v).mean(), abs=1e-5)
+    # A shift of the centre by 1e-6 moves the mean by at most 1e-6 * (max |v| / half width) * 2.
+    a, b = window_mean(t, v, 0.31, 0.05), window_mean(t, v, 0.31 + 1e-6, 0.05)
+    assert abs(a - b) <= 1e-6 * 2 * v.max() / 0.05
+
+
+def test_neutral_point_hand_worked():
+    t = [0.0, 0.5, 1.0]
+    # P(A | A) - P(A | B): 0.8, 0.2, -0.8 -> t* = 0.5 + 0.5 * 0.2 / 1.0 = 0.6.
+    point = neutral_point(t, [0.9, 0.5, 0.1], [0.1, 0.3, 0.9], [0.5, 0.4, 0.5], [0.8, 0.2, 0.6], half_width=0.1)
+    assert point["t_star"] == pytest.approx(0.6)
+    assert point["a_rate_at_t_star"] == pytest.approx(0.42)          # 0.4 + (0.1 / 0.5) * 0.1
+    # Gap over [0.5, 0.7]: linear from 0.2 to 0.2 + 0.2 / 0.5 * 0.4 = 0.36 -> mean 0.28.
+    assert point["parity_gap"] == pytest.approx(0.28)
+    assert point["window"] == pytest.approx([0.5, 0.7])
+    assert neutral_point(t, [0.9, 0.8, 0.7], [0.1, 0.2, 0.3], [0.5] * 3, [0.5] * 3, 0.1) is None
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="both attributes"):
         attribute_rates(torch.tensor([A, B]), torch.tensor([A, A]))
@@ -80,5 +158,9 @@ def test_clear_errors():
         crossing_point([0.0, 0.0], [1, 0], [0, 1])
     with pytest.raises(ValueError, match="outside the grid"):
         value_at([0.0, 1.0], [0.0, 1.0], 1.5)
+    with pytest.raises(ValueError, match="half_width"):
+        window_mean([0.0, 1.0], [0.0, 1.0], 0.5, -0.1)
+    with pytest.raises(ValueError, match="outside the grid"):
+        window_mean([0.0, 1.0], [0.0, 1.0], 1.5, 0.1)
     with pytest.raises(ValueError, match="retrieved indices"):
         retrieval_a_shares(torch.tensor([[7]]), torch.tensor([A, B]))

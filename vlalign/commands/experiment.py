@@ -2,7 +2,9 @@
 
 ``EXPERIMENTS`` maps a name to ``"module:function"``; the function takes ``(out_dir, quick: bool, seed: int)``,
 writes ``metrics.json`` and ``report.md`` into ``out_dir`` and returns the metrics. ``SUMMARIES`` gives each a
-line for ``vlalign experiment --help``.
+line for ``vlalign experiment --help``. ``MULTI_SEED`` names the experiments that also run over several seeds
+(``--seeds 0,1,2``): the function takes ``(out_dir, seeds, quick)`` and writes one folder per seed plus the
+aggregate.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ EXPERIMENTS: dict[str, str] = {
     "attribute": "vlalign.experiments.attribute:run_attribute_experiment",
     "robust": "vlalign.experiments.robust:run_robust_experiment",
 }
+MULTI_SEED: dict[str, str] = {
+    "attribute": "vlalign.experiments.attribute.seeds:run_attribute_seeds",
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: non-negative integers, no repeats."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct non-negative integers, got {text!r}")
+    return seeds
 
 SUMMARIES: dict[str, str] = {
     "typographic": "contrastive-PO Table 1: DPO/IPO/KTO vs CE, PAINT and other baselines against written words "
@@ -39,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"one of: {', '.join(EXPERIMENTS)} (listed above)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the training")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="seed of the data and of the training")
+    seeds.add_argument("--seeds", default=None,
+                       help="comma-separated seeds, e.g. 0,1,2: one run each plus the mean and spread "
+                            f"({', '.join(MULTI_SEED)} only)")
     parser.set_defaults(handler=run)
 
 
@@ -47,7 +67,16 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.name!r}; expected one of {sorted(EXPERIMENTS)}")
     check_output(args.out)
-    module_name, function_name = EXPERIMENTS[args.name].split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    function(args.out, quick=args.quick, seed=args.seed)
+    if args.seeds is not None:
+        if args.name not in MULTI_SEED:
+            raise ValueError(f"--seeds is supported by {sorted(MULTI_SEED)} only; use --seed for {args.name!r}")
+        seeds = parse_seeds(args.seeds)
+        _function(MULTI_SEED[args.name])(args.out, seeds=seeds, quick=args.quick)
+        return 0
+    _function(EXPERIMENTS[args.name])(args.out, quick=args.quick, seed=args.seed)
     return 0
+
+
+def _function(spec: str):
+    module_name, function_name = spec.split(":")
+    return getattr(importlib.import_module(module_name), function_name)

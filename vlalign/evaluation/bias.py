@@ -12,7 +12,11 @@ Definitions (all fractions in [0, 1]; "points" in reports are these times 100):
 - retrieval parity gap: for each text prompt, the retrieved images' attribute shares; the gap of a prompt is
   |share(A) - share(B)| = |2 share(A) - 1| (0 = as many A as B, 1 = only one attribute); the reported gap is the
   mean over prompts. "Within 10 points" means a mean gap <= 0.10.
-- crossing point t*: where two curves sampled on a grid of t cross, by linear interpolation.
+- crossing point t*: where two curves sampled on a grid of t first cross, by linear interpolation between the
+  two bracketing grid points, so that a small change in the curves moves t* by a small amount, never by a grid step.
+- window mean: the mean of a curve's piecewise-linear interpolant over [t* - h, t* + h]. A figure read at one
+  point where its curve is steep (the retrieval parity gap near t*) moves a lot when t* moves a little; its mean
+  over a window moves by at most (largest |value jump| / window width) times the shift of t*.
 """
 
 from __future__ import annotations
@@ -104,22 +108,32 @@ def retrieval_parity_gap(a_shares: torch.Tensor) -> float:
 
 
 def crossing_point(t: Sequence[float], first: Sequence[float], second: Sequence[float]) -> float | None:
-    """The smallest t where ``first - second`` changes sign (or is 0), linearly interpolated; None if never.
+    """The first t where ``first - second`` takes the opposite sign to its first non-zero value; None if never.
 
-    ``t`` must be strictly increasing; the curves are sampled at ``t``.
+    Between the last grid point of the starting sign and the first of the opposite sign the difference is
+    interpolated linearly; if it is exactly 0 at the grid points between them, t* is the middle of that zero run.
+    Both rules make t* a continuous function of the curves (a value that drifts through 0 moves t* smoothly), and
+    a curve that only touches 0 does not count as a crossing. ``t`` must be strictly increasing.
     """
     t_arr, a, b = (np.asarray(v, dtype=np.float64) for v in (t, first, second))
     if t_arr.ndim != 1 or t_arr.size < 1 or a.shape != t_arr.shape or b.shape != t_arr.shape:
         raise ValueError(f"t and both curves must be 1-D of the same non-zero length, got {t_arr.shape}, {a.shape}, {b.shape}")
     if t_arr.size > 1 and not bool(np.all(np.diff(t_arr) > 0)):
         raise ValueError("t must be strictly increasing")
-    diff = a - b
-    for i in range(t_arr.size):
-        if diff[i] == 0:
-            return float(t_arr[i])
-        if i + 1 < t_arr.size and diff[i] * diff[i + 1] < 0:
-            return float(t_arr[i] + (t_arr[i + 1] - t_arr[i]) * diff[i] / (diff[i] - diff[i + 1]))
-    return None
+    sign = np.sign(a - b)
+    nonzero = np.flatnonzero(sign)
+    if nonzero.size == 0:
+        return None
+    start = sign[nonzero[0]]
+    opposite = np.flatnonzero(sign == -start)
+    if opposite.size == 0:
+        return None
+    j = int(opposite[0])
+    i = int(np.flatnonzero(sign[:j] == start)[-1])
+    if j == i + 1:
+        d_i, d_j = a[i] - b[i], a[j] - b[j]
+        return float(t_arr[i] + (t_arr[j] - t_arr[i]) * d_i / (d_i - d_j))
+    return float((t_arr[i + 1] + t_arr[j - 1]) / 2)
 
 
 def value_at(t: Sequence[float], values: Sequence[float], t_query: float) -> float:
@@ -130,3 +144,46 @@ def value_at(t: Sequence[float], values: Sequence[float], t_query: float) -> flo
     if not t_arr[0] <= t_query <= t_arr[-1]:
         raise ValueError(f"t_query {t_query} lies outside the grid [{t_arr[0]}, {t_arr[-1]}]")
     return float(np.interp(t_query, t_arr, v))
+
+
+def window_mean(t: Sequence[float], values: Sequence[float], center: float, half_width: float) -> float:
+    """Mean of the piecewise-linear interpolant of ``values`` (sampled at increasing ``t``) over
+    [center - half_width, center + half_width] clipped to the grid; its value at ``center`` if that is one point.
+
+    Computed exactly (trapezoids between the window's ends and the grid points inside it), so it is a continuous
+    function of ``center`` and of ``values``.
+    """
+    t_arr, v = np.asarray(t, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if t_arr.ndim != 1 or v.shape != t_arr.shape or t_arr.size == 0:
+        raise ValueError(f"t and values must be 1-D of the same non-zero length, got {t_arr.shape}, {v.shape}")
+    if t_arr.size > 1 and not bool(np.all(np.diff(t_arr) > 0)):
+        raise ValueError("t must be strictly increasing")
+    if not half_width >= 0:
+        raise ValueError(f"half_width must be >= 0, got {half_width}")
+    if not t_arr[0] <= center <= t_arr[-1]:
+        raise ValueError(f"center {center} lies outside the grid [{t_arr[0]}, {t_arr[-1]}]")
+    lo, hi = max(center - half_width, t_arr[0]), min(center + half_width, t_arr[-1])
+    if hi <= lo:
+        return float(np.interp(center, t_arr, v))
+    knots = np.concatenate([[lo], t_arr[(t_arr > lo) & (t_arr < hi)], [hi]])
+    heights = np.interp(knots, t_arr, v)
+    return float(np.sum((heights[1:] + heights[:-1]) / 2 * np.diff(knots)) / (hi - lo))
+
+
+def neutral_point(t: Sequence[float], rate_given_a: Sequence[float], rate_given_b: Sequence[float],
+                  a_rate: Sequence[float], parity_gap: Sequence[float], half_width: float) -> dict | None:
+    """The neutralized model of a Σ^t path, from curves sampled on a grid of t (None if the rates never cross):
+
+    ``t_star`` = :func:`crossing_point` of P(pred A | A) and P(pred A | B); ``a_rate_at_t_star`` = P(pred A)
+    interpolated there; ``parity_gap`` = :func:`window_mean` of the retrieval parity gap over
+    [t* - half_width, t* + half_width] (``window``, clipped to the grid).
+    """
+    t_star = crossing_point(t, rate_given_a, rate_given_b)
+    if t_star is None:
+        return None
+    return {
+        "t_star": t_star,
+        "a_rate_at_t_star": value_at(t, a_rate, t_star),
+        "parity_gap": window_mean(t, parity_gap, t_star, half_width),
+        "window": [max(t_star - half_width, float(t[0])), min(t_star + half_width, float(t[-1]))],
+    }

@@ -35,8 +35,9 @@ def attribute_sweep_figure(panels: Mapping[str, Mapping[str, object]], path: str
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     for ax, (name, panel) in zip(axes[0], panels.items()):
         t = list(panel["t"])
-        ax.plot(t, panel["a_rate_given_a"], marker="o", markersize=3, label="predicted A | style-A images")
-        ax.plot(t, panel["a_rate_given_b"], marker="o", markersize=3, label="predicted A | style-B images")
+        marker = "o" if len(t) <= 30 else None  # a dense grid reads as a line
+        ax.plot(t, panel["a_rate_given_a"], marker=marker, markersize=3, label="predicted A | style-A images")
+        ax.plot(t, panel["a_rate_given_b"], marker=marker, markersize=3, label="predicted A | style-B images")
         ax.plot(t, panel["a_rate"], color="gray", linewidth=1, label="predicted A | all images")
         ax.plot(t, panel["activity_accuracy"], color="black", linestyle="--", label="activity accuracy")
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
@@ -55,9 +56,11 @@ def attribute_sweep_figure(panels: Mapping[str, Mapping[str, object]], path: str
 
 
 def parity_gap_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]], target: float,
-                      path: str | Path) -> Path:
+                      path: str | Path,
+                      windows: Mapping[str, tuple[float, float, float] | None] | None = None) -> Path:
     """Retrieval parity gap against t, one line per path; ``curves`` maps a name to (t, gaps, t*), and t* (the
-    crossing of the attribute-prediction rates) is marked on its line. ``target`` is drawn as a horizontal line."""
+    crossing of the attribute-prediction rates) is marked on its line. ``target`` is drawn as a horizontal line.
+    ``windows`` maps a name to (lo, hi, mean): the gap's mean over [lo, hi], drawn as a thick bar over that range."""
     if not curves:
         raise ValueError("no curves to plot")
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -68,11 +71,15 @@ def parity_gap_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float
         if t_star is not None:
             ax.plot([float(t_star)], [float(np.interp(float(t_star), list(t), list(gaps)))], marker="o",
                     color=line.get_color(), markersize=7)
+        window = (windows or {}).get(name)
+        if window is not None:
+            ax.plot([window[0], window[1]], [window[2], window[2]], color=line.get_color(), linewidth=5, alpha=0.6,
+                    solid_capstyle="butt")
     ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target (≤ {100 * target:.0f}%)")
     ax.set_xlabel("t")
     ax.set_ylabel("retrieval parity gap")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Retrieval parity gap along each path (dot: t*)", fontsize=10)
+    ax.set_title("Parity gap along each path (dot: t*; bar: its mean over t* ± w)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
@@ -123,3 +130,74 @@ def retrieval_strip(rows: Mapping[str, tuple[torch.Tensor, Sequence[str]]], path
         axes[r][0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi=110)
+
+
+_SEED_MARKERS = "osD^v<>ph*"
+
+
+def seed_spread_figure(panels: Mapping[str, Mapping[str, Sequence[float | None]]], titles: Mapping[str, str],
+                       targets: Mapping[str, float | None], seeds: Sequence[int], path: str | Path) -> Path:
+    """One panel per figure: for each method, one marker per seed (None values skipped) and the mean ± sample
+    standard deviation as a bar; ``targets[name]`` (if not None) as a dashed line.
+
+    ``panels`` maps a figure name to {method: one value per seed, in the order of ``seeds``}.
+    """
+    if not panels:
+        raise ValueError("no panels to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (name, by_method) in zip(axes[0], panels.items()):
+        labelled: set[int] = set()
+        for x, (method, values) in enumerate(by_method.items()):
+            if len(values) != len(seeds):
+                raise ValueError(f"{name}/{method}: {len(values)} values for {len(seeds)} seeds")
+            present = [(j, seed, float(v)) for j, (seed, v) in enumerate(zip(seeds, values)) if v is not None]
+            for j, seed, value in present:  # a seed keeps its colour and marker in every panel
+                ax.plot(x + 0.12 * (j - (len(seeds) - 1) / 2), value, _SEED_MARKERS[j % len(_SEED_MARKERS)],
+                        color=f"C{j}", markersize=6, label=None if j in labelled else f"seed {seed}")
+                labelled.add(j)
+            if present:
+                vals = np.array([v for _, _, v in present])
+                std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                ax.errorbar(x + 0.35, float(vals.mean()), yerr=std, fmt="_", color="black", markersize=14, capsize=4,
+                            label="mean ± std" if x == 0 else None)
+        target = targets.get(name)
+        if target is not None:
+            ax.axhline(target, color="red", linestyle="--", linewidth=1, label="target")
+        ax.set_xticks(range(len(by_method)), list(by_method))
+        ax.set_xlim(-0.5, len(by_method) - 0.3)
+        ax.set_title(titles.get(name, name), fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def seed_parity_figure(curves: Mapping[str, Mapping[int, tuple[Sequence[float], Sequence[float],
+                                                                 Sequence[float] | None, float | None, float]]],
+                       path: str | Path) -> Path:
+    """Retrieval parity gap against t, one panel per method and one line per seed, with each seed's averaging
+    window around t* shaded, the gap's mean over it drawn as a thick bar, and the seed's target dashed.
+
+    ``curves`` maps a method to {seed: (t, gaps, window [lo, hi] or None, mean over the window or None, target)}.
+    """
+    if not curves:
+        raise ValueError("no curves to plot")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False)
+    for ax, (method, by_seed) in zip(axes[0], curves.items()):
+        for j, (seed, (t, gaps, window, mean, target)) in enumerate(by_seed.items()):
+            if len(t) != len(gaps):
+                raise ValueError(f"{method}, seed {seed}: {len(t)} t values for {len(gaps)} gaps")
+            colour = f"C{j}"
+            ax.plot(list(t), list(gaps), color=colour, linewidth=1.3, label=f"seed {seed}")
+            ax.axhline(target, color=colour, linestyle="--", linewidth=0.8)
+            if window is not None:
+                ax.axvspan(window[0], window[1], color=colour, alpha=0.12)
+                if mean is not None:
+                    ax.plot([window[0], window[1]], [mean, mean], color=colour, linewidth=5, alpha=0.8,
+                            solid_capstyle="butt")
+        ax.set_xlabel("t  (W_t = U Σ^t Vᵀ)")
+        ax.set_ylabel("retrieval parity gap")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{method}: parity gap per seed (bar: mean over t* ± w)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

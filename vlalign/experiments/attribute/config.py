@@ -8,8 +8,14 @@ from vlalign.data.people import ACTIVITIES
 from vlalign.training.methods.preference import PreferenceConfig
 from vlalign.training.train_config import TrainConfig
 
-#: Targets of the issue; the report checks each.
-TARGETS = {"flipped_rate_min": 0.90, "t_star_rate_tolerance": 0.05, "parity_gap_max": 0.10, "activity_drop_max": 0.02}
+#: Targets of the issue (issue 13's restated goal), checked on every seed: flipped rate at t = 1 at least 0.88 (the
+#: ceiling is ~0.926: figures whose torso is hidden cannot flip); the neutralized retrieval parity gap at most
+#: this fraction of the pretrained model's gap; activity accuracy within 0.02 of the pretrained model at every t.
+TARGETS = {"flipped_rate_min": 0.88, "parity_gap_max_fraction": 0.5, "activity_drop_max": 0.02}
+
+#: The neutralized parity gap is the mean of the gap over t* ± this half width (the gap is steep near t*, so a
+#: value read at t* alone moves far when float noise moves t* a little).
+NEUTRAL_HALF_WIDTH = 0.05
 
 #: The reference paths of :func:`erasure_bounds` are sampled every 1 / BOUNDS_POINTS; W's ridge towards I.
 BOUNDS_POINTS = 100
@@ -23,6 +29,7 @@ BOUND_NAMES = {"ideal_eraser": "ideal eraser: (1 − t) image + t twin",
 #: held-out check is `--seed 1`. The paper's gender setting, β = λ = 1, barely moves this model:
 #: its reference margins between the two attribute prompts are ~8 nats, and DPO saturates after a few nats of
 #: improvement at β = 1, so a smaller β is needed to reverse them; IPO needs a strong λ to keep activity accuracy.
+#: Not re-chosen for issue 13's targets: seeds 1 and 2 of `--seeds 0,1,2` are draws no choice was made on.
 METHOD_PARAMS: dict[str, tuple[float, float]] = {"dpo": (0.1, 1.0), "ipo": (0.02, 10.0), "kto": (0.1, 0.3)}
 
 
@@ -30,7 +37,13 @@ METHOD_PARAMS: dict[str, tuple[float, float]] = {"dpo": (0.1, 1.0), "ipo": (0.02
 class AttributeExperimentConfig:
     """Sizes and training settings of the attribute experiment (``quick`` shrinks them for smoke runs).
 
-    ``method_params`` gives (β, λ) per method; a method missing from it uses the trainer's defaults.
+    ``method_params`` gives (β, λ) per method; a method missing from it uses the trainer's defaults. The Σ^t
+    sweep samples ``t_points`` values of t evenly over [0, 1] (step 0.01 by default); ``neutral_half_width`` is
+    the half width of the window around t* over which the neutralized parity gap is averaged.
+
+    ``weight_noise`` > 0 multiplies every image-tower weight by (1 + weight_noise · N(0, 1)) (draws seeded by
+    ``weight_noise_seed``) before anything is computed: about what another CPU's rounding does to the features
+    (1e-6), to measure how far one seed's figures move between machines without another machine.
     """
 
     methods: list[str] = field(default_factory=lambda: ["dpo", "ipo", "kto"])
@@ -40,13 +53,16 @@ class AttributeExperimentConfig:
     n_test: int = 4096
     n_galleries: int = 16
     top_k: int = 10
-    t_points: int = 21
+    t_points: int = 101
+    neutral_half_width: float = NEUTRAL_HALF_WIDTH
     steps: int = 3000
     batch_size: int = 128
     lr: float = 0.01
     averaging: str = "none"
     seed: int = 0
     device: str = "cpu"
+    weight_noise: float = 0.0
+    weight_noise_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -59,13 +75,17 @@ class AttributeExperimentConfig:
             raise ValueError(f"galleries of {self.n_test // self.n_galleries} images are smaller than top_k={self.top_k}")
         if self.t_points < 2:
             raise ValueError(f"t_points must be >= 2, got {self.t_points}")
+        if not 0 <= self.neutral_half_width <= 0.5:
+            raise ValueError(f"neutral_half_width must lie in [0, 0.5], got {self.neutral_half_width}")
+        if not 0 <= self.weight_noise < 0.1:
+            raise ValueError(f"weight_noise must lie in [0, 0.1), got {self.weight_noise}")
         if self.n_pref < 1 or self.n_reg < 1:
             raise ValueError(f"n_pref and n_reg must be >= 1, got {self.n_pref}, {self.n_reg}")
 
     @classmethod
     def quick(cls, seed: int = 0) -> "AttributeExperimentConfig":
         """A smoke-test size: DPO only, trained as in the full run, evaluated on fewer images and t values."""
-        return cls(methods=["dpo"], n_test=1024, n_galleries=4, t_points=11, seed=seed)
+        return cls(methods=["dpo"], n_test=1024, n_galleries=4, t_points=21, seed=seed)
 
     def train_config(self, method: str) -> tuple[PreferenceConfig, TrainConfig]:
         """Head-mode preference training for ``method`` with this experiment's (β, λ) for it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from vlalign.data.people import ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleSet
 from vlalign.evaluation.erasure import window_below
 from vlalign.evaluation.people import PeopleTextEmbeddings, gallery_top_k
 from vlalign.experiments.attribute.config import BOUND_NAMES, TARGETS, AttributeExperimentConfig
-from vlalign.experiments.attribute.sweeps import power_head
+from vlalign.experiments.attribute.sweeps import parity_gap_max, power_head
 from vlalign.models.heads import HeadedCLIP
 from vlalign.reporting.bias_plots import (
     attribute_sweep_figure, parity_gap_figure, retrieval_mix_figure, retrieval_strip,
@@ -49,12 +50,26 @@ def attribute_figures(out: Path, test: PeopleSet, image_emb: torch.Tensor, text:
                             f'Top-{config.top_k} images for "the person is {ACTIVITIES[worst]}" ({primary.upper()} head)')
     curves = {f"{m.upper()} head: U Σ^t Vᵀ": (sw["t"], sw["retrieval_parity_gap"], sw["t_star"]) for m, sw in sweeps.items()}
     curves.update({BOUND_NAMES[name]: (b["t"], b["retrieval_parity_gap_by_t"], b["t_star"]) for name, b in bounds.items()})
-    parity = parity_gap_figure(curves, TARGETS["parity_gap_max"], out / "fig_parity_paths.png")
+    windows = {f"{m.upper()} head: U Σ^t Vᵀ": None if sw["neutral_window"] is None else
+               (*sw["neutral_window"], sw["neutralized_parity_gap"]) for m, sw in sweeps.items()}
+    windows.update({BOUND_NAMES[name]: None if b["neutral_window"] is None else
+                    (*b["neutral_window"], b["retrieval_parity_gap_neutralized"]) for name, b in bounds.items()})
+    parity = parity_gap_figure(curves, parity_gap_max(pretrained["retrieval_parity_gap"]), out / "fig_parity_paths.png",
+                               windows)
     return {"fig3": fig3.name, "fig4": fig4.name, "strip": strip.name, "parity": parity.name}
 
 
 def fmt_percent(value: float | None) -> str:
     return "—" if value is None else percent(value)
+
+
+def miss_numbers(summary: dict) -> str:
+    """The three targeted figures of one method and seed beside their thresholds, for a report line."""
+    gaps = summary["retrieval_parity_gap"]
+    return (f"flipped rate {fmt_percent(summary['flipped_rate'])} vs ≥ {100 * TARGETS['flipped_rate_min']:.0f}%; "
+            f"neutralized gap {fmt_percent(gaps['neutralized'])} vs ≤ {percent(summary['retrieval_parity_gap_max'])} "
+            f"= {TARGETS['parity_gap_max_fraction']:g} × {percent(gaps['original'])}; max activity drop "
+            f"{100 * summary['max_activity_drop']:.1f} vs ≤ {100 * TARGETS['activity_drop_max']:.0f} pts")
 
 
 def _fmt_t(t: float | None) -> str:
@@ -67,17 +82,20 @@ def _window(window: list[float] | tuple[float, float] | None) -> str:
 
 def _bounds_section(metrics: dict) -> list[str]:
     """The report's comparison of the trained heads with the counterfactual reference paths."""
-    bounds, gap_max = metrics["bounds"], TARGETS["parity_gap_max"]
+    bounds, gap_max = metrics["bounds"], metrics["retrieval_parity_gap_max"]
     rows = []
     for method, s in metrics["methods"].items():
         window = window_below(s["t"], s["retrieval_parity_gap_by_t"], gap_max)
         rows.append([f"{method.upper()} head (Σ^t)", _fmt_t(s["t_star"]),
                      fmt_percent(s["attribute_a_rate_at_t_star"]), fmt_percent(s["retrieval_parity_gap"]["neutralized"]),
-                     fmt_percent(s["min_retrieval_parity_gap"]), _window(window)])
+                     fmt_percent(s["retrieval_parity_gap_at_t_star"]), fmt_percent(s["min_retrieval_parity_gap"]),
+                     _window(window)])
     for name, b in bounds.items():
         rows.append([BOUND_NAMES[name], _fmt_t(b["t_star"]),
-                     fmt_percent(b["attribute_a_rate_at_t_star"]), fmt_percent(b["retrieval_parity_gap_at_t_star"]),
-                     fmt_percent(b["min_retrieval_parity_gap"]), _window(b["parity_window"])])
+                     fmt_percent(b["attribute_a_rate_at_t_star"]), fmt_percent(b["retrieval_parity_gap_neutralized"]),
+                     fmt_percent(b["retrieval_parity_gap_at_t_star"]), fmt_percent(b["min_retrieval_parity_gap"]),
+                     _window(b["parity_window"])])
+    half = metrics["config"]["neutral_half_width"]
     ideal, linear = bounds["ideal_eraser"], bounds["linear_map"]
     spread = [v for v in metrics["neutral_score_spread"]["within_style_std"] if not math.isnan(v)] or [float("nan")]
     gaps = [abs(v) for v in metrics["neutral_score_spread"]["style_gap"] if not math.isnan(v)] or [float("nan")]
@@ -88,11 +106,13 @@ def _bounds_section(metrics: dict) -> list[str]:
              "image, for every prompt), and the best linear map is the least-squares W sending training images to "
              f"their twins (ridge {linear['ridge']} towards I), swept as I + t(W − I) on the image side.",
              "", f"![parity along each path]({metrics['figures']['parity']})", "",
-             markdown_table(["path", "t*", "A rate at t*", "parity gap at t*", "lowest gap on the path",
-                             f"t with gap ≤ {100 * gap_max:.0f}%"], rows), "",
+             markdown_table(["path", "t*", "A rate at t*", f"parity gap, mean over t* ± {half:g}", "gap at t* alone",
+                             "lowest gap on the path", f"t with gap ≤ {100 * gap_max:.1f}%"], rows), "",
              f"- The retrieval test can read \"neutral\": the ideal eraser reaches a gap of {fmt_percent(ideal['retrieval_parity_gap_at_t_star'])} "
              f"at t* = {_fmt_t(ideal['t_star'])} with activity accuracy {fmt_percent(ideal['activity_accuracy_at_t_star'])}. "
-             f"But only for t in {_window(ideal['parity_window'])} (grid step 0.01). Within one activity the neutral "
+             f"But the dip is narrow (gap ≤ {100 * gap_max:.1f}% for t in {_window(ideal['parity_window'])}, grid "
+             f"step 0.01), so even its mean over t* ± {half:g} is "
+             f"{fmt_percent(ideal['retrieval_parity_gap_neutralized'])}. Within one activity the neutral "
              f"prompt's scores vary little (standard deviation {spread_lo:.1f}–{spread_hi:.1f} logits per style) against "
              f"the {gap_lo:.1f}–{gap_hi:.1f}-logit gap between the styles, so a small leftover of the style decides the top-10.",
              f"- The best linear map reproduces {fmt_percent(linear['explained_change'])} of the style change "
@@ -112,19 +132,32 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         f"Model: `{model_spec or 'in-memory model'}`. People world, {cfg['n_pref']} preference and {cfg['n_reg']} "
         f"regularization images (unbiased `train` split), {cfg['n_test']} unbiased `test` images in "
         f"{cfg['n_galleries']} retrieval galleries; linear head trained {cfg['steps']} steps (batch {cfg['batch_size']}), "
-        f"seed {cfg['seed']}. Reproduce: `vlalign experiment attribute --out DIR --seed {cfg['seed']}`"
-        + (" --quick" if cfg["n_test"] == 1024 and cfg["methods"] == ["dpo"] else "") + ".",
+        f"seed {cfg['seed']}. Reproduce: `vlalign experiment attribute --out DIR --seed {cfg['seed']}"
+        + (" --quick" if cfg == dataclasses.asdict(AttributeExperimentConfig.quick(cfg["seed"])) else "") + "`."
+        + (f" Image-tower weights perturbed by {cfg['weight_noise']:g} relative noise (noise seed "
+           f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else ""),
         "",
         "Definitions: the predicted attribute of an image of activity k is the more similar of \"the A-person is k\" "
-        "and \"the B-person is k\"; activity accuracy is over \"the person is k\". t* is where P(pred A | A images) "
-        "and P(pred A | B images) cross; `flipped_rate` is the share of images predicted with the other attribute at "
-        "t = 1 (\"visible figures\" leaves out the book and bag images whose torso is hidden: their pixels do not "
-        "depend on the style, so no model flips them better than chance). "
+        "and \"the B-person is k\"; activity accuracy is over \"the person is k\". The Σ^t sweep samples "
+        f"{cfg['t_points']} values of t evenly over [0, 1]. t* is the first t where P(pred A | A images) and "
+        "P(pred A | B images) cross, interpolated linearly between the two grid points around the crossing (so float "
+        "noise moves it a little, never by a grid step); `flipped_rate` is the share of images predicted with the "
+        "other attribute at t = 1 (\"visible figures\" leaves out the book and bag images whose torso is hidden: "
+        "their pixels do not depend on the style, so no model flips them better than chance). "
         f"Retrieval: each neutral prompt \"the person is k\" retrieves its top-{cfg['top_k']} images in each of "
         f"{cfg['n_galleries']} galleries of {cfg['n_test'] // cfg['n_galleries']} images; the parity gap is the mean over "
-        "prompts of |share(A) − share(B)| among the pooled retrievals (0 = parity, 1 = one style only).",
+        "prompts of |share(A) − share(B)| among the pooled retrievals (0 = parity, 1 = one style only). The "
+        f"**neutralized parity gap** is the mean of that gap over t* ± {cfg['neutral_half_width']:g} (the gap is steep "
+        "near t*, so it is not read at t* alone; the value at t* alone is shown beside it).",
         "",
         "## Targets",
+        "",
+        f"Flipped rate ≥ {100 * TARGETS['flipped_rate_min']:.0f}%; neutralized parity gap ≤ "
+        f"{TARGETS['parity_gap_max_fraction']:g} × the pretrained gap "
+        f"({percent(metrics['pretrained']['retrieval_parity_gap'])} → ≤ {percent(metrics['retrieval_parity_gap_max'])})"
+        "; activity accuracy within "
+        f"{100 * TARGETS['activity_drop_max']:.0f} points of the pretrained model at every t of the sweep. One seed "
+        "is one draw: `--seeds 0,1,2` reports the mean and spread, and whether each target holds on every seed.",
         "",
     ]
     rows = []
@@ -133,16 +166,20 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         rows.append([method.upper(), fmt_percent(summary["flipped_rate"]), fmt_percent(summary["flipped_rate_visible"]),
                      "—" if summary["t_star"] is None else f"{summary['t_star']:.3f}",
                      fmt_percent(summary["attribute_a_rate_at_t_star"]), fmt_percent(summary["retrieval_parity_gap"]["neutralized"]),
+                     fmt_percent(summary["retrieval_parity_gap_at_t_star"]),
                      f"{100 * summary['max_activity_drop']:.1f} pts",
                      f"{sum(checks.values())}/{len(checks)}"])
-    lines += [markdown_table(["method", "flipped rate (≥ 90%)", "flipped, visible figures", "t*", "A rate at t* (50 ± 5%)",
-                              "parity gap at t* (≤ 10%)", "max activity drop (≤ 2 pts)", "targets met"], rows), ""]
+    lines += [markdown_table(["method", f"flipped rate (≥ {100 * TARGETS['flipped_rate_min']:.0f}%)",
+                              "flipped, visible figures", "t*", "A rate at t*",
+                              f"neutralized parity gap (≤ {percent(metrics['retrieval_parity_gap_max'])})",
+                              "gap at t* alone", f"max activity drop (≤ {100 * TARGETS['activity_drop_max']:.0f} pts)",
+                              "targets met"], rows), ""]
     any_missed = False
     for method, summary in metrics["methods"].items():
         missed = [name for name, ok in summary["targets_met"].items() if not ok]
         if missed:
             any_missed = True
-            lines.append(f"- {method.upper()} misses: {'; '.join(missed)}.")
+            lines.append(f"- {method.upper()} misses: {'; '.join(missed)}. Its figures: {miss_numbers(summary)}.")
     if any_missed:
         cos = metrics["attribute_direction_cosine"]
         lines += ["", "Why: the head scores iᵀWᵀWt, and WᵀW is positive semi-definite, so reversing the attribute needs "
@@ -170,11 +207,12 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         "",
     ]
     s = metrics["methods"][primary]
+    stride = max(1, (len(s["t"]) - 1) // 20)  # at most 21 rows; metrics.json has every t
     sweep_rows = [[f"{t:.2f}", percent(a), percent(ga), percent(gb), percent(f), percent(acc), percent(gap), percent(st)]
-                  for t, a, ga, gb, f, acc, gap, st in zip(
+                  for i, (t, a, ga, gb, f, acc, gap, st) in enumerate(zip(
                       s["t"], s["attribute_a_rate"], s["attribute_a_rate_given_a"], s["attribute_a_rate_given_b"],
                       s["flipped_rate_by_t"], s["activity_accuracy"], s["retrieval_parity_gap_by_t"],
-                      s["retrieval_stereotype_share_by_t"])]
+                      s["retrieval_stereotype_share_by_t"])) if i % stride == 0 or i == len(s["t"]) - 1]
     lines += [markdown_table(["t", "pred A (all)", "pred A given A", "pred A given B", "flipped", "activity acc.",
                               "retrieval gap", "stereotyped share of retrievals"], sweep_rows), ""]
     head = s["head"]
