@@ -31,7 +31,7 @@ _REGION_PHRASES = {
     ("bottom", "right"): "in the bottom right",
 }
 _COUNTS = {2: "two", 3: "three"}
-_WORD_CLAUSES = (" with the word {w}", " and the text {w} is written on it", ", a sign says {w}")
+_WORD_CLAUSES = (" with the word {w}", " and the text {w}", ", a sign says {w}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,10 @@ def _relation_chain(objs: Sequence[SceneObject], colour: bool, size: bool) -> tu
     return text, [_oc(o, colour, size) for o in objs], relations
 
 
+def _listing(parts: Sequence[str]) -> str:
+    return ", ".join(parts[:-1]) + f" and {parts[-1]}"
+
+
 def _t_relations(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
     text, claimed, relations = _relation_chain(objs, True, True)
     return text, Claim(tuple(claimed), tuple(relations))
@@ -182,39 +186,33 @@ def _t_there_is(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Genera
     return f"there is {text}", Claim(tuple(claimed), tuple(relations))
 
 
+def _t_colours(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
+    text, claimed, relations = _relation_chain(objs, True, False)
+    return text, Claim(tuple(claimed), tuple(relations))
+
+
 def _t_count(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
-    names = [_np(o, size=False) for o in objs]
-    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
     rel = relation(objs[0], objs[1])
-    text = f"{_COUNTS[len(objs)]} shapes: {listed}, the {objs[0].shape} is {RELATIONS[rel]} the {objs[1].shape}"
+    text = (f"{_COUNTS[len(objs)]} shapes: {_listing([_np(o, size=False) for o in objs])}, "
+            f"the {objs[0].shape} is {RELATIONS[rel]} the {objs[1].shape}")
     return text, Claim(tuple(_oc(o, size=False) for o in objs), ((0, rel, 1),), count=len(objs))
 
 
 def _t_regions(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
     places = [region(o, scene.image_size) for o in objs]
-    parts = [f"{_np(o)} {p}" for o, p in zip(objs, places)]
-    text = ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    text = _listing([f"{_np(o)} {p}" for o, p in zip(objs, places)])
     return text, Claim(tuple(_oc(o, where=p) for o, p in zip(objs, places)))
 
 
-def _t_attributes(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
-    shapes = [f"{_a(o.shape)} {o.shape}" for o in objs]
-    details = ", ".join(f"the {o.shape} is {o.size} and {o.colour}" for o in objs)
-    text = f"{_COUNTS[len(objs)]} shapes, " + ", ".join(shapes[:-1]) + f" and {shapes[-1]}: {details}"
+def _t_inventory(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
+    text = f"{_COUNTS[len(objs)]} shapes, {_listing([_np(o) for o in objs])}"
     return text, Claim(tuple(_oc(o) for o in objs), count=len(objs))
-
-
-def _t_picture(scene: Scene, objs: Sequence[SceneObject], rng: np.random.Generator) -> tuple[str, Claim]:
-    text, claimed, relations = _relation_chain(objs, True, False)
-    sizes = " ".join(f"the {o.shape} is {o.size}" if i == 0 else f"and the {o.shape} is {o.size}"
-                     for i, o in enumerate(objs))
-    return f"a picture of {text}; {sizes}", Claim(tuple(_oc(o) for o in objs), tuple(relations))
 
 
 Template = Callable[[Scene, Sequence[SceneObject], np.random.Generator], tuple[str, Claim]]
 TEMPLATES: dict[str, Template] = {
-    "relations": _t_relations, "there_is": _t_there_is, "count": _t_count, "regions": _t_regions,
-    "attributes": _t_attributes, "picture": _t_picture,
+    "relations": _t_relations, "there_is": _t_there_is, "colours": _t_colours, "count": _t_count,
+    "regions": _t_regions, "inventory": _t_inventory,
 }
 
 
@@ -241,7 +239,7 @@ def caption_words() -> set[str]:
     from vlalign.models.tokenizer import split_words
 
     fixed = [*RELATIONS.values(), *_REGION_PHRASES.values(), *_COUNTS.values(), *_WORD_CLAUSES,
-             "there is a picture of shapes the is and small large", "a an"]
+             "there is shapes the is and small large", "a an"]
     return {w for text in fixed for w in split_words(text.replace("{w}", ""))}
 
 
