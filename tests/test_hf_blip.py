@@ -209,3 +209,25 @@ def test_retrieval_evaluation_runs_on_transformers_models(backend, loaded, galle
         assert clean[direction] == pytest.approx(expected[direction])
     attacked = robust_retrieval(model, gallery, PGD(8 / 255, steps=3), batch_size=5)
     assert set(attacked) == {"i2t", "t2i", "mR"} and 0 <= attacked["mR"] <= 1
+
+
+def test_attacked_retrieval_objective_and_transfer(loaded, gallery, tiny_mini_clip):
+    """The gallery objective is CE over per-image caption centroids; it rebuilds itself on a surrogate, so a
+    transfer attack (crafted on another model, here a MiniCLIP) runs on the same gallery."""
+    from vlalign.attacks.transfer import TransferAttack
+    from vlalign.evaluation.retrieval_eval import GalleryRetrievalObjective, caption_centroids
+
+    texts, owner = gallery.flat_captions()
+    rows = torch.tensor([1, 4, 6])
+    objective = GalleryRetrievalObjective(loaded, texts, owner, rows)
+    with torch.no_grad():
+        text = loaded.encode_text(texts)
+        centroids = F.normalize(torch.stack([text[owner == i].mean(0) for i in range(len(gallery))]), dim=-1)
+        torch.testing.assert_close(caption_centroids(text, owner, len(gallery)), centroids, atol=1e-6, rtol=0)
+        pixels = gallery.pixels(rows)
+        expected = F.cross_entropy(loaded.logit_scale * loaded.encode_image(pixels) @ centroids.t(), rows, reduction="none")
+        torch.testing.assert_close(objective(pixels).loss, expected, atol=1e-4, rtol=1e-5)
+    surrogate = objective.for_model(tiny_mini_clip)
+    assert surrogate.candidates.shape == (len(gallery), tiny_mini_clip.embed_dim)
+    attacked = robust_retrieval(loaded, gallery, TransferAttack(8 / 255, surrogate=tiny_mini_clip, steps=2), batch_size=6)
+    assert 0 <= attacked["mR"] <= 1

@@ -44,6 +44,23 @@ def caption_centroids(text_emb: torch.Tensor, text_to_image: torch.Tensor, n_ima
     return F.normalize(sums, dim=-1)
 
 
+class GalleryRetrievalObjective(RetrievalObjective):
+    """Images ``rows`` of a gallery against every gallery image's caption centroid, the own one as the label
+    (see the module docstring). It keeps the captions, so a transfer attack can rebuild it on a surrogate."""
+
+    def __init__(self, model: ContrastiveModel, texts: Sequence[str], text_to_image: torch.Tensor, rows: torch.Tensor,
+                 text_emb: torch.Tensor | None = None) -> None:
+        n_images = int(text_to_image.max()) + 1
+        if text_emb is None:
+            text_emb = text_embeddings(model, texts)
+        super().__init__(model, None, rows, text_embeddings=caption_centroids(text_emb.float(), text_to_image, n_images))
+        self.gallery_texts = list(texts)
+        self.text_to_image = text_to_image
+
+    def for_model(self, model: ContrastiveModel) -> "GalleryRetrievalObjective":
+        return GalleryRetrievalObjective(model, self.gallery_texts, self.text_to_image, self.labels.cpu())
+
+
 def _was_training(model: ContrastiveModel) -> bool:
     training = model.training
     model.eval()
@@ -72,12 +89,11 @@ def adversarial_image_embeddings(model: ContrastiveModel, data: RetrievalSet, at
     texts, owner = data.flat_captions()
     if text_emb is None:
         text_emb = text_embeddings(model, texts)
-    centroids = caption_centroids(text_emb.float(), owner, len(data))
     out = []
     starts = range(0, len(data), batch_size)
     for b, start in enumerate(tqdm(starts, desc="attack", disable=not progress)):
         rows = torch.arange(start, min(start + batch_size, len(data)))
-        objective = RetrievalObjective(model, None, rows, text_embeddings=centroids)
+        objective = GalleryRetrievalObjective(model, texts, owner, rows, text_emb)
         adversarial = attack(objective, data.pixels(rows).to(model.device), seed=seed + b).adversarial
         with torch.no_grad():
             out.append(model.encode_image(adversarial).float().cpu())
