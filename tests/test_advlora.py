@@ -123,7 +123,7 @@ def test_cluster_init_builds_the_kmeans_reconstruction(base):
     assert float(a.detach().norm()) == pytest.approx(float(b.detach().norm()), rel=1e-5)  # balanced factors
     # The paper's penalty starts at the relative k-means residual; the drift penalty at zero.
     residual = float((original - centres[labels]).pow(2).sum() / original.pow(2).sum())
-    penalties = [float(alignment_penalty(adapter.delta(r), r.layer.get_base_layer().weight + adapter.initial_delta(r),
+    penalties = [float(alignment_penalty(adapter.delta(r).detach(), r.layer.get_base_layer().weight + adapter.initial_delta(r),
                                          r.layer.get_base_layer().weight + adapter.initial_delta(r))) for r in adapter.layers]
     assert penalties[0] == pytest.approx(residual, rel=1e-4)
     assert float(adapter.alignment_penalty("pretrained")) == pytest.approx(sum(penalties) / len(penalties), rel=1e-5)
