@@ -15,7 +15,7 @@ from vlalign.data.scene_captions import longest_caption_words
 from vlalign.losses.contrastive import clip_contrastive_loss
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 from vlalign.training.method import Method
-from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod, sample_captions, step_key
+from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod, sample_captions
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def model():
                                    vocab=retrieval_vocabulary(), max_text_length=longest_caption_words() + 2)).eval()
 
 
-def batch_of(data, rows):
-    return {"train": collate_retrieval([data[i] for i in rows])}
+def batch_of(data, rows, step: int = 0, seed: int = 0):
+    return {"train": collate_retrieval([data[i] for i in rows]), "step": step, "seed": seed}
 
 
 def method(model, data, **kwargs) -> AdvLoRAMethod:
@@ -78,8 +78,8 @@ def test_forward_returns_finite_documented_terms(model, data, mode):
 def test_clean_loss_is_the_symmetric_infonce_of_the_drawn_captions(model, data):
     m = method(model, data, trainable="lora", adversarial=False)
     rows = [2, 9, 4]
-    batch = batch_of(data, rows)
-    choice = sample_captions(0, step_key(batch["train"]["index"]), batch["train"]["index"], [5, 5, 5])
+    batch = batch_of(data, rows, step=5, seed=3)
+    choice = sample_captions(3, 5, batch["train"]["index"], [5, 5, 5])
     texts = [data.captions[r][int(k)] for r, k in zip(rows, choice)]
     with torch.no_grad():
         image, text = model.encode_image(data.pixels(torch.tensor(rows))), model.encode_text(texts)
@@ -88,11 +88,13 @@ def test_clean_loss_is_the_symmetric_infonce_of_the_drawn_captions(model, data):
     assert float(got) == pytest.approx(float(expected), abs=1e-5)  # the LoRA (B = 0) leaves the model as it was
 
 
-def test_caption_draws_are_seeded_by_seed_step_and_index():
+def test_caption_draws_depend_on_seed_step_and_index_only():
     index = torch.tensor([4, 1, 9, 2, 7, 3])
-    a = sample_captions(0, step_key(index), index, [5] * 6)
-    assert torch.equal(a, sample_captions(0, step_key(index.clone()), index, [5] * 6))  # a resumed step
-    others = [sample_captions(s, k, index, [5] * 6) for s, k in ((1, step_key(index)), (0, step_key(index.flip(0))))]
+    a = sample_captions(0, 7, index, [5] * 6)
+    # The same image draws the same caption at the same step whichever batch or position it is in.
+    assert sample_captions(0, 7, index.flip(0), [5] * 6).flip(0).tolist() == a.tolist()
+    assert sample_captions(0, 7, index[2:3], [5])[0] == a[2]
+    others = [sample_captions(s, k, index, [5] * 6) for s, k in ((1, 7), (0, 8))]
     assert all(not torch.equal(a, o) for o in others)
     assert set(sample_captions(0, 0, torch.arange(200), [5] * 200).tolist()) == {0, 1, 2, 3, 4}
     assert sample_captions(0, 0, torch.arange(50), [1] * 50).eq(0).all()
@@ -117,7 +119,7 @@ def test_the_training_attack_raises_the_image_to_text_loss(model, data):
     with torch.no_grad():
         text = model.encode_text([c[0] for c in data.captions[:8]])
     objective = RetrievalObjective(m.model, None, torch.arange(8), text_embeddings=text)
-    adversarial = m.attack(objective, pixels, seed=0).adversarial
+    adversarial = m.attack(objective, pixels, sample_seeds=list(range(8))).adversarial
     assert float((adversarial - pixels).abs().max()) <= m.eps + 1e-6
     with torch.no_grad():
         clean_loss, attacked_loss = objective(pixels).loss, objective(adversarial).loss
@@ -141,7 +143,7 @@ def test_a_few_optimizer_steps_reduce_the_loss(model, data, mode):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.9 * losses[0], losses
 
@@ -195,3 +197,31 @@ def test_config_loads_from_yaml_with_checks(tmp_path):
     path.write_text("trainable: lora\nranks: 4\n")
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(path, AdvLoRAConfig)
+
+
+def test_trains_through_the_loop_and_resumes_exactly(model, data, tmp_path, monkeypatch):
+    """fit() drives the method; a run interrupted after its step-2 checkpoint ends where an uninterrupted one ends."""
+    from vlalign.training.loop import fit
+    from vlalign.training.train_config import TrainConfig
+
+    config = AdvLoRAConfig(rank=2, eps="4/255", attack_steps=2)
+    train = TrainConfig(steps=4, batch_size=4, lr=1e-2, checkpoint_every=2, log_every=1)
+    straight = fit(AdvLoRAMethod(model, data, config), train, tmp_path / "straight", progress=False).model
+    assert isinstance(straight, MiniCLIP) and not any("lora_" in k for k in straight.state_dict())
+    real = AdvLoRAMethod.forward
+
+    def forward(self, batch):
+        if batch["step"] == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(AdvLoRAMethod, "forward", forward)
+    with pytest.raises(KeyboardInterrupt):
+        fit(AdvLoRAMethod(model, data, config), train, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(AdvLoRAMethod, "forward", real)
+    resumed = fit(AdvLoRAMethod(model, data, config), train, tmp_path / "resumed", progress=False).model
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], model.state_dict()[k]) for k in a)  # it did train
+    logged = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()[0]
+    assert {"adversarial", "alignment", "alpha_mean"} <= set(logged.split(","))

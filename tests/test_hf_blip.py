@@ -141,15 +141,17 @@ def test_missing_weights_is_a_clear_error(in_memory, tmp_path):
         load_model(str(tmp_path))
 
 
-def test_hub_ids_dispatch_on_model_type(monkeypatch, folder):
-    """A hub id is loaded by the wrapper its config's model_type names (the hub is replaced by a folder here)."""
-    import vlalign.models.loading as loading
+def test_hub_ids_dispatch_on_model_type(monkeypatch, folder, tmp_path):
+    """A cached hub id is loaded by the wrapper its config's model_type names (the cache is faked by a folder)."""
+    import huggingface_hub
 
-    monkeypatch.setattr(loading, "_hub_model_type", lambda name: "blip")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda spec, name, cache_dir=None: str(folder / name))
     original = HFBlip.from_pretrained
-    monkeypatch.setattr(HFBlip, "from_pretrained", classmethod(lambda cls, name, local_files_only=None: original(folder)))
+    monkeypatch.setattr(HFBlip, "from_pretrained",
+                        classmethod(lambda cls, name, local_files_only=None: original(folder, local_files_only=True)))
     assert isinstance(load_model("Salesforce/blip-itm-base-coco"), HFBlip)
-    monkeypatch.setattr(loading, "_hub_model_type", lambda name: "bert")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda spec, name, cache_dir=None: str(tmp_path / name))
     with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
         load_model("some/bert")
 

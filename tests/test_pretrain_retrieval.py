@@ -11,8 +11,8 @@ from vlalign.config import load_config
 from vlalign.data.retrieval_world import RetrievalWorldConfig, retrieval_vocabulary
 from vlalign.data.scene_captions import longest_caption_words
 from vlalign.models.loading import load_model
-from vlalign.pipelines.pretrain import _pretraining_data, pretrain_mini_clip
-from vlalign.training.pretrain import ModelShape, PretrainConfig, build_mini_clip
+from vlalign.pipelines.pretrain import ModelShape, PretrainConfig, _pretraining_data, build_mini_clip, pretrain_mini_clip
+from vlalign.training.train_config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -20,13 +20,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def tiny_config(**kwargs) -> PretrainConfig:
     shape = ModelShape(image_size=32, stem_channels=[8, 16, 32], vision_width=32, vision_layers=1, vision_heads=2,
                        text_width=32, text_layers=1, text_heads=2, embed_dim=16)
-    return PretrainConfig(world_kind="retrieval", n_images=40, steps=2, batch_size=8, eval_images=12,
-                          checkpoint_every=1, workers=1, model=shape, **kwargs)
+    return PretrainConfig(world_kind="retrieval", n_images=40, eval_images=12, workers=1, model=shape,
+                          train=TrainConfig(steps=2, batch_size=8, checkpoint_every=1), **kwargs)
 
 
 def test_the_shipped_config_loads_and_builds_a_retrieval_miniclip():
     config = load_config(CONFIGS / "pretrain_retrieval.yaml", PretrainConfig)
-    assert config.world_kind == "retrieval" and config.eval_images == 1000
+    assert config.world_kind == "retrieval" and config.eval_images == 1000 and config.train.lr == 5e-4
     model = build_mini_clip(config)
     assert model.config.vocab == retrieval_vocabulary()
     assert model.config.max_text_length == longest_caption_words() + 2

@@ -91,7 +91,7 @@ class KarpathyDataset(Dataset):
 
     def __init__(self, json_path: str | Path, image_root: str | Path, split: str = "test",
                  image_size: int | None = None, captions_per_image: int = 5, limit: int | None = None) -> None:
-        self.json_path = Path(json_path)
+        self.json_path = self.path = Path(json_path)  # ``path`` identifies the data in a run's config
         self.image_root = Path(image_root)
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")

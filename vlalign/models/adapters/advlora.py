@@ -181,7 +181,7 @@ class AdvLoRAAdapter:
         out = {}
         for record in self.layers:
             lora_b = record.layer.lora_B["default"]
-            out[record.path] = float(lora_b.parametrizations.weight[0].alpha) if parametrize.is_parametrized(lora_b) else 1.0
+            out[record.path] = float(lora_b.parametrizations.weight[0].alpha.detach()) if parametrize.is_parametrized(lora_b) else 1.0
         return out
 
     def fold_alphas(self) -> None:

@@ -15,10 +15,10 @@ Loss per step, on a batch of B images each with one of its captions:
 - **Parameter alignment** (AdvLoRA): ``alignment_weight · penalty`` with the penalty of
   :meth:`vlalign.models.adapters.AdvLoRAAdapter.alignment_penalty` (term ``alignment``).
 
-One caption per image per step is drawn from its five, seeded by (``seed``, the step, the image index). The
-step enters through the batch itself: the loop's sampler is a seeded, resumable function of the step, so the
-batch's index sequence identifies the step (a CRC-32 of it is the step key), and a resumed run draws the
-same captions and the same attack starts. Modes (``trainable``): ``full`` (the whole image tower, optionally
+One caption per image per step is drawn from its five, and each image's attack start is drawn, from seeds that
+depend on (loop seed, step, image index) alone (:func:`vlalign.training.sampling.item_seeds`, the loop passes
+``step`` and ``seed`` in the batch), so resumed and data-parallel runs draw exactly what an uninterrupted one does.
+Modes (``trainable``): ``full`` (the whole image tower, optionally
 the text tower too), ``lora`` (plain LoRA: peft's init, fixed scale, no penalty) and ``advlora`` (the three
 AdvLoRA parts, each switchable for ablation: ``cluster_init``, ``alignment_weight``, ``adaptive_alpha``).
 """
@@ -26,9 +26,8 @@ AdvLoRA parts, each switchable for ablation: ``cluster_init``, ``alignment_weigh
 from __future__ import annotations
 
 import copy
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -39,86 +38,72 @@ from torch import nn
 from vlalign.attacks.objectives import RetrievalObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps
+from vlalign.config import check_range, option
 from vlalign.data.retrieval_set import collate_retrieval
 from vlalign.losses.contrastive import clip_contrastive_loss
 from vlalign.models.adapters.advlora import AdapterSpec, AdvLoRAAdapter, apply_advlora, write_peft_adapter
 from vlalign.models.base import ContrastiveModel
+from vlalign.training.frozen import FROZEN_BATCH
 from vlalign.training.method import Method, Stream
+from vlalign.training.sampling import item_seeds
 
 MODES = ("full", "lora", "advlora")
+_CAPTION_SALT = 17  # caption draws and attack starts use different seeds of the same (seed, step, index)
 
 
 @dataclass
 class AdvLoRAConfig:
     """An AdvLoRA-family run; every field is checked in ``__post_init__``."""
 
-    #: What is trained: "full" (image tower), "lora" (plain LoRA) or "advlora".
-    trainable: Literal["full", "lora", "advlora"] = "advlora"
-    #: LoRA rank r (also the number of k-means clusters of the clustering init), 1..1024.
-    rank: int = 8
-    #: peft's lora_alpha (fixed scaling lora_alpha / r); None = r, a scaling of 1.
-    lora_alpha: float | None = None
-    #: nn.Linear names to adapt in the image tower; None = the backend's attention projections.
-    image_targets: list[str] | None = None
-    #: Names to adapt in the text tower; empty = the text tower stays frozen (None = the backend's default).
-    text_targets: list[str] | None = field(default_factory=list)
-    #: In "full" mode, fine-tune the text tower too (otherwise it is frozen and its embeddings cached).
-    train_text: bool = False
-    #: AdvLoRA part 1, clustering-based initialization (default: on for "advlora", must stay off otherwise).
-    cluster_init: bool | None = None
-    #: AdvLoRA part 2, weight λ of the parameter-alignment penalty (default: 0.1 for "advlora", else 0).
-    alignment_weight: float | None = None
-    #: What the alignment penalty measures the adapter product against: "pretrained" W₀ (the paper) or "init".
-    alignment_target: Literal["pretrained", "init"] = "pretrained"
-    #: AdvLoRA part 3, a trainable scale α per adapted layer (default: on for "advlora", else off).
-    adaptive_alpha: bool | None = None
-    #: Initial α (> 0).
-    alpha_init: float = 1.0
-    #: Train on PGD adversarial images (else on clean images).
-    adversarial: bool = True
-    #: ℓ∞ radius of the training attack on [0, 1] images, e.g. "2/255", in (0, 1].
-    eps: str = "2/255"
-    #: PGD iterations of the training attack (PGD-3 in the paper), 1..100.
-    attack_steps: int = 3
-    #: PGD step size, e.g. "1/255"; None = 2.5·ε/steps (Madry et al.'s rule, the attack suite's default).
-    attack_step_size: str | None = None
-    #: Weight of the clean-image InfoNCE added to the adversarial one (>= 0; 0 = adversarial only).
-    clean_weight: float = 0.0
-    #: k-means iterations of the clustering init (>= 1).
-    kmeans_iterations: int = 50
-    #: Seeds the clustering init, the caption draws and the attacks' random starts.
-    seed: int = 0
+    trainable: Literal["full", "lora", "advlora"] = option(
+        "advlora", "what is trained: full (the image tower), lora (plain LoRA) or advlora")
+    rank: int = option(8, "LoRA rank r, also the number of k-means clusters of the clustering init (1..1024)")
+    lora_alpha: float | None = option(None, "peft's lora_alpha, a fixed scaling lora_alpha / r (null: r, scaling 1)")
+    image_targets: list[str] | None = option(None, "nn.Linear names to adapt in the image tower (null: the "
+                                                   "backend's attention projections)")
+    text_targets: list[str] | None = option(help="names to adapt in the text tower (empty: the text tower stays "
+                                                 "frozen and its caption embeddings are cached; null: the backend's "
+                                                 "default)", factory=list)
+    train_text: bool = option(False, "in full mode, fine-tune the text tower too")
+    cluster_init: bool | None = option(None, "AdvLoRA part 1, clustering-based initialization (null: on for "
+                                             "advlora; must be off otherwise)")
+    alignment_weight: float | None = option(None, "AdvLoRA part 2, weight λ of the parameter-alignment penalty "
+                                                  "(null: 0.1 for advlora, else 0)")
+    alignment_target: Literal["pretrained", "init"] = option(
+        "pretrained", "what the adapter product is aligned with: the pre-trained W₀ (the paper) or its initial value")
+    adaptive_alpha: bool | None = option(None, "AdvLoRA part 3, a trainable scale α per adapted layer (null: on "
+                                               "for advlora; must be off otherwise)")
+    alpha_init: float = option(1.0, "initial α (> 0)")
+    adversarial: bool = option(True, "train on PGD adversarial images (else on clean images)")
+    eps: str = option("2/255", "ℓ∞ radius of the training attack on [0, 1] images, in (0, 1], e.g. 2/255")
+    attack_steps: int = option(3, "PGD iterations of the training attack (PGD-3 in the paper), 1..100")
+    attack_step_size: str | None = option(None, "PGD step size, e.g. 1/255 (null: 2.5·ε/steps, Madry et al.'s rule)")
+    clean_weight: float = option(0.0, "weight of the clean-image InfoNCE added to the adversarial one (>= 0)")
+    kmeans_iterations: int = option(50, "Lloyd iterations of the clustering init (>= 1)")
+    seed: int = option(0, "seed of the clustering init (batches, captions and attack starts follow the loop's seed)")
 
     def __post_init__(self) -> None:
-        if self.trainable not in MODES:
-            raise ValueError(f"trainable must be one of {list(MODES)}, got {self.trainable!r}")
         advlora = self.trainable == "advlora"
         self.cluster_init = advlora if self.cluster_init is None else self.cluster_init
         self.adaptive_alpha = advlora if self.adaptive_alpha is None else self.adaptive_alpha
         self.alignment_weight = (0.1 if advlora else 0.0) if self.alignment_weight is None else self.alignment_weight
+        if self.trainable not in MODES:
+            raise ValueError(f"trainable must be one of {list(MODES)}, got {self.trainable!r}")
         if not advlora and (self.cluster_init or self.adaptive_alpha or self.alignment_weight):
             raise ValueError(f"cluster_init, adaptive_alpha and alignment_weight are AdvLoRA parts; with "
                              f"trainable={self.trainable!r} they must be off, got {self.cluster_init}, "
                              f"{self.adaptive_alpha}, {self.alignment_weight}")
-        if not 1 <= self.rank <= 1024:
-            raise ValueError(f"rank must be in [1, 1024], got {self.rank}")
-        if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0 (or null), got {self.lora_alpha}")
-        if self.alignment_weight < 0:
-            raise ValueError(f"alignment_weight must be >= 0, got {self.alignment_weight}")
-        if self.alignment_target not in ("pretrained", "init"):
-            raise ValueError(f"alignment_target must be 'pretrained' or 'init', got {self.alignment_target!r}")
-        if not self.alpha_init > 0:
-            raise ValueError(f"alpha_init must be > 0, got {self.alpha_init}")
+        check_range("rank", self.rank, 1, 1024)
+        if self.lora_alpha is not None:
+            check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
+        check_range("alignment_weight", self.alignment_weight, 0)
+        check_range("alpha_init", self.alpha_init, 0, low_open=True)
         parse_eps(self.eps)
         if self.attack_step_size is not None:
             parse_eps(self.attack_step_size)
-        if not 1 <= self.attack_steps <= 100:
-            raise ValueError(f"attack_steps must be in [1, 100], got {self.attack_steps}")
-        if self.clean_weight < 0:
-            raise ValueError(f"clean_weight must be >= 0, got {self.clean_weight}")
-        if self.kmeans_iterations < 1:
-            raise ValueError(f"kmeans_iterations must be >= 1, got {self.kmeans_iterations}")
+        check_range("attack_steps", self.attack_steps, 1, 100)
+        check_range("clean_weight", self.clean_weight, 0)
+        check_range("kmeans_iterations", self.kmeans_iterations, 1)
         if self.train_text and self.trainable != "full":
             raise ValueError("train_text applies to trainable='full'; LoRA modes adapt the text tower through text_targets")
 
@@ -130,18 +115,13 @@ class AdvLoRAConfig:
                            kmeans_iterations=self.kmeans_iterations, seed=self.seed)
 
 
-def step_key(indices: torch.Tensor) -> int:
-    """A step's key: CRC-32 of the batch's index sequence (the loop's sampler makes it a function of the step)."""
-    return zlib.crc32(indices.detach().cpu().to(torch.int64).numpy().tobytes())
-
-
-def sample_captions(seed: int, key: int, indices: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-    """For each image of the batch, the index of the caption it is paired with this step: uniform over its
-    ``counts[b]`` captions, drawn from a generator seeded with (seed, key, image index)."""
+def sample_captions(seed: int, step: int, indices: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """For each image of the batch, the index of the caption it is paired with at ``step``: uniform over its
+    ``counts[b]`` captions, from a generator seeded by (seed, step, image index) alone."""
     if len(counts) != indices.numel():
         raise ValueError(f"got {len(counts)} caption counts for {indices.numel()} images")
-    return torch.tensor([int(np.random.default_rng([seed, key, int(i)]).integers(n))
-                         for i, n in zip(indices.tolist(), counts)], dtype=torch.long)
+    seeds = item_seeds(seed, step, indices, salt=_CAPTION_SALT)
+    return torch.tensor([int(np.random.default_rng(s).integers(n)) for s, n in zip(seeds, counts)], dtype=torch.long)
 
 
 def _text_ids(texts: Sequence[str]) -> torch.Tensor:
@@ -154,8 +134,7 @@ class AdvLoRAMethod(Method):
     """Contrastive retrieval fine-tuning (full / LoRA / AdvLoRA, clean or adversarial) of ``model`` on a
     retrieval dataset whose items are ``{"index", "pixels", "captions"}`` and which exposes ``captions``."""
 
-    default_train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01,
-                                               "warmup_fraction": 0.05}
+    default_train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01}
 
     def __init__(self, model: ContrastiveModel, data: Any, config: AdvLoRAConfig) -> None:
         super().__init__()
@@ -197,8 +176,9 @@ class AdvLoRAMethod(Method):
             texts = [t for group in self.data.captions for t in group]
             was_training = self.model.training
             self.model.eval()
-            self.caption_embeddings = torch.cat([self.model.encode_text(texts[s: s + 256]).float()
-                                                 for s in range(0, len(texts), 256)])
+            # Fixed batches over the captions themselves (not the image dataset: nothing needs decoding).
+            self.caption_embeddings = torch.cat([self.model.encode_text(texts[s: s + FROZEN_BATCH]).float()
+                                                 for s in range(0, len(texts), FROZEN_BATCH)])
             self.model.train(was_training)
         elif self.caption_embeddings is not None:
             self.caption_embeddings = self.caption_embeddings.to(device)
@@ -217,8 +197,7 @@ class AdvLoRAMethod(Method):
         device = self.model.device
         pixels = data["pixels"].to(device)
         pixels = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
-        key = step_key(indices)
-        choice = sample_captions(self.config.seed, key, indices, [len(c) for c in data["captions"]])
+        choice = sample_captions(batch["seed"], batch["step"], indices, [len(c) for c in data["captions"]])
         texts = [captions[int(k)] for captions, k in zip(data["captions"], choice)]
         text_emb = self._caption_embeddings(indices, choice, texts)
         ids = _text_ids(texts).to(device)
@@ -227,7 +206,8 @@ class AdvLoRAMethod(Method):
         loss = torch.zeros((), device=device)
         if self.config.adversarial:
             objective = RetrievalObjective(self.model, None, torch.arange(len(texts)), text_embeddings=text_emb.detach())
-            adversarial = self.attack(objective, pixels, seed=self.config.seed * 1_000_003 + key).adversarial
+            seeds = item_seeds(batch["seed"], batch["step"], indices)
+            adversarial = self.attack(objective, pixels, sample_seeds=seeds).adversarial
             terms["adversarial"] = clip_contrastive_loss(scale * self.model.encode_image(adversarial) @ text_emb.t(), ids)
             loss = loss + terms["adversarial"]
         if not self.config.adversarial or self.config.clean_weight > 0:
