@@ -183,12 +183,21 @@ def _load_hub_model(spec: str) -> ContrastiveModel:
     if isinstance(cached, str):
         return _load_transformers(spec, _read_json(Path(cached)).get("model_type"), local_files_only=True)
     if hub_downloads_allowed():
-        from transformers import PretrainedConfig
-
-        return _load_transformers(spec, PretrainedConfig.get_config_dict(spec)[0].get("model_type"), local_files_only=False)
+        return _load_transformers(spec, _remote_model_type(spec), local_files_only=False)
     raise CheckpointError(
         f"{spec}: no such folder{_did_you_mean(spec)}, and not in the local hub cache ({cache}); to download "
         f"it from the Hugging Face hub, run once with HF_HUB_OFFLINE=0 set (or `hf download {spec}` first)")
+
+
+def _remote_model_type(spec: str) -> str:
+    """The ``model_type`` of a hub checkpoint, fetching only its config.json. If that fails, CLIP (the default
+    backend) is assumed: its loader then reports the download error in one line, naming the model."""
+    from transformers import PretrainedConfig
+
+    try:
+        return str(PretrainedConfig.get_config_dict(spec)[0].get("model_type"))
+    except (OSError, ValueError):
+        return "clip"
 
 
 #: transformers ``model_type`` -> (module, class) of the vlalign wrapper that loads it.
