@@ -3,7 +3,7 @@ adversarial, of the full image tower, plain LoRA or AdvLoRA (Ji et al. 2024, arX
 
 Loss per step, on a batch of B images each with one of its captions:
 
-- **Symmetric InfoNCE** over the batch's B x B image-caption logits ``s·I(x_i)ᵀT(c_j)`` (CLIP's loss, with
+- **Symmetric InfoNCE** over the (global) batch's B x B image-caption logits ``s·I(x_i)ᵀT(c_j)`` (CLIP's loss, with
   identical captions counted as positives; :func:`vlalign.losses.contrastive.clip_contrastive_loss`), on the
   adversarial images when ``adversarial`` is on (term ``adversarial``), else on the clean ones (``clean``);
   ``clean_weight`` > 0 adds the clean term to the adversarial one.
@@ -43,8 +43,10 @@ from vlalign.data.retrieval_set import collate_retrieval
 from vlalign.losses.contrastive import clip_contrastive_loss
 from vlalign.models.adapters.advlora import AdapterSpec, AdvLoRAAdapter, apply_advlora, write_peft_adapter
 from vlalign.models.base import ContrastiveModel
+from vlalign.training import distributed
 from vlalign.training.frozen import FROZEN_BATCH
 from vlalign.training.method import Method, Stream
+from vlalign.training.methods.clip_pretrain import caption_ids
 from vlalign.training.sampling import item_seeds
 
 MODES = ("full", "lora", "advlora")
@@ -124,12 +126,6 @@ def sample_captions(seed: int, step: int, indices: torch.Tensor, counts: Sequenc
     return torch.tensor([int(np.random.default_rng(s).integers(n)) for s, n in zip(seeds, counts)], dtype=torch.long)
 
 
-def _text_ids(texts: Sequence[str]) -> torch.Tensor:
-    """Equal ids for identical captions (they are positives of each other in the InfoNCE)."""
-    first: dict[str, int] = {}
-    return torch.tensor([first.setdefault(t, len(first)) for t in texts], dtype=torch.long)
-
-
 class AdvLoRAMethod(Method):
     """Contrastive retrieval fine-tuning (full / LoRA / AdvLoRA, clean or adversarial) of ``model`` on a
     retrieval dataset whose items are ``{"index", "pixels", "captions"}`` and which exposes ``captions``."""
@@ -199,19 +195,25 @@ class AdvLoRAMethod(Method):
         pixels = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
         choice = sample_captions(batch["seed"], batch["step"], indices, [len(c) for c in data["captions"]])
         texts = [captions[int(k)] for captions, k in zip(data["captions"], choice)]
-        text_emb = self._caption_embeddings(indices, choice, texts)
-        ids = _text_ids(texts).to(device)
+        # Under data parallelism every process sees the whole global batch's captions (and, in the loss, its
+        # image embeddings), so the losses and the attack are the ones one process would compute on it.
+        text_emb = distributed.gather_with_grad(self._caption_embeddings(indices, choice, texts))
+        ids = distributed.gather(caption_ids(texts).to(device))
+        sizes = distributed.gather(torch.tensor([len(texts)], device=device)).tolist()
+        own = torch.arange(len(texts)) + sum(sizes[:distributed.rank()])
         scale = self.model.logit_scale
         terms: dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=device)
         if self.config.adversarial:
-            objective = RetrievalObjective(self.model, None, torch.arange(len(texts)), text_embeddings=text_emb.detach())
+            objective = RetrievalObjective(self.model, None, own, text_embeddings=text_emb.detach())
             seeds = item_seeds(batch["seed"], batch["step"], indices)
             adversarial = self.attack(objective, pixels, sample_seeds=seeds).adversarial
-            terms["adversarial"] = clip_contrastive_loss(scale * self.model.encode_image(adversarial) @ text_emb.t(), ids)
+            images = distributed.gather_with_grad(self.model.encode_image(adversarial))
+            terms["adversarial"] = clip_contrastive_loss(scale * images @ text_emb.t(), ids)
             loss = loss + terms["adversarial"]
         if not self.config.adversarial or self.config.clean_weight > 0:
-            terms["clean"] = clip_contrastive_loss(scale * self.model.encode_image(pixels) @ text_emb.t(), ids)
+            images = distributed.gather_with_grad(self.model.encode_image(pixels))
+            terms["clean"] = clip_contrastive_loss(scale * images @ text_emb.t(), ids)
             loss = loss + (self.config.clean_weight if self.config.adversarial else 1.0) * terms["clean"]
         if self.adapter is not None and self.config.alignment_weight > 0:
             terms["alignment"] = self.adapter.alignment_penalty(self.config.alignment_target)
