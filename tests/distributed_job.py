@@ -1,6 +1,6 @@
 """Training jobs the data-parallel test runs twice: once in one process, once under ``accelerate launch`` with 2.
 
-``python tests/distributed_job.py OUT`` trains full-tower DPO, KTO and FARE on a tiny MiniCLIP with a global
+``python tests/distributed_job.py OUT`` trains full-tower DPO, KTO, FARE and adversarial AdvLoRA on a tiny MiniCLIP with a global
 batch of 16 and SGD (so that only the summation order of floats differs between the runs), and the main process
 saves each trained image tower to ``OUT/<job>.safetensors``.
 """
@@ -24,10 +24,10 @@ from vlalign.training.methods.preference import ContrastivePreference, Preferenc
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
 
-JOBS = ("dpo", "kto", "fare")
+JOBS = ("dpo", "kto", "fare", "advlora")
 LOOP = TrainConfig(steps=4, batch_size=16, optimizer="sgd", lr=0.5, warmup_fraction=0.0, log_every=1)
 #: Per job: the learning rate, and β of the preference objectives (a large β makes KTO's z_ref matter).
-SETTINGS = {"dpo": (0.5, 0.5), "kto": (0.5, 8.0), "fare": (0.05, None)}
+SETTINGS = {"dpo": (0.5, 0.5), "kto": (0.5, 8.0), "fare": (0.05, None), "advlora": (0.5, None)}
 
 
 def tiny_model() -> MiniCLIP:
@@ -39,6 +39,11 @@ def tiny_model() -> MiniCLIP:
 
 def build(job: str):
     model = tiny_model()
+    if job == "advlora":
+        from vlalign.data.retrieval_world import RetrievalWorld
+        from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod
+
+        return AdvLoRAMethod(model, RetrievalWorld().sample("train", 48, 3), AdvLoRAConfig(rank=2, eps="8/255", attack_steps=2))
     if job == "fare":
         images = MiniWorld().sample("clean", 48, 3)
         data = TensorImageDataset(images.images, label=images.labels)

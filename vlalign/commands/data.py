@@ -21,8 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     export = add_command(data_sub, "export", "write a mini-world split as images + metadata.jsonl",
                          "vlalign data export --split typographic --n 240 --seed 0 --out data/typo")
-    export.add_argument("--split", default="typographic", help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…")
-    export.add_argument("--n", type=int, default=240, help="number of images")
+    export.add_argument("--split", default="typographic",
+                        help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…; or retrieval (train, val "
+                             "and test images of the retrieval world as a Karpathy-split dataset.json), retrieval-test, …")
+    export.add_argument("--n", type=int, default=240, help="number of images (per part, for --split retrieval)")
     export.add_argument("--seed", type=int, default=0, help="seed of the images")
     add_out_argument(export)
     export.set_defaults(handler=run_export)
@@ -43,9 +45,26 @@ def run_export(args: argparse.Namespace) -> int:
     from vlalign.data.mini_world import MiniWorld
 
     check_output(args.out)
+    if args.split.startswith("retrieval"):
+        return _export_retrieval(args)
     images = MiniWorld().sample(args.split, args.n, args.seed)
     export_image_set(images, args.out, progress=True)
     print(f"wrote {len(images)} images of split {args.split!r} to {args.out}")
+    return 0
+
+
+def _export_retrieval(args: argparse.Namespace) -> int:
+    from vlalign.data.karpathy import export_karpathy
+    from vlalign.data.retrieval_world import RETRIEVAL_SPLITS, RetrievalWorld
+
+    part = args.split.partition("-")[2]
+    if args.split != "retrieval" and part not in RETRIEVAL_SPLITS:
+        raise ValueError(f"unknown split {args.split!r}; expected retrieval or one of "
+                         f"{[f'retrieval-{p}' for p in RETRIEVAL_SPLITS]}")
+    world = RetrievalWorld()
+    parts = {p: world.sample(p, args.n, args.seed) for p in ([part] if part else list(RETRIEVAL_SPLITS))}
+    path = export_karpathy(parts, args.out, progress=True)
+    print(f"wrote {sum(len(p) for p in parts.values())} images ({', '.join(parts)}) and {path}")
     return 0
 
 

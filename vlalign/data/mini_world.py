@@ -20,20 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from vlalign.data.canvas import COLOURS, background as _background, draw_distractors, paint_shape
 from vlalign.data.image_set import ImageSet
-from vlalign.data.shapes import SHAPE_NAMES, draw_shape_mask
+from vlalign.data.shapes import SHAPE_NAMES
 from vlalign.data.typographic import WordStyle, draw_word
 
 HELDOUT_CLASSES: tuple[str, ...] = ("moon", "diamond", "hexagon", "bolt")
 INDOMAIN_CLASSES: tuple[str, ...] = tuple(c for c in SHAPE_NAMES if c not in HELDOUT_CLASSES)
-
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40),
-    "purple": (140, 50, 180), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
-    "cyan": (40, 200, 210), "pink": (240, 120, 180), "brown": (130, 80, 40), "gray": (128, 128, 128),
-}
 
 CLASS_PROMPT_TEMPLATES: tuple[str, ...] = ("a photo of a {}",)
 
@@ -90,32 +85,6 @@ def parse_split(split: str) -> tuple[str, tuple[str, ...]]:
     return kind, classes
 
 
-_NOISE_BANK = np.random.default_rng(12345).standard_normal((256, 256, 3)).astype(np.float32)
-
-
-def _background(rng: np.random.Generator, size: int, noise_std: float) -> np.ndarray:
-    # Noise comes from a fixed Gaussian texture, cropped at a random offset: drawing 3*size^2 fresh normals
-    # per image was the generator's bottleneck.
-    base = rng.integers(0, 256, size=3).astype(np.float32)
-    if rng.random() < 0.5:
-        other = rng.integers(0, 256, size=3).astype(np.float32)
-        angle = rng.uniform(0, 2 * math.pi)
-        ramp = np.linspace(0, 1, size, dtype=np.float32)
-        grad = math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None]
-        grad = (grad - grad.min()) / max(float(grad.max() - grad.min()), 1e-6)
-        img = base + grad[..., None] * (other - base)
-    else:
-        img = np.broadcast_to(base, (size, size, 3)).copy()
-    bank = _NOISE_BANK.shape[0]
-    if size <= bank:
-        oy, ox = rng.integers(0, bank - size + 1, size=2)
-        noise = _NOISE_BANK[oy:oy + size, ox:ox + size]
-    else:
-        noise = rng.standard_normal((size, size, 3), dtype=np.float32)
-    img += noise * np.float32(noise_std * rng.uniform(0.3, 1.0))
-    return img
-
-
 class MiniWorld:
     """Seed-deterministic generator of mini-world image sets."""
 
@@ -138,16 +107,9 @@ class MiniWorld:
         cx, cy = rng.uniform(radius + 1, size - radius - 1, size=2)
         angle = rng.uniform(-math.pi / 5, math.pi / 5) if shape in ("heart", "arrow") or rng.random() < 0.5 else rng.uniform(0, 2 * math.pi)
         if not word_only:
-            mask_img = Image.new("L", (size, size), 0)
-            draw_shape_mask(ImageDraw.Draw(mask_img), shape, cx, cy, radius, angle)
-            mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0
-            colour = np.asarray(COLOURS[colour_name], dtype=np.float32) + rng.normal(0, 12, size=3)
-            img = img * (1 - mask) + colour * mask
+            img = paint_shape(img, rng, shape, colour_name, cx, cy, radius, angle)
         pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(pil)
-        for _ in range(int(rng.integers(cfg.min_distractors, cfg.max_distractors + 1))):
-            x0, y0, x1, y1 = rng.uniform(0, size, size=4)
-            draw.line((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)), width=int(rng.integers(1, 3)))
+        draw_distractors(pil, rng, cfg.min_distractors, cfg.max_distractors)
         if word is not None:
             draw_word(pil, word, np.random.default_rng([stream, seed, index, 7, word_seed]), cfg.word_style)
         return np.asarray(pil), colour_name, size_name, shape

@@ -115,8 +115,8 @@ def _read_json(path: Path) -> dict:
 
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> ContrastiveModel:
-    """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), a MiniCLIP or
-    transformers CLIP folder, or a hub id."""
+    """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), a MiniCLIP folder, a
+    transformers CLIP or BLIP-retrieval folder, or a hub id (dispatched on its config's ``model_type``)."""
     spec_str = str(spec)
     if spec_str == "mini":
         model: ContrastiveModel = load_mini_clip(embedded_mini_dir())
@@ -131,13 +131,12 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> Contrast
         data = _read_json(config_path)
         if data.get("architecture") == "MiniCLIP":
             model = load_mini_clip(spec_str)
-        elif data.get("model_type") == "clip":
-            from vlalign.models.hf_clip import HFCLIP
-
-            model = HFCLIP.from_pretrained(spec_str, local_files_only=True)
+        elif data.get("model_type") in TRANSFORMERS_BACKENDS:
+            model = _load_transformers(spec_str, data["model_type"], local_files_only=True)
         else:
             raise CheckpointError(
-                f"{config_path}: unknown model type; expected \"architecture\": \"MiniCLIP\" or \"model_type\": \"clip\""
+                f"{config_path}: unknown model type {data.get('model_type')!r}; expected \"architecture\": \"MiniCLIP\" "
+                f"or \"model_type\" one of {sorted(TRANSFORMERS_BACKENDS)}"
             )
     elif Path(spec_str).exists():
         raise CheckpointError(f"{spec_str}: expected a model folder, got a file")
@@ -168,22 +167,52 @@ def _did_you_mean(spec: str) -> str:
 
 
 def _load_hub_model(spec: str) -> ContrastiveModel:
-    """A transformers CLIP by hub id: from the local cache, or downloaded when :func:`hub_downloads_allowed`.
+    """A transformers CLIP or BLIP-retrieval model by hub id (the wrapper is chosen by its config's
+    ``model_type``): from the local cache, or downloaded when :func:`hub_downloads_allowed`.
 
     Decides without touching the network, so a name that is neither a folder nor a cached id fails at once.
     """
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError
 
-    from vlalign.models.hf_clip import HFCLIP
-
     cache = constants.HF_HUB_CACHE
     try:
-        cached = isinstance(try_to_load_from_cache(spec, CONFIG_FILE, cache_dir=cache), str)
+        cached = try_to_load_from_cache(spec, CONFIG_FILE, cache_dir=cache)
     except HFValidationError:
         raise CheckpointError(f"{spec}: no such model folder{_did_you_mean(spec)}, nor a valid hub id") from None
-    if cached or hub_downloads_allowed():
-        return HFCLIP.from_pretrained(spec, local_files_only=not hub_downloads_allowed())
+    if isinstance(cached, str):
+        return _load_transformers(spec, _read_json(Path(cached)).get("model_type"), local_files_only=True)
+    if hub_downloads_allowed():
+        return _load_transformers(spec, _remote_model_type(spec), local_files_only=False)
     raise CheckpointError(
         f"{spec}: no such folder{_did_you_mean(spec)}, and not in the local hub cache ({cache}); to download "
         f"it from the Hugging Face hub, run once with HF_HUB_OFFLINE=0 set (or `hf download {spec}` first)")
+
+
+def _remote_model_type(spec: str) -> str:
+    """The ``model_type`` of a hub checkpoint, fetching only its config.json. If that fails, CLIP (the default
+    backend) is assumed: its loader then reports the download error in one line, naming the model."""
+    from transformers import PretrainedConfig
+
+    try:
+        return str(PretrainedConfig.get_config_dict(spec)[0].get("model_type"))
+    except (OSError, ValueError):
+        return "clip"
+
+
+#: transformers ``model_type`` -> (module, class) of the vlalign wrapper that loads it.
+TRANSFORMERS_BACKENDS: dict[str, tuple[str, str]] = {
+    "clip": ("vlalign.models.hf_clip", "HFCLIP"),
+    "blip": ("vlalign.models.hf_blip", "HFBlip"),
+}
+
+
+def _load_transformers(name: str, model_type: str | None, local_files_only: bool | None = None) -> ContrastiveModel:
+    """Load a transformers checkpoint with the wrapper registered for its ``model_type``."""
+    import importlib
+
+    if model_type not in TRANSFORMERS_BACKENDS:
+        raise CheckpointError(f"{name}: model_type {model_type!r} is not supported; expected one of "
+                              f"{sorted(TRANSFORMERS_BACKENDS)}")
+    module, cls = TRANSFORMERS_BACKENDS[model_type]
+    return getattr(importlib.import_module(module), cls).from_pretrained(name, local_files_only=local_files_only)

@@ -1,8 +1,9 @@
 """``vlalign pretrain-mini``: pretrain a MiniCLIP on its world through the one loop, evaluate it, save it.
 
 ``world_kind`` picks the pretraining data: ``shapes`` (the mini world, :mod:`vlalign.data.mini_world`; the
-embedded ``mini`` model) or ``people`` (the people world, :mod:`vlalign.data.people`; the embedded
-``mini-people`` model). Only the data, the vocabulary and the final evaluation depend on it.
+embedded ``mini`` model), ``people`` (the people world, :mod:`vlalign.data.people`; the embedded
+``mini-people`` model) or ``retrieval`` (the retrieval world, :mod:`vlalign.data.retrieval_world`). Only the
+data, the vocabulary, the caption length and the final evaluation depend on it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from vlalign.config import check_range, config_to_dict, option
@@ -20,7 +22,11 @@ from vlalign.data.datasets import TensorImageDataset
 from vlalign.data.image_set import ImageSet
 from vlalign.data.mini_world import MiniWorld, WorldConfig, vocabulary
 from vlalign.data.people import PeopleConfig, PeopleWorld, people_vocabulary
+from vlalign.data.retrieval_world import RetrievalWorld, RetrievalWorldConfig, retrieval_vocabulary
+from vlalign.data.scene_captions import longest_caption_words
+from vlalign.data.shapes import SHAPE_NAMES
 from vlalign.evaluation.people import evaluate_people_pretraining
+from vlalign.evaluation.retrieval_eval import evaluate_retrieval
 from vlalign.evaluation.typographic import evaluate_typographic_phenomena
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import save_mini_clip
@@ -65,9 +71,11 @@ class PretrainConfig:
     eval_images: int = option(1200, "fresh test images per split for the final evaluation")
     eval_seed: int = option(1, "seed of the test images (never the pretraining seed's stream)")
     workers: int = option(2, "processes that render the images; the images do not depend on it")
-    world_kind: Literal["shapes", "people"] = option("shapes", "the world: shapes (mini) or people (mini-people)")
+    world_kind: Literal["shapes", "people", "retrieval"] = option(
+        "shapes", "the world: shapes (mini), people (mini-people) or retrieval (image-caption retrieval scenes)")
     world: WorldConfig = option(help="the shapes world's knobs", factory=WorldConfig)
     people: PeopleConfig = option(help="the people world's knobs", factory=PeopleConfig)
+    retrieval: RetrievalWorldConfig = option(help="the retrieval world's knobs", factory=RetrievalWorldConfig)
     model: ModelShape = option(help="MiniCLIP architecture", factory=ModelShape)
     train: TrainConfig = option(help="loop settings", factory=_pretrain_loop)
 
@@ -81,20 +89,26 @@ class PretrainConfig:
 def build_mini_clip(config: PretrainConfig) -> MiniCLIP:
     """A freshly initialized MiniCLIP for this pretraining config (vocabulary and image size from its world)."""
     shape = config.model
+    max_text_length = 16
     if config.world_kind == "people":
         image_size, vocab = config.people.image_size, people_vocabulary()
+    elif config.world_kind == "retrieval":
+        image_size, vocab = config.retrieval.image_size, retrieval_vocabulary()
+        max_text_length = longest_caption_words(image_size) + 2  # <bos> … <eos>
     else:
         image_size, vocab = config.world.image_size, vocabulary()
     return MiniCLIP(MiniCLIPConfig(
         image_size=image_size if shape.image_size is None else shape.image_size, stem_channels=tuple(shape.stem_channels), vision_width=shape.vision_width,
         vision_layers=shape.vision_layers, vision_heads=shape.vision_heads, text_width=shape.text_width,
         text_layers=shape.text_layers, text_heads=shape.text_heads, embed_dim=shape.embed_dim, vocab=vocab,
-        init_temperature=shape.init_temperature,
+        init_temperature=shape.init_temperature, max_text_length=max_text_length,
     ))
 
 
 def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
     """The captioned pretraining images of the config's world and its final evaluation."""
+    if config.world_kind == "retrieval":
+        return _retrieval_pretraining_data(config)
     if config.world_kind == "people":
         people = PeopleWorld(config.people)
         data = people.sample("pretrain", config.n_images, config.seed, workers=config.workers).images
@@ -102,6 +116,25 @@ def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniC
     world = MiniWorld(config.world)
     data = world.sample("pretrain", config.n_images, config.seed, workers=config.workers)
     return data, lambda model: evaluate_typographic_phenomena(model, world, config.eval_images, config.eval_seed)
+
+
+def _retrieval_pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
+    """Retrieval-world training images with one of their five captions each (a different template per image,
+    so every template is seen), and clean Recall@k on a fresh test gallery as the final evaluation."""
+    world = RetrievalWorld(config.retrieval)
+    train = world.sample("train", config.n_images, config.seed, workers=config.workers)
+    pick = np.random.default_rng([config.seed, 31]).integers(0, config.retrieval.captions_per_image, len(train))
+    first_shapes = [SHAPE_NAMES.index(scene.objects[0].shape) for scene in train.scenes]
+    data = ImageSet(train.images, torch.tensor(first_shapes), SHAPE_NAMES,
+                    captions=[captions[int(k)] for captions, k in zip(train.captions, pick)])
+
+    def evaluate(model: MiniCLIP) -> dict:
+        test = world.sample("test", config.eval_images, config.eval_seed, workers=config.workers)
+        recall = evaluate_retrieval(model, test)
+        flat = {f"test_{d}_{k}": v for d in ("i2t", "t2i") for k, v in recall[d].items()}
+        return {**flat, "test_mR": recall["mR"], "test_images": len(test)}
+
+    return data, evaluate
 
 
 def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, overwrite: bool = False

@@ -1,0 +1,227 @@
+"""The AdvLoRA training method against the Method contract: terms of forward, caption draws, frozen caption
+embeddings, a few manual optimizer steps reduce the loss, and finish() returns a plain merged model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vlalign.attacks.objectives import RetrievalObjective
+from vlalign.data.retrieval_set import collate_retrieval
+from vlalign.data.retrieval_world import RetrievalWorld, retrieval_vocabulary
+from vlalign.data.scene_captions import longest_caption_words
+from vlalign.losses.contrastive import clip_contrastive_loss
+from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
+from vlalign.training.method import Method
+from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod, sample_captions
+
+
+@pytest.fixture(scope="module")
+def data():
+    return RetrievalWorld().sample("train", 16, seed=0)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return MiniCLIP(MiniCLIPConfig(image_size=32, stem_channels=(8, 16, 32), vision_width=32, vision_layers=1,
+                                   vision_heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16,
+                                   vocab=retrieval_vocabulary(), max_text_length=longest_caption_words() + 2)).eval()
+
+
+def batch_of(data, rows, step: int = 0, seed: int = 0):
+    return {"train": collate_retrieval([data[i] for i in rows]), "step": step, "seed": seed}
+
+
+def method(model, data, **kwargs) -> AdvLoRAMethod:
+    m = AdvLoRAMethod(model, data, AdvLoRAConfig(rank=2, **kwargs))
+    m.prepare(torch.device("cpu"))
+    return m.train()
+
+
+MODES = {
+    "full_clean": dict(trainable="full", adversarial=False),
+    "full_adversarial": dict(trainable="full"),
+    "lora_clean": dict(trainable="lora", adversarial=False),
+    "lora_adversarial": dict(trainable="lora"),
+    "advlora": dict(),
+    "advlora_no_cluster_init": dict(cluster_init=False, alignment_target="init"),
+    "advlora_no_alignment": dict(alignment_weight=0.0),
+    "advlora_no_adaptive_alpha": dict(adaptive_alpha=False),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_returns_finite_documented_terms(model, data, mode):
+    m = method(model, data, **MODES[mode])
+    assert isinstance(m, Method) and set(m.streams()) == {"train"}
+    out = m(batch_of(data, [3, 0, 7, 5]))
+    kwargs = AdvLoRAConfig(rank=2, **MODES[mode])
+    expected = {"loss", "adversarial" if kwargs.adversarial else "clean"}
+    if kwargs.alignment_weight:
+        expected.add("alignment")
+    if kwargs.adaptive_alpha:
+        expected.add("alpha_mean")
+    assert set(out) == expected
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in out.values())
+    total = out.get("adversarial", out.get("clean")) + kwargs.alignment_weight * out.get("alignment", 0.0)
+    assert float(out["loss"].detach()) == pytest.approx(float(total.detach()), rel=1e-6)
+    trainable = [n for n, p in m.trainable_module().named_parameters() if p.requires_grad]
+    if mode.startswith("full"):
+        assert all(n.startswith("visual.") for n in trainable)
+    else:
+        assert all("lora_" in n for n in trainable)
+
+
+def test_clean_loss_is_the_symmetric_infonce_of_the_drawn_captions(model, data):
+    m = method(model, data, trainable="lora", adversarial=False)
+    rows = [2, 9, 4]
+    batch = batch_of(data, rows, step=5, seed=3)
+    choice = sample_captions(3, 5, batch["train"]["index"], [5, 5, 5])
+    texts = [data.captions[r][int(k)] for r, k in zip(rows, choice)]
+    with torch.no_grad():
+        image, text = model.encode_image(data.pixels(torch.tensor(rows))), model.encode_text(texts)
+        expected = clip_contrastive_loss(model.logit_scale * image @ text.t())
+        got = m(batch)["clean"]
+    assert float(got) == pytest.approx(float(expected), abs=1e-5)  # the LoRA (B = 0) leaves the model as it was
+
+
+def test_caption_draws_depend_on_seed_step_and_index_only():
+    index = torch.tensor([4, 1, 9, 2, 7, 3])
+    a = sample_captions(0, 7, index, [5] * 6)
+    # The same image draws the same caption at the same step whichever batch or position it is in.
+    assert sample_captions(0, 7, index.flip(0), [5] * 6).flip(0).tolist() == a.tolist()
+    assert sample_captions(0, 7, index[2:3], [5])[0] == a[2]
+    others = [sample_captions(s, k, index, [5] * 6) for s, k in ((1, 7), (0, 8))]
+    assert all(not torch.equal(a, o) for o in others)
+    assert set(sample_captions(0, 0, torch.arange(200), [5] * 200).tolist()) == {0, 1, 2, 3, 4}
+    assert sample_captions(0, 0, torch.arange(50), [1] * 50).eq(0).all()
+
+
+def test_frozen_caption_embeddings_are_computed_once(model, data):
+    m = method(model, data, trainable="lora")
+    texts = [t for group in data.captions for t in group]
+    with torch.no_grad():
+        torch.testing.assert_close(m.caption_embeddings, model.encode_text(texts), atol=1e-6, rtol=0)
+    fresh = AdvLoRAMethod(model, data, AdvLoRAConfig(rank=2))
+    with pytest.raises(RuntimeError, match="call prepare"):
+        fresh(batch_of(data, [0, 1]))
+    text_lora = method(model, data, trainable="lora", text_targets=None)
+    assert text_lora.caption_embeddings is None and text_lora.text_trainable
+
+
+def test_the_training_attack_raises_the_image_to_text_loss(model, data):
+    """What RetrievalObjective maximizes: CE of each image against the batch's captions, its own as label."""
+    m = method(model, data, trainable="full")
+    pixels = data.pixels(torch.arange(8))
+    with torch.no_grad():
+        text = model.encode_text([c[0] for c in data.captions[:8]])
+    objective = RetrievalObjective(m.model, None, torch.arange(8), text_embeddings=text)
+    adversarial = m.attack(objective, pixels, sample_seeds=list(range(8))).adversarial
+    assert float((adversarial - pixels).abs().max()) <= m.eps + 1e-6
+    with torch.no_grad():
+        clean_loss, attacked_loss = objective(pixels).loss, objective(adversarial).loss
+        manual = torch.nn.functional.cross_entropy(m.model.logit_scale * m.model.encode_image(pixels) @ text.t(),
+                                                   torch.arange(8), reduction="none")
+    torch.testing.assert_close(clean_loss, manual, atol=1e-5, rtol=0)
+    assert float(attacked_loss.mean()) > float(clean_loss.mean())
+    assert m.training and all(p.requires_grad for p in m.model.image_parameters())  # restored after the attack
+
+
+@pytest.mark.parametrize("mode", ["full_adversarial", "lora_clean", "advlora"])
+def test_a_few_optimizer_steps_reduce_the_loss(model, data, mode):
+    torch.manual_seed(0)
+    m = method(model, data, **MODES[mode], **({"eps": "8/255"} if mode != "lora_clean" else {}))
+    batch = batch_of(data, list(range(16)))
+    params = [p for p in m.trainable_module().parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=3e-3 if mode.startswith("full") else 2e-2)
+    losses = []
+    for _ in range(8):
+        loss = m(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_finish_merges_into_a_plain_model_and_keeps_the_peft_adapter(model, data, tmp_path):
+    from vlalign.models.adapters import load_peft_adapter
+
+    m = method(model, data)
+    batch = batch_of(data, list(range(8)))
+    optimizer = torch.optim.Adam([p for p in m.model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = m(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert m.alphas() and any(abs(a - 1.0) > 1e-6 for a in m.alphas().values())
+    pixels = data.pixels(torch.arange(4))
+    with torch.no_grad():
+        adapted = m.model.encode_image(pixels)
+    finished = m.finish()
+    assert isinstance(finished, MiniCLIP) and not finished.training
+    assert not any("lora_" in k for k in finished.state_dict())
+    assert not any(p.requires_grad for p in finished.parameters())
+    with torch.no_grad():
+        assert float((finished.encode_image(pixels) - adapted).abs().max()) <= 1e-5
+    m.save_peft_adapter(tmp_path)
+    with torch.no_grad():
+        restored = load_peft_adapter(model, tmp_path).encode_image(pixels)
+    assert float((restored - adapted).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(trainable="lora", cluster_init=True), "AdvLoRA parts"),
+    (dict(trainable="full", alignment_weight=0.5), "AdvLoRA parts"),
+    (dict(rank=0), "rank"), (dict(eps="3/0"), "eps"), (dict(eps="2"), "eps"), (dict(attack_steps=0), "attack_steps"),
+    (dict(alignment_weight=-1.0), "alignment_weight"), (dict(alpha_init=0.0), "alpha_init"),
+    (dict(clean_weight=-0.1), "clean_weight"), (dict(trainable="lora", train_text=True), "train_text"),
+])
+def test_config_errors_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdvLoRAConfig(**kwargs)
+
+
+def test_config_loads_from_yaml_with_checks(tmp_path):
+    from vlalign.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("trainable: lora\nrank: 4\neps: 4/255\nadversarial: true\n")
+    config = load_config(path, AdvLoRAConfig)
+    assert (config.rank, config.cluster_init, config.alignment_weight) == (4, False, 0.0)
+    path.write_text("trainable: lora\nranks: 4\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(path, AdvLoRAConfig)
+
+
+def test_trains_through_the_loop_and_resumes_exactly(model, data, tmp_path, monkeypatch):
+    """fit() drives the method; a run interrupted after its step-2 checkpoint ends where an uninterrupted one ends."""
+    from vlalign.training.loop import fit
+    from vlalign.training.train_config import TrainConfig
+
+    config = AdvLoRAConfig(rank=2, eps="4/255", attack_steps=2)
+    train = TrainConfig(steps=4, batch_size=4, lr=1e-2, checkpoint_every=2, log_every=1)
+    straight = fit(AdvLoRAMethod(model, data, config), train, tmp_path / "straight", progress=False).model
+    assert isinstance(straight, MiniCLIP) and not any("lora_" in k for k in straight.state_dict())
+    real = AdvLoRAMethod.forward
+
+    def forward(self, batch):
+        if batch["step"] == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(AdvLoRAMethod, "forward", forward)
+    with pytest.raises(KeyboardInterrupt):
+        fit(AdvLoRAMethod(model, data, config), train, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(AdvLoRAMethod, "forward", real)
+    resumed = fit(AdvLoRAMethod(model, data, config), train, tmp_path / "resumed", progress=False).model
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], model.state_dict()[k]) for k in a)  # it did train
+    logged = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()[0]
+    assert {"adversarial", "alignment", "alpha_mean"} <= set(logged.split(","))

@@ -1,0 +1,328 @@
+"""AdvLoRA (Ji et al. 2024, arXiv 2404.13425): LoRA with clustering-based initialization, parameter alignment and
+an adaptive scale, injected through peft into a ContrastiveModel's towers.
+
+A targeted ``nn.Linear`` with weight ``W₀`` ``[out, in]`` (torch's layout, ``y = x W₀ᵀ + b``) becomes
+``y = x W_baseᵀ + b + s·α·x Aᵀ Bᵀ`` with peft's ``lora_A`` = A ``[r, in]``, ``lora_B`` = B ``[out, r]``, peft's
+fixed scaling ``s = lora_alpha / r`` and the trainable scale α; the adapter product is ``ΔW = s·α·B A``. In the
+paper's row-vector notation this is Y = XW₀ + α·XAB.
+
+1. **Clustering-based initialization** (``cluster_init``). The summary says only "use cluster centres of the
+   pre-trained weight matrices as LoRA initialization, with the rank as the number of clusters". Choices made
+   here: the rows of W₀ (one per output unit: each unit's incoming weights) are clustered by k-means with
+   k = r (:func:`vlalign.models.adapters.kmeans.kmeans`, seeded per layer); A holds the centres C ``[r, in]``
+   and B the one-hot assignment M ``[out, r]`` of each row to its centre, so B A = M C is the k-means
+   reconstruction of W₀ (every row replaced by its cluster's centre), the best rank-r approximation among
+   those that give each unit one prototype. Scales: A = c·C and B = M / (c·s·α₀), with c chosen so that
+   ``‖A‖_F = ‖B‖_F`` (balanced factors keep the two learning rates comparable), so the initial product is
+   exactly M C. That product is subtracted from the frozen base, ``W_base = W₀ − ΔW_init``, so the adapted
+   model's outputs equal the pre-trained model's at initialization. Without it, peft's LoRA init is used
+   (A Kaiming-uniform, B = 0, nothing subtracted).
+2. **Parameter alignment** (``alignment_weight`` > 0, applied by the training method): the summary's penalty
+   ``min ‖W₀ − AB‖²`` keeps the low-rank product close to the pre-trained weights' structure.
+   :meth:`AdvLoRAAdapter.alignment_penalty` returns, averaged over adapted layers,
+   ``‖W₀ − ΔW‖²_F / ‖W₀‖²_F`` (``alignment_target="pretrained"``, the paper's formula; normalized per layer so
+   that layers of different sizes weigh alike) or ``‖ΔW − ΔW_init‖²_F / ‖W₀‖²_F`` (``"init"``: the relative
+   change of the effective weight W_base + ΔW from W₀, an L2-SP reading). With clustering init the paper's
+   form starts at the relative k-means residual and pulls the product towards W₀'s dominant structure; with
+   peft's zero init it starts at 1 and pulls ΔW towards W₀ itself (doubling the effective weight), which is
+   why the "init" target exists for ablations that switch clustering off.
+3. **Adaptive update** (``adaptive_alpha``): α is a trainable scalar per adapted layer (initialized at
+   ``alpha_init``), a ``torch.nn.utils.parametrize`` parametrization on ``lora_B.weight`` (B_used = α·B), so
+   peft's forward, ``get_delta_weight`` and ``merge`` all see it; :meth:`AdvLoRAAdapter.fold_alphas` bakes it
+   into B before saving. Without it, α ≡ 1 and the product is peft's plain s·B A.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from vlalign.io import atomic_write_json, save_tensors
+from vlalign.models.adapters.kmeans import kmeans
+from vlalign.models.base import ContrastiveModel
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class AdapterSpec:
+    """Where the adapters go and which AdvLoRA parts are on."""
+
+    #: LoRA rank r (= k-means clusters per layer).
+    rank: int = 8
+    #: peft's lora_alpha; None means r, i.e. a fixed scaling s = lora_alpha / r of 1.
+    lora_alpha: float | None = None
+    #: Leaf or dotted-suffix names of the nn.Linear layers to adapt in the image tower (peft's matching rule);
+    #: None = the backend's default (attention projections, see :func:`default_targets`).
+    image_targets: list[str] | None = None
+    #: Same for the text tower: an empty list (the default) leaves it frozen and unadapted, None = the default.
+    text_targets: list[str] | None = field(default_factory=list)
+    cluster_init: bool = True
+    adaptive_alpha: bool = True
+    alpha_init: float = 1.0
+    kmeans_iterations: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not self.alpha_init > 0:
+            raise ValueError(f"alpha_init must be > 0, got {self.alpha_init}")
+        if self.kmeans_iterations < 1:
+            raise ValueError(f"kmeans_iterations must be >= 1, got {self.kmeans_iterations}")
+
+
+def default_targets(model: ContrastiveModel, tower: Literal["image", "text"] = "image") -> list[str]:
+    """The attention projections of ``model``'s tower (LoRA's usual targets), by backend."""
+    from vlalign.models.hf_blip import HFBlip
+    from vlalign.models.hf_clip import HFCLIP
+    from vlalign.models.mini_clip import MiniCLIP
+
+    if isinstance(model, MiniCLIP):
+        return ["attn.qkv", "attn.proj"]
+    if isinstance(model, HFCLIP):
+        return ["q_proj", "k_proj", "v_proj", "out_proj"]
+    if isinstance(model, HFBlip):
+        if tower == "image":
+            return ["self_attn.qkv", "self_attn.projection"]
+        # ".attention." excludes BLIP's cross-attention, which ITC never runs.
+        return ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
+    raise ValueError(f"no default LoRA targets for {type(model).__name__}; set the targets explicitly")
+
+
+def resolve_targets(module: nn.Module, names: list[str]) -> list[str]:
+    """Paths (inside ``module``) of the nn.Linear layers whose path equals a name or ends with "." + name."""
+    paths = [path for path, child in module.named_modules() if path and isinstance(child, nn.Linear)
+             and any(path == n or path.endswith("." + n) for n in names)]
+    if not paths:
+        raise ValueError(f"no nn.Linear layer matches the LoRA targets {names}")
+    return paths
+
+
+def alignment_penalty(delta: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``‖target − delta‖²_F / ‖reference‖²_F`` (see the module docstring: target W₀ or ΔW_init, reference W₀)."""
+    if delta.shape != target.shape or delta.shape != reference.shape:
+        raise ValueError(f"shapes differ: delta {tuple(delta.shape)}, target {tuple(target.shape)}, "
+                         f"reference {tuple(reference.shape)}")
+    return (target - delta).pow(2).sum() / reference.pow(2).sum().clamp_min(1e-12)
+
+
+class ScaleParametrization(nn.Module):
+    """B ↦ α·B with a trainable scalar α: AdvLoRA's adaptive update, visible to peft's merge."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.alpha * weight
+
+
+@dataclass
+class _Layer:
+    path: str           # inside the ContrastiveModel
+    layer: nn.Module    # the peft LoraLayer
+    initial_a: torch.Tensor  # ΔW_init = initial_b @ initial_a (zero-size when peft's init left ΔW_init = 0)
+    initial_b: torch.Tensor
+
+
+def _named(model: nn.Module, module: nn.Module) -> str:
+    for path, child in model.named_modules():
+        if child is module:
+            return path
+    raise ValueError("module is not part of the model")
+
+
+class AdvLoRAAdapter:
+    """Handle on the adapters :func:`apply_advlora` put into a model: penalty, scales, merge and export."""
+
+    def __init__(self, model: ContrastiveModel, spec: AdapterSpec, layers: list[_Layer]) -> None:
+        self.model = model
+        self.spec = spec
+        self.layers = layers
+
+    def to(self, device: torch.device | str) -> "AdvLoRAAdapter":
+        for record in self.layers:
+            record.initial_a, record.initial_b = record.initial_a.to(device), record.initial_b.to(device)
+        return self
+
+    def delta(self, record: _Layer) -> torch.Tensor:
+        """The current adapter product ΔW = s·α·B A of one layer (differentiable), in the base weight's layout."""
+        return record.layer.get_delta_weight("default")
+
+    def initial_delta(self, record: _Layer) -> torch.Tensor:
+        if record.initial_a.numel() == 0:
+            return torch.zeros_like(record.layer.get_base_layer().weight)
+        return record.initial_b @ record.initial_a
+
+    def alignment_penalty(self, target: Literal["pretrained", "init"] = "pretrained") -> torch.Tensor:
+        """Mean over adapted layers of :func:`alignment_penalty` (the module docstring says what and why)."""
+        if target not in ("pretrained", "init"):
+            raise ValueError(f"alignment target must be 'pretrained' or 'init', got {target!r}")
+        terms = []
+        for record in self.layers:
+            initial = self.initial_delta(record)
+            pretrained = record.layer.get_base_layer().weight.detach() + initial
+            terms.append(alignment_penalty(self.delta(record), pretrained if target == "pretrained" else initial, pretrained))
+        return torch.stack(terms).mean()
+
+    def alphas(self) -> dict[str, float]:
+        """The adaptive scale α of every adapted layer (1.0 everywhere when adaptive_alpha is off)."""
+        out = {}
+        for record in self.layers:
+            lora_b = record.layer.lora_B["default"]
+            out[record.path] = float(lora_b.parametrizations.weight[0].alpha.detach()) if parametrize.is_parametrized(lora_b) else 1.0
+        return out
+
+    def fold_alphas(self) -> None:
+        """Bake each α into its B (B ← α·B) and drop the parametrization; the function is unchanged."""
+        for record in self.layers:
+            lora_b = record.layer.lora_B["default"]
+            if parametrize.is_parametrized(lora_b, "weight"):
+                parametrize.remove_parametrizations(lora_b, "weight", leave_parametrized=True)
+
+    def merge(self) -> ContrastiveModel:
+        """Fold α, merge every adapter into its base layer and put plain layers back: the model becomes a
+        plain model of its backend (saved with :func:`vlalign.models.loading.save_model`). Returns it."""
+        self.fold_alphas()
+        for record in self.layers:
+            record.layer.merge()
+            parent_path, _, attr = record.path.rpartition(".")
+            parent = self.model.get_submodule(parent_path) if parent_path else self.model
+            setattr(parent, attr, record.layer.get_base_layer())
+        self.layers = []
+        return self.model
+
+    def peft_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(peft LoraConfig kwargs, adapter tensors) of a plain LoRA that turns the *pre-trained* model into this
+        one. With clustering init the frozen base differs from W₀ by −ΔW_init, so the exported adapter is
+        ΔW − ΔW_init at rank up to 2r: A' = [A; A_init], B' = [s·α·B, −B_init], with lora_alpha = rank
+        (scaling 1). Keys are relative to the backend's own model (the transformers model inside an HF wrapper)
+        with peft's "base_model.model." prefix, as ``PeftModel.save_pretrained`` writes them."""
+        strip = "model." if hasattr(self.model, "model") and isinstance(self.model.model, nn.Module) else ""
+        tensors, paths, ranks = {}, [], set()
+        for record in self.layers:
+            lora_a = record.layer.lora_A["default"].weight.detach()
+            lora_b = record.layer.lora_B["default"].weight.detach() * record.layer.scaling["default"]
+            if record.initial_a.numel():
+                lora_a = torch.cat([lora_a, record.initial_a])
+                lora_b = torch.cat([lora_b, -record.initial_b], dim=1)
+            path = record.path.removeprefix(strip)
+            tensors[f"{_PEFT_PREFIX}{path}.lora_A.weight"] = lora_a.contiguous()
+            tensors[f"{_PEFT_PREFIX}{path}.lora_B.weight"] = lora_b.contiguous()
+            paths.append(path)
+            ranks.add(lora_a.shape[0])
+        rank = ranks.pop()
+        config = {"peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
+                  "target_modules": paths, "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True}
+        return config, tensors
+
+    def save_peft(self, folder: str | Path) -> Path:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (see :meth:`peft_state`)."""
+        return write_peft_adapter(folder, *self.peft_state())
+
+    def alpha_mean(self) -> torch.Tensor:
+        """The mean adaptive scale over adapted layers, detached (1 without adaptive α)."""
+        values = [r.layer.lora_B["default"].parametrizations.weight[0].alpha.detach() for r in self.layers
+                  if parametrize.is_parametrized(r.layer.lora_B["default"])]
+        return torch.stack(values).mean() if values else torch.ones(())
+
+
+def write_peft_adapter(folder: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a LoRA in peft's on-disk format: ``adapter_config.json`` and ``adapter_model.safetensors``."""
+    from peft import LoraConfig
+
+    folder = Path(folder)
+    # LoraConfig.to_dict keeps target_modules as a set, which JSON cannot hold; the list is written instead.
+    atomic_write_json(folder / ADAPTER_CONFIG_FILE, LoraConfig(**config).to_dict() | {"target_modules": list(config["target_modules"])})
+    save_tensors(folder / ADAPTER_WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+    return folder
+
+
+def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set A, B from k-means on the base weight's rows and subtract their product from the base (see the
+    module docstring); returns the initial product's factors (A, s·α₀·B)."""
+    base = layer.get_base_layer()
+    weight = base.weight.detach()
+    if getattr(layer, "fan_in_fan_out", False):
+        raise ValueError("clustering init expects nn.Linear weights [out, in] (fan_in_fan_out is not supported)")
+    centres, labels = kmeans(weight, spec.rank, seed=seed, iterations=spec.kmeans_iterations)
+    onehot = torch.nn.functional.one_hot(labels, spec.rank).to(weight.dtype)
+    scale = layer.scaling["default"] * spec.alpha_init
+    centre_norm = float(centres.norm())
+    c = math.sqrt(math.sqrt(weight.shape[0]) / (centre_norm * scale)) if centre_norm > 0 else 1.0
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(centres * c)
+        layer.lora_B["default"].weight.copy_(onehot / (c * scale))
+        initial_b = layer.lora_B["default"].weight * scale
+        initial_a = layer.lora_A["default"].weight.clone()
+        base.weight.sub_(initial_b @ initial_a)
+    return initial_a, initial_b.clone()
+
+
+def apply_advlora(model: ContrastiveModel, spec: AdapterSpec) -> AdvLoRAAdapter:
+    """Freeze ``model`` and inject (Adv)LoRA adapters in place into its image tower (and text tower when
+    ``spec.text_targets`` is non-empty); returns the handle. Only the adapters (and α) are trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    towers = [("image", model.image_encoder, spec.image_targets if spec.image_targets is not None else default_targets(model, "image"))]
+    text_targets = spec.text_targets if spec.text_targets is not None else default_targets(model, "text")
+    if text_targets:
+        towers.append(("text", model.text_encoder, text_targets))
+    # Paths are resolved inside each tower but injected from the model's root: a tower may be a view (an HF
+    # wrapper's _Tower), and peft replacing a direct child of a view would leave the real model untouched.
+    paths = [_named(model, tower.get_submodule(p)) for _, tower, names in towers for p in resolve_targets(tower, names)]
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else spec.rank,
+                        lora_dropout=0.0, target_modules=paths)
+    inject_adapter_in_model(config, model)
+    layers: list[_Layer] = []
+    for i, path in enumerate(paths):
+        layer = model.get_submodule(path)
+        if not isinstance(layer, LoraLayer):
+            raise RuntimeError(f"peft did not wrap {path}")
+        initial_a, initial_b = _cluster_init(layer, spec, spec.seed * 1_000_003 + i) if spec.cluster_init \
+            else (torch.empty(0), torch.empty(0))
+        if spec.adaptive_alpha:
+            parametrize.register_parametrization(layer.lora_B["default"], "weight", ScaleParametrization(spec.alpha_init))
+        layers.append(_Layer(path, layer, initial_a, initial_b))
+    for record in layers:
+        for param in [*record.layer.lora_A.parameters(), *record.layer.lora_B.parameters()]:
+            param.requires_grad_(True)
+    return AdvLoRAAdapter(model, spec, layers)
+
+
+def load_peft_adapter(model: ContrastiveModel, folder: str | Path) -> ContrastiveModel:
+    """Inject the plain-LoRA adapter written by :meth:`AdvLoRAAdapter.save_peft` into ``model`` (the
+    pre-trained model it was trained from), in place; returns ``model``."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    from vlalign.models.checkpoint import load_tensors
+
+    folder = Path(folder)
+    config = LoraConfig.from_pretrained(str(folder))
+    root = model.model if hasattr(model, "model") and isinstance(model.model, nn.Module) else model
+    inject_adapter_in_model(config, root)
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_tensors(folder / ADAPTER_WEIGHTS_FILE).items()}
+    result = set_peft_model_state_dict(root, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS_FILE}: keys {unexpected[:3]} do not fit this model")
+    return model
+
+
+def trainable_parameter_count(module: nn.Module) -> int:
+    """Number of parameters with ``requires_grad`` (parametrized tensors counted once, by their originals)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
