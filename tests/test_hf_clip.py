@@ -254,3 +254,28 @@ def test_preference_optimization_trains_a_float64_model(in_memory, trainable):
                               TrainConfig(steps=2, batch_size=4, lr=1e-2, log_every=1), progress=False)
     assert all(p.dtype == torch.float64 for p in result.model.parameters())
     assert result.history[0]["loss_pref"] == pytest.approx(math.log(2), abs=1e-9)  # float64 all the way
+
+
+def test_lora_on_a_transformers_clip_reaches_every_image_layer_it_adapts(in_memory):
+    """The projection of transformers CLIP's image tower lives outside its vision model; its adapter must still be
+    in the forward pass (every LoRA parameter gets a gradient)."""
+    from vlalign.data.datasets import TensorImageDataset
+    from vlalign.training.methods.preference import ContrastivePreference, PreferenceConfig
+
+    images = torch.randint(0, 256, (4, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    data = TensorImageDataset(images, chosen=torch.zeros(4, dtype=torch.long), rejected=torch.ones(4, dtype=torch.long))
+    method = ContrastivePreference(in_memory, data, ("a photo of a star", "a photo of a moon"), None,
+                                   PreferenceConfig(trainable="lora", lora_rank=2))
+    method.prepare(torch.device("cpu"))
+    lora = {n: p for n, p in method.trainable_module().named_parameters() if "lora_" in n}
+    assert any("projection" in n for n in lora) and all(p.requires_grad for p in lora.values())
+    pixels_batch = {"index": torch.arange(4), "pixels": images, "chosen": torch.zeros(4, dtype=torch.long),
+                    "rejected": torch.ones(4, dtype=torch.long)}
+    # B starts at zero, so A gets no gradient at first: nudge B, then every adapter must receive a gradient.
+    with torch.no_grad():
+        for name, p in lora.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    method({"pref": pixels_batch, "step": 0, "seed": 0})["loss"].backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in lora.values()), \
+        [n for n, p in lora.items() if p.grad is None or float(p.grad.abs().sum()) == 0]

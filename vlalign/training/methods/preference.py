@@ -160,8 +160,9 @@ class ContrastivePreference(Method):
                                                           collate=collate_for(data)).to(device)
         if self.config.trainable == "lora" and not any("lora_" in n for n, _ in self.trained.named_parameters()):
             # Here rather than in __init__: the loop has seeded the RNG, so the adapters' random init is the run's.
-            add_lora(self.trained, self.config.lora_rank, self.config.lora_alpha, self.config.lora_targets)
-            self.trained.to(device)
+            add_lora(self.policy, self.trained, self.config.lora_rank, self.config.lora_alpha, self.config.lora_targets)
+            self.policy.to(device)
+            self.trained = self.policy.image_encoder  # a view-like tower must be re-read to see the adapters
         if self.config.method == "ce" and self.use_reg and "reg_label" not in frozen:
             sample = self.reg_data[0]
             if sample is not None and "label" not in sample:
@@ -174,7 +175,7 @@ class ContrastivePreference(Method):
 
     def finish(self) -> ContrastiveModel:
         if self.config.trainable == "lora":
-            merge_lora(self.policy.image_encoder)
+            merge_lora(self.policy)
         for param in self.policy.parameters():
             param.requires_grad_(False)
         return self.policy.eval()
