@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "vlalign.commands.experiment",
     "vlalign.commands.robust_eval",
     "vlalign.commands.control",
+    "vlalign.commands.pretrain_vlm",
+    "vlalign.commands.transfer",
 )
 
 

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     export = data_sub.add_parser("export", help="write a mini-world split as images + metadata.jsonl")
-    export.add_argument("--split", default="typographic", help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…")
+    export.add_argument("--split", default="typographic",
+                        help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…; or vqa (VQAv2 format) "
+                             "or captions (COCO-captions format) for generative VLMs")
     export.add_argument("--n", type=int, default=240)
     export.add_argument("--seed", type=int, default=0)
     add_out_argument(export)
@@ -34,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from vlalign.data.folder import export_image_set
     from vlalign.data.mini_world import MiniWorld
+
+    if args.split in ("vqa", "captions"):
+        return _export_generative(args)
 
     images = MiniWorld().sample(args.split, args.n, args.seed)
     export_image_set(images, args.out, progress=True)
@@ -60,4 +65,19 @@ def run_typographic(args: argparse.Namespace) -> int:
     result = ImageSet(torch.stack(attacked), source.labels, source.classnames, torch.tensor(written), source.captions)
     export_image_set(result, args.out, progress=True)
     print(f"wrote {len(result)} typographically attacked images to {args.out}")
+    return 0
+
+
+def _export_generative(args: argparse.Namespace) -> int:
+    from vlalign.data.vqa import MiniCaptions, MiniVQA
+    from vlalign.data.vqa_formats import export_captions, export_vqa
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.split == "vqa":
+        export_vqa(MiniVQA(args.n, args.seed), args.out, progress=True)
+        print(f"wrote {args.n} mini-world questions in VQAv2 format (questions.json, annotations.json, images/) to {args.out}")
+    else:
+        export_captions(MiniCaptions(args.n, args.seed), args.out, progress=True)
+        print(f"wrote {args.n} captioned mini-world images in COCO-captions format (captions.json, images/) to {args.out}")
     return 0
