@@ -156,8 +156,11 @@ def test_token_merge_concatenates_each_two_by_two_block(model):
         for col in range(2):
             block = [features[:, (2 * row + dr) * 4 + 2 * col + dc] for dr in range(2) for dc in range(2)]
             merged.append(torch.cat(block, dim=-1))
+    projector = model.projector
     with torch.no_grad():
-        torch.testing.assert_close(model.project(features), model.projector(torch.stack(merged, dim=1)))
+        torch.testing.assert_close(projector.merge_tokens(features), torch.stack(merged, dim=1))
+        expected = projector.fc2(F.gelu(projector.fc1(projector.norm(torch.stack(merged, dim=1))))) + projector.pos
+        torch.testing.assert_close(model.project(features), expected)
     assert model.num_image_tokens == 4
 
 
@@ -241,3 +244,19 @@ def test_config_validation():
         MiniVLMConfig(vocab=["a", "<sep>"])
     with pytest.raises(ValueError, match="token_merge 3 must divide"):
         MiniVLMConfig(vocab=["a"], token_merge=3)
+
+
+def test_an_earlier_feature_layer_leaves_the_later_blocks_without_gradient():
+    torch.manual_seed(0)
+    config = MiniVLMConfig(vision=MiniCLIPConfig(**{**TINY_TOWER, "vision_layers": 2}),
+                           vocab=list(tiny_mini_vlm().config.vocab), hidden_size=32, layers=1, heads=2,
+                           intermediate_size=64, feature_layer=-2, max_positions=64)
+    model = MiniVLM(config)
+    pixels = images(2, seed=12)
+    torch.testing.assert_close(model.image_features(pixels), model.vision.tokens(pixels, 1))
+    model.response_logprobs(pixels, PROMPTS[:2], RESPONSES[:2]).total.sum().backward()
+    no_grad = {name for name, p in model.vision.named_parameters() if p.grad is None}
+    assert no_grad == model.unused_vision_parameters()
+    assert any(name.startswith("blocks.1.") for name in no_grad) and not any(n.startswith("blocks.0.") for n in no_grad)
+    with pytest.raises(ValueError, match="feature_layer 2 is not a block"):
+        MiniVLMConfig(vision=MiniCLIPConfig(**TINY_TOWER), vocab=["a"], feature_layer=2)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlalign.config import ConfigError, config_from_dict
@@ -52,6 +53,9 @@ class MiniVLMConfig:
     #: Merge each ``token_merge`` × ``token_merge`` block of patch tokens into one decoder token by concatenating
     #: their features (InternVL's and Idefics3's pixel shuffle): all the information, ``token_merge``² fewer tokens.
     token_merge: int = 2
+    #: Tower block whose output the decoder reads, counted like Python indices (-1: the last; LLaVA reads the
+    #: penultimate layer of CLIP). Blocks after it get no gradient.
+    feature_layer: int = -1
     #: Longest sequence (image tokens + prompt + response) the decoder accepts.
     max_positions: int = 256
 
@@ -66,6 +70,8 @@ class MiniVLMConfig:
         for name in ("hidden_size", "layers", "heads", "intermediate_size", "token_merge"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not -self.vision.vision_layers <= self.feature_layer < self.vision.vision_layers:
+            raise ValueError(f"feature_layer {self.feature_layer} is not a block of the {self.vision.vision_layers}-block tower")
         if self.grid % self.token_merge:
             raise ValueError(f"token_merge {self.token_merge} must divide the tower's {self.grid}x{self.grid} patch grid")
         if self.hidden_size % self.heads:
@@ -83,10 +89,42 @@ class MiniVLMConfig:
     def num_image_tokens(self) -> int:
         return (self.grid // self.token_merge) ** 2
 
+    @property
+    def feature_blocks(self) -> int:
+        """Number of tower blocks the decoder's input passes through."""
+        return self.feature_layer % self.vision.vision_layers + 1
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["vision"]["vocab"] = []
         return {"architecture": ARCHITECTURE, **data}
+
+
+class ImageProjector(nn.Module):
+    """Patch tokens -> decoder embeddings: merge each k × k block of patches into one token (features
+    concatenated), LayerNorm (the tower's tokens are an unnormalized residual stream), LLaVA-1.5's two-layer MLP,
+    plus a learned embedding per image token: the decoder's own (RoPE) positions are 1-D, this tells it where on
+    the 2-D grid each token sits."""
+
+    def __init__(self, vision_width: int, hidden_size: int, grid: int, merge: int) -> None:
+        super().__init__()
+        self.grid, self.merge = grid, merge
+        width = vision_width * merge * merge
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.pos = nn.Parameter(torch.randn(1, (grid // merge) ** 2, hidden_size) * 0.02)
+
+    def merge_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Row-major patches ``[B, g², C]`` -> one token per k × k block ``[B, (g/k)², k²·C]``."""
+        b, n, c = features.shape
+        g, k = self.grid, self.merge
+        if n != g * g:
+            raise ValueError(f"expected {g * g} patch tokens, got {n}")
+        return features.reshape(b, g // k, k, g // k, k, c).permute(0, 1, 3, 2, 4, 5).reshape(b, (g // k) ** 2, k * k * c)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(self.merge_tokens(features))))) + self.pos
 
 
 class MiniVLM(GenerativeVLM):
@@ -107,10 +145,7 @@ class MiniVLM(GenerativeVLM):
         self.num_image_tokens = config.num_image_tokens
         self.max_length = config.max_positions
         self.vision = VisionTower(config.vision)
-        width = config.vision.vision_width * config.token_merge ** 2
-        # LLaVA-1.5's two-layer MLP, behind a LayerNorm: the tower's patch tokens are an unnormalized residual stream.
-        self.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.hidden_size), nn.GELU(),
-                                       nn.Linear(config.hidden_size, config.hidden_size))
+        self.projector = ImageProjector(config.vision.vision_width, config.hidden_size, config.grid, config.token_merge)
         self.projector.apply(MiniCLIP._init_weights)
         self.language_model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(self.vocab), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
@@ -126,23 +161,18 @@ class MiniVLM(GenerativeVLM):
         return self.vision
 
     def unused_vision_parameters(self) -> set[str]:
-        return {name for name, _ in self.vision.named_parameters() if name.startswith(("norm.", "head."))}
+        later = tuple(f"blocks.{k}." for k in range(self.config.feature_blocks, self.config.vision.vision_layers))
+        return {name for name, _ in self.vision.named_parameters() if name.startswith(("norm.", "head.", *later))}
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vision.tokens(pixels)
+        return self.vision.tokens(pixels, self.config.feature_blocks)
 
     def pooled_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
         """The tower's pooled, projected CLIP embedding (unnormalized), as FARE's embedding attack uses it."""
         return self.vision(pixels)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        b, n, c = features.shape
-        g, k = self.config.grid, self.config.token_merge
-        if n != g * g:
-            raise ValueError(f"expected {g * g} patch tokens, got {n}")
-        # Row-major patches -> one token per k x k block, features of the block's patches concatenated.
-        merged = features.reshape(b, g // k, k, g // k, k, c).permute(0, 1, 3, 2, 4, 5).reshape(b, (g // k) ** 2, k * k * c)
-        return self.projector(merged)
+        return self.projector(features)
 
     def with_vision_tower(self, tower: VisionTower | MiniCLIP) -> "MiniVLM":
         """Load another MiniCLIP image tower's weights (same architecture) into this model's vision encoder."""

@@ -42,6 +42,8 @@ class PretrainVLMConfig:
     heads: int = 4
     intermediate_size: int = 512
     token_merge: int = 2
+    #: Tower block the decoder reads (-1: the last).
+    feature_layer: int = -1
     #: Training data: ``qa_items`` questions and ``caption_items`` captions rendered from ``data_seed``.
     qa_items: int = 16000
     caption_items: int = 4000
@@ -137,7 +139,7 @@ def build_mini_vlm(config: PretrainVLMConfig) -> MiniVLM:
     torch.manual_seed(config.seed)
     return mini_vlm_from_clip(clip, vlm_vocabulary(), hidden_size=config.hidden_size, layers=config.layers,
                               heads=config.heads, intermediate_size=config.intermediate_size,
-                              token_merge=config.token_merge)
+                              token_merge=config.token_merge, feature_layer=config.feature_layer)
 
 
 @torch.no_grad()
