@@ -161,3 +161,6 @@ def test_command_reads_yaml_and_overrides(tiny_tower, tmp_path, capsys):
     path.write_text(yaml.safe_dump({**config, "eval_seed": 100}))
     assert main(["pretrain-vlm", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
     assert "eval_seed must differ from data_seed" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({**config, "qa_types": ["shape", "count"]}))
+    assert main(["pretrain-vlm", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
+    assert "qa_types must list every question type" in capsys.readouterr().err

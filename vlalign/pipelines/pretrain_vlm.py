@@ -8,7 +8,7 @@ frozen; stage 1 trains the projector, stage 2 the projector and the decoder.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,14 +44,16 @@ class PretrainVLMConfig:
     token_merge: int = 2
     #: Tower block the decoder reads (-1: the last).
     feature_layer: int = -1
-    #: Training data: ``qa_items`` questions and ``caption_items`` captions rendered from ``data_seed``.
-    qa_items: int = 16000
+    #: Training data: ``qa_items`` questions and ``caption_items`` captions rendered from ``data_seed``; item i asks
+    #: ``qa_types[i % len(qa_types)]`` (repeat a type to train on it more).
+    qa_items: int = 20000
+    qa_types: list[str] = field(default_factory=lambda: [*QUESTION_TYPES, "count", "count"])
     caption_items: int = 4000
     caption_word_prob: float = 0.3
     data_seed: int = 100
     #: Stage 1 (projector) and stage 2 (projector + decoder): steps and learning rates (AdamW, warm-up + cosine).
     projector_steps: int = 150
-    full_steps: int = 1500
+    full_steps: int = 2000
     batch_size: int = 32
     caption_batch_size: int = 16
     projector_lr: float = 1e-3
@@ -82,6 +84,10 @@ class PretrainVLMConfig:
         for name in ("projector_steps", "attack_questions"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        unknown = sorted(set(self.qa_types) - set(QUESTION_TYPES))
+        if unknown or not set(QUESTION_TYPES) <= set(self.qa_types):
+            raise ValueError(f"qa_types must list every question type of {list(QUESTION_TYPES)} (repeats allowed), "
+                             f"got {self.qa_types}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.eval_captions < 2:
@@ -126,7 +132,7 @@ def _temporary_fit(method: Method, steps: int, batch_size: int, lr: float, weigh
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         scheduler.step()
-        bar.set_postfix({k: f"{float(v):.3f}" for k, v in out.items()})
+        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in out.items()})
     method.eval()
     return (time.time() - start) / max(1, steps)
 
@@ -179,7 +185,7 @@ def pretrain_vlm(config: PretrainVLMConfig, out: str | Path) -> dict:
     torch.set_num_threads(config.threads)
     started = time.time()
     model = build_mini_vlm(config)
-    datasets = {"qa": MiniVQA(config.qa_items, config.data_seed),
+    datasets = {"qa": MiniVQA(config.qa_items, config.data_seed, tuple(config.qa_types)),
                 "caption": MiniCaptions(config.caption_items, config.data_seed, config.caption_word_prob)}
     method = VLMPretrainMethod(model, datasets, stage="projector", batch_sizes={"caption": config.caption_batch_size},
                                cache_workers=config.workers)
