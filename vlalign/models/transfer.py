@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vlalign.models.checkpoint import CheckpointError, load_state_checked
-from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
+from vlalign.models.mini_clip import MiniCLIPConfig
 from vlalign.models.mini_vlm import MiniVLM, same_tower_architecture
 from vlalign.models.vlm import GenerativeVLM
 
