@@ -21,22 +21,23 @@ def model():
 
 @pytest.fixture(scope="module")
 def clean(model):
-    """Images and the model's own greedy answers: every question starts clean-correct."""
+    """Images, the model's own greedy answers (every question starts clean-correct), and whether each answer is
+    complete (ends in <eos>: a longer budget gives the same answer) rather than cut off at 8 tokens."""
     pixels = images(4, seed=10)
     with torch.no_grad():
-        answers = model.generate(pixels, PROMPTS, max_new_tokens=4)
-    return pixels, answers
+        answers = model.generate(pixels, PROMPTS, max_new_tokens=8)
+        longer = model.generate(pixels, PROMPTS, max_new_tokens=12)
+    return pixels, answers, torch.tensor([a == b for a, b in zip(answers, longer)])
 
 
 def test_response_objective_is_the_sequence_nll_and_flags_greedy_changes(model, clean):
-    pixels, answers = clean
+    pixels, answers, finished = clean
     objective = ResponseObjective(model, PROMPTS, answers)
     with torch.no_grad():
         value = objective(pixels)
         scores = model.response_logprobs(pixels, PROMPTS, answers)
     torch.testing.assert_close(value.loss, -scores.total)
-    finished = torch.tensor([len(a.split()) < 4 for a in answers])
-    assert torch.equal(value.fooled, ~finished)  # the model's own (finished) answers: not fooled
+    assert torch.equal(value.fooled, ~finished)  # the model's own complete answers: not fooled
     targeted = ResponseObjective(model, PROMPTS, answers, targeted=True)
     with torch.no_grad():
         value_t = targeted(pixels)
@@ -49,7 +50,7 @@ def test_response_objective_is_the_sequence_nll_and_flags_greedy_changes(model, 
 
 @pytest.mark.parametrize("name", ["pgd", "apgd-ce"])
 def test_untargeted_attacks_raise_the_nll_inside_the_ball(model, clean, name):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     eps = 8 / 255
     objective = ResponseObjective(model, PROMPTS, answers)
     training = model.training
@@ -63,13 +64,13 @@ def test_untargeted_attacks_raise_the_nll_inside_the_ball(model, clean, name):
 
 
 def test_apgd_dlr_needs_class_logits(model, clean):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     with pytest.raises(TypeError, match="logit objective"):
         build_attack("apgd-dlr", 4 / 255, steps=5)(ResponseObjective(model, PROMPTS, answers), pixels)
 
 
 def test_targeted_attack_lowers_the_target_nll(model, clean):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     targets = ["moon", "blue", "4", "top left"]
     objective = ResponseObjective(model, PROMPTS, targets, targeted=True)
     result = build_attack("pgd", 16 / 255, steps=10)(objective, pixels, seed=0)
@@ -80,7 +81,7 @@ def test_targeted_attack_lowers_the_target_nll(model, clean):
 
 
 def test_embedding_attack_moves_the_features_the_decoder_reads(model, clean):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     attack = build_attack("embedding", 8 / 255, steps=5)
     result = attack(ResponseObjective(model, PROMPTS, answers), pixels, seed=0)
     assert result.fooled is not None and result.loss.shape == (4,)
@@ -93,13 +94,12 @@ def test_embedding_attack_moves_the_features_the_decoder_reads(model, clean):
 
 
 def test_robust_evaluation_vqa(model, clean):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     result = robust_evaluate_vlm(model, pixels, PROMPTS, [[a] for a in answers], "vqa", "apgd-ce,pgd,embedding",
-                                 [2 / 255, 16 / 255], steps=4, question_types=["shape", "colour", "count", "where"])
+                                 [2 / 255, 16 / 255], steps=4, question_types=["shape", "colour", "count", "where"],
+                                 max_new_tokens=8)
     assert isinstance(result, VLMRobustEvaluation)
-    finished = torch.tensor([float(len(a.split()) < 4) for a in answers])
-    # Greedy answers cut off at max_new_tokens are still their own greedy answers: all clean-correct.
-    assert torch.equal(result.clean_scores, torch.ones(4)) or torch.equal(result.clean_scores, finished)
+    assert torch.equal(result.clean_scores, torch.ones(4))  # the same greedy decoding: every answer is correct
     metrics = result.metrics()
     assert set(metrics["robust"]) == {"apgd-ce", "pgd", "embedding"} and set(metrics["worst_case"]) == {"2/255", "16/255"}
     for e in result.eps:
@@ -124,7 +124,7 @@ def test_robust_evaluation_caption_scores_cider(model):
 
 
 def test_robust_evaluation_rejects_attacks_that_need_class_logits(model, clean):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     with pytest.raises(ValueError, match="do not apply to a generative VLM"):
         robust_evaluate_vlm(model, pixels, PROMPTS, [[a] for a in answers], "vqa", "apgd-t", [4 / 255])
     with pytest.raises(ValueError, match="task must be"):
@@ -132,7 +132,7 @@ def test_robust_evaluation_rejects_attacks_that_need_class_logits(model, clean):
 
 
 def test_targeted_success_counts_images_answering_the_target(model, clean):
-    pixels, answers = clean
+    pixels, answers, _ = clean
     rate, predictions = targeted_success(model, pixels, PROMPTS, answers, "pgd", 2 / 255, steps=2)
     # Targeting the answers the model already gives: a tiny step cannot move every one away from them.
     assert len(predictions) == 4 and 0 <= rate <= 1
