@@ -113,11 +113,11 @@ def test_greedy_match_says_whether_greedy_decoding_reproduces_the_response(model
     pixels = images(4, seed=4)
     with torch.no_grad():
         outputs = model.generate(pixels, PROMPTS, max_new_tokens=8)
-        complete = [o for o in outputs]
-        scores = model.response_logprobs(pixels, PROMPTS, complete)
+        longer = model.generate(pixels, PROMPTS, max_new_tokens=12)
+        scores = model.response_logprobs(pixels, PROMPTS, outputs)
         words = [w for w in model.config.vocab if w not in " ".join(outputs).split()]
         other = model.response_logprobs(pixels, PROMPTS, [o + " " + words[0] for o in outputs])
-    finished = [len(o.split()) < 8 for o in outputs]  # a cut-off output has no <eos> to match
+    finished = [o == l for o, l in zip(outputs, longer)]  # a cut-off output has no <eos> to match
     assert [bool(g) for g in scores.greedy_match] == finished
     assert not bool(other.greedy_match.any())
 
