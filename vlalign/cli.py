@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "vlalign.commands.robust_eval",
     "vlalign.commands.control",
     "vlalign.commands.config",
+    "vlalign.commands.pretrain_vlm",
+    "vlalign.commands.transfer",
 )
 
 

@@ -65,6 +65,8 @@ class APGD(Attack):
     def _objective(self, objective: Objective) -> Objective:
         if self.loss is None:
             return objective
+        if not isinstance(objective, LogitObjective) and self.loss == getattr(objective, "native_loss", None):
+            return objective  # the objective's own loss is this one (a generative VLM's response cross-entropy)
         if not isinstance(objective, LogitObjective):
             raise TypeError(f"APGD with loss {self.loss!r} needs a logit objective (zero-shot or retrieval), got "
                             f"{type(objective).__name__}; use loss=None to maximize that objective's own loss")

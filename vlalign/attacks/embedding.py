@@ -8,7 +8,8 @@ Threat model: ‖δ‖∞ ≤ ε (default) or ‖δ‖₂ ≤ ε, x + δ ∈ [0,
 ε = 4/255), random start (the gradient of the squared distance vanishes at δ = 0), final iterate. φ_ref is
 the attacked model itself unless ``reference_model`` is given (FARE's frozen original encoder). Given a
 classification objective, it crafts on the embedding distance and scores the result on that objective; given
-an :class:`EmbeddingObjective`, it attacks it directly.
+an :class:`EmbeddingObjective`, it attacks it directly. On a generative VLM the embedding is the flattened patch
+features its decoder reads (:meth:`GenerativeVLM.encode_image`), and the result is scored on the VLM objective.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from vlalign.attacks.base import Attack, AttackResult, Objective
 from vlalign.attacks.objectives import EmbeddingObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.models.base import ContrastiveModel
+from vlalign.models.vlm import GenerativeVLM
 
 
 class EmbeddingAttack(Attack):
     """Label-free PGD on the embedding distance to the clean reference."""
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-                 restarts: int = 1, reference_model: ContrastiveModel | None = None, normalize: bool = False) -> None:
+                 restarts: int = 1, reference_model: ContrastiveModel | GenerativeVLM | None = None,
+                 normalize: bool = False) -> None:
         super().__init__(eps, norm)
         self.pgd = PGD(eps, norm=norm, steps=steps, step_size=step_size if step_size is not None else eps / 4,
                        random_start=True, restarts=restarts, keep="last")
@@ -36,9 +39,9 @@ class EmbeddingAttack(Attack):
         if isinstance(objective, EmbeddingObjective):
             return self.pgd.run(objective, images, generator)
         model = objective.model
-        if not isinstance(model, ContrastiveModel):
+        if not isinstance(model, (ContrastiveModel, GenerativeVLM)):
             raise TypeError(f"the embedding attack needs an image encoder; {type(objective).__name__}.model is "
-                            f"{type(model).__name__}, not a ContrastiveModel")
+                            f"{type(model).__name__}, not a ContrastiveModel or GenerativeVLM")
         embedding = EmbeddingObjective.from_images(model, images, self.reference_model, self.normalize)
         result = self.pgd.run(embedding, images, generator)
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Objectives attacks can target: zero-shot logits, retrieval similarity, embedding distance, caption likelihood.
+"""Objectives attacks can target: zero-shot logits, retrieval similarity, embedding distance, caption likelihood,
+and the likelihood of a generative VLM's response.
 
 Everything frozen is computed once at construction: class-prompt or caption embeddings, the logit scale,
 clean reference embeddings. A step of an attack then costs one image-tower forward and backward.
@@ -16,6 +17,7 @@ from vlalign.attacks.base import Objective
 from vlalign.attacks.losses import LOGIT_LOSSES, TARGETED_LOSSES, logit_loss
 from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
+from vlalign.models.vlm import GenerativeVLM
 
 
 class LogitObjective(Objective):
@@ -138,9 +140,11 @@ class EmbeddingObjective(Objective):
     The square has the same maximizer as the norm and, unlike it, a gradient everywhere (zero at δ = 0, so
     attacks on it start at a random point). ``normalize=False`` uses the raw projected embeddings, as FARE
     does; ``reference`` ``[n, D]`` is computed once, usually by the frozen original model on clean images.
+    ``model`` is anything with ``encode_image(pixels, normalize=)``: a ContrastiveModel, or a GenerativeVLM,
+    whose embedding is the flattened patch features its decoder reads (AdPO's inner maximization).
     """
 
-    def __init__(self, model: ContrastiveModel, reference: torch.Tensor, normalize: bool = False) -> None:
+    def __init__(self, model: ContrastiveModel | GenerativeVLM, reference: torch.Tensor, normalize: bool = False) -> None:
         if reference.dim() != 2:
             raise ValueError(f"reference embeddings must be [n, D], got {tuple(reference.shape)}")
         self._model = model
@@ -150,7 +154,8 @@ class EmbeddingObjective(Objective):
 
     @classmethod
     @torch.no_grad()
-    def from_images(cls, model: ContrastiveModel, images: torch.Tensor, reference_model: ContrastiveModel | None = None,
+    def from_images(cls, model: ContrastiveModel | GenerativeVLM, images: torch.Tensor,
+                    reference_model: ContrastiveModel | GenerativeVLM | None = None,
                     normalize: bool = False) -> "EmbeddingObjective":
         """References φ_ref(x) from ``reference_model`` (default: ``model`` itself) on the clean ``images``."""
         ref_model = reference_model if reference_model is not None else model
@@ -163,7 +168,7 @@ class EmbeddingObjective(Objective):
         return cls(model, reference, normalize)
 
     @property
-    def model(self) -> ContrastiveModel:
+    def model(self) -> ContrastiveModel | GenerativeVLM:
         return self._model
 
     def scores(self, pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -202,3 +207,43 @@ class CaptionLikelihoodObjective(Objective):
 
     def loss_from_scores(self, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return scores if self.targeted else -scores
+
+
+class ResponseObjective(CaptionLikelihoodObjective):
+    """log p(response_i | x_i, prompt_i) under a :class:`GenerativeVLM`, with success flags from the same pass.
+
+    Untargeted (``targeted=False``; ``responses`` are the clean answers or captions): loss = −log p, the summed
+    next-token cross-entropy of the response, to maximize; fooled = greedy decoding no longer reproduces the
+    response. Targeted (``responses`` are the attacker's chosen outputs): loss = log p; fooled (success) = greedy
+    decoding now produces the target. Greedy decoding reproduces a response exactly when every one of its tokens
+    is the top-1 choice under teacher forcing, so one forward pass decides it (see ``ResponseScores``).
+    """
+
+    def __init__(self, model: GenerativeVLM, prompts: Sequence[str], responses: Sequence[str],
+                 targeted: bool = False) -> None:
+        if not isinstance(model, GenerativeVLM):
+            raise TypeError(f"ResponseObjective needs a GenerativeVLM, got {type(model).__name__}")
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts for {len(responses)} responses")
+        super().__init__(model, self._log_likelihood, responses, targeted)
+        self.prompts = list(prompts)
+        #: APGD-CE (``loss="ce"``) maximizes this objective's own loss, which is a cross-entropy of the response
+        #: tokens (negated for a targeted attack, as ``ce-targeted`` negates the logit cross-entropy).
+        self.native_loss = "ce"
+
+    def _log_likelihood(self, pixels: torch.Tensor, responses: list[str], index: torch.Tensor | None = None) -> torch.Tensor:
+        rows = range(len(responses)) if index is None else index.tolist()
+        return self._model.response_logprobs(pixels, [self.prompts[i] for i in rows], responses).total
+
+    def scores(self, pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        rows = index.tolist()
+        result = self._model.response_logprobs(pixels, [self.prompts[i] for i in rows], [self.captions[i] for i in rows])
+        # Column 0: log p (differentiable); column 1: whether greedy decoding gives the response (a constant).
+        return torch.stack([result.total.float(), result.greedy_match.float()], dim=1)
+
+    def loss_from_scores(self, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return scores[:, 0] if self.targeted else -scores[:, 0]
+
+    def fooled_from_scores(self, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        reproduced = scores[:, 1].detach() > 0.5
+        return reproduced if self.targeted else ~reproduced

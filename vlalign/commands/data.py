@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "vlalign data export --split typographic --n 240 --seed 0 --out data/typo")
     export.add_argument("--split", default="typographic",
                         help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…; or retrieval (train, val "
-                             "and test images of the retrieval world as a Karpathy-split dataset.json), retrieval-test, …")
+                             "and test images of the retrieval world as a Karpathy-split dataset.json), retrieval-test, …; or vqa (VQAv2 format) or captions (COCO-captions "
+                             "format) for generative VLMs")
     export.add_argument("--n", type=int, default=240, help="number of images (per part, for --split retrieval)")
     export.add_argument("--seed", type=int, default=0, help="seed of the images")
     add_out_argument(export)
@@ -47,6 +48,8 @@ def run_export(args: argparse.Namespace) -> int:
     check_output(args.out)
     if args.split.startswith("retrieval"):
         return _export_retrieval(args)
+    if args.split in ("vqa", "captions"):
+        return _export_generative(args)
     images = MiniWorld().sample(args.split, args.n, args.seed)
     export_image_set(images, args.out, progress=True)
     print(f"wrote {len(images)} images of split {args.split!r} to {args.out}")
@@ -101,4 +104,19 @@ def run_typographic(args: argparse.Namespace) -> int:
                       files=source.files)
     export_image_set(result, args.out, progress=True)
     print(f"wrote {len(result)} typographically attacked images to {args.out}")
+    return 0
+
+
+def _export_generative(args: argparse.Namespace) -> int:
+    from vlalign.data.vqa import MiniCaptions, MiniVQA
+    from vlalign.data.vqa_formats import export_captions, export_vqa
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.split == "vqa":
+        export_vqa(MiniVQA(args.n, args.seed), args.out, progress=True)
+        print(f"wrote {args.n} mini-world questions in VQAv2 format (questions.json, annotations.json, images/) to {args.out}")
+    else:
+        export_captions(MiniCaptions(args.n, args.seed), args.out, progress=True)
+        print(f"wrote {args.n} captioned mini-world images in COCO-captions format (captions.json, images/) to {args.out}")
     return 0

@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="classes with their probability per image in predictions.jsonl")
     parser.add_argument("--allow-unknown-words", action="store_true",
                         help="evaluate even if class names are missing from a word-level model's vocabulary (warns)")
+    parser.add_argument("--task", choices=("classify", "vqa", "caption"), default="classify",
+                        help="classify: zero-shot accuracy of a contrastive model; vqa / caption: a generative VLM's "
+                             "answers (exact match) or captions (CIDEr-D) on mini-world items or, with --data, a folder "
+                             "written by `vlalign data export --split vqa|captions`")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation length (vqa 8, caption 24)")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -52,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.reporting.robust import robust_report, robust_table
     from vlalign.models.loading import load_model
 
+    if args.task != "classify":
+        return _run_generative(args)
     if "{}" not in args.template:
         raise ValueError(f"--template must contain '{{}}' where the class name goes, got {args.template!r}")
     attacks = split_attack_names(args.attack)
@@ -93,4 +100,50 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nper-image predictions: {args.out / 'predictions.jsonl'}")
     print(f"adversarial images that fool the model: {grid}" if grid else "no attack fooled the model")
     print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def _run_generative(args: argparse.Namespace) -> int:
+    import torch
+
+    from vlalign.attacks.threat_model import parse_eps
+    from vlalign.data.vqa import MiniCaptions, MiniVQA
+    from vlalign.data.vqa_formats import load_captions_folder, load_vqa_folder
+    from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
+    from vlalign.io import atomic_write_bytes, atomic_write_json
+    from vlalign.models.vlm_loading import load_vlm
+    from vlalign.reporting.vlm_robust import vlm_robust_report, vlm_robust_table
+
+    eps = [parse_eps(e) for e in args.eps.split(",") if e.strip()]
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    check_device(args.device)
+    check_output(args.out, [("--model", args.model), ("--data", args.data)], nested_ok=("--model",))
+    torch.manual_seed(args.seed)
+    spec = "mini-vlm" if args.model == "mini" else args.model
+    model = load_vlm(spec, args.device)
+    if args.task == "vqa":
+        dataset = load_vqa_folder(args.data, model.image_size) if args.data else MiniVQA(args.n, args.seed)
+        references = [[dataset[i]["answer"]] for i in range(len(dataset))]
+    else:
+        dataset = load_captions_folder(args.data, model.image_size) if args.data else MiniCaptions(args.n, args.seed)
+        references = [dataset.references(i) for i in range(len(dataset))]
+    items = [dataset[i] for i in range(len(dataset))]
+    types = [item["question_type"] for item in items] if args.task == "vqa" else None
+    result = robust_evaluate_vlm(model, torch.stack([item["pixels"] for item in items]),
+                                 [item["prompt"] for item in items], references, args.task, args.attack, eps,
+                                 steps=args.steps, restarts=args.restarts, queries=args.queries,
+                                 batch_size=args.batch_size, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                 question_types=types, progress=True)
+    source = str(args.data) if args.data else f"mini-world {args.task} items, seed {args.seed}"
+    result.settings = {"model": spec, "source": source, **result.settings}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "metrics.json", result.metrics())
+    command = "vlalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["robust-eval"] else None
+    atomic_write_bytes(args.out / "report.md",
+                       vlm_robust_report(result, f"Robust {args.task} evaluation of {spec}", command).encode())
+    print(vlm_robust_table(result))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"\nreport: {args.out / 'report.md'}")
     return 0

@@ -205,3 +205,42 @@ def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, word:
     if word is not None:
         text += _WITH_WORD_SUFFIX[int(rng.integers(len(_WITH_WORD_SUFFIX)))].format(word=word)
     return text
+
+
+# ------------------------------------------------------------------ multi-object scenes (generative VLM data)
+
+#: One object of a scene: (shape name, colour name or None to choose one, centre x, centre y, radius, angle).
+SceneObject = tuple[str, "str | None", float, float, float, float]
+
+
+def render_scene(rng: np.random.Generator, objects: list[SceneObject], word: str | None = None,
+                 config: WorldConfig | None = None, min_contrast: float = 80.0) -> tuple[np.ndarray, list[str]]:
+    """Render ``objects`` on a mini-world background with distractor strokes and an optional written word.
+
+    The question-answering scenes of :mod:`vlalign.data.vqa` need several objects and controlled positions, which
+    :meth:`MiniWorld.render` (one object anywhere) does not give. An object whose colour is None gets a palette
+    colour at least ``min_contrast`` (RGB distance) from the background under it, so every object is visible.
+    Returns the uint8 ``H×W×3`` image and each object's colour name.
+    """
+    cfg = config or WorldConfig()
+    size = cfg.image_size
+    img = _background(rng, size, cfg.noise_std)
+    names: list[str] = []
+    for shape, colour_name, cx, cy, radius, angle in objects:
+        if colour_name is None:
+            y0, y1 = max(0, int(cy - radius)), min(size, int(cy + radius) + 1)
+            x0, x1 = max(0, int(cx - radius)), min(size, int(cx + radius) + 1)
+            under = img[y0:y1, x0:x1].reshape(-1, 3).mean(0)
+            palette = list(COLOURS)
+            visible = [c for c in palette if np.linalg.norm(np.asarray(COLOURS[c], np.float32) - under) >= min_contrast]
+            choices = visible or palette
+            colour_name = choices[int(rng.integers(len(choices)))]
+        if colour_name not in COLOURS:
+            raise ValueError(f"unknown colour {colour_name!r}; expected one of {list(COLOURS)}")
+        img = paint_shape(img, rng, shape, colour_name, cx, cy, radius, angle)
+        names.append(colour_name)
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw_distractors(pil, rng, cfg.min_distractors, cfg.max_distractors)
+    if word is not None:
+        draw_word(pil, word, rng, cfg.word_style)
+    return np.asarray(pil), names

@@ -23,7 +23,7 @@ from PIL import Image
 from vlalign.data.canvas import COLOURS, background, draw_distractors, paint_shape
 from vlalign.data.retrieval_set import RetrievalSet, concat_retrieval_sets
 from vlalign.data.scene_captions import (
-    TEMPLATES, Scene, SceneObject, caption_words, longest_caption_words, scene_captions,
+    TEMPLATES, Scene, SceneObject, caption_words, scene_captions,
 )
 from vlalign.data.shapes import SHAPE_NAMES
 from vlalign.data.typographic import WordStyle, draw_word

@@ -13,7 +13,7 @@ The checks are pure functions of the measured numbers; :func:`robust_evaluate` i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -47,33 +47,36 @@ def worst_case_correct(clean_correct: torch.Tensor, correct_by_attack: Mapping[s
     return out
 
 
-def eps_monotonicity_warnings(robust: Mapping[str, Mapping[float, float]], tolerance: float) -> list[str]:
+def eps_monotonicity_warnings(robust: Mapping[str, Mapping[float, float]], tolerance: float,
+                              metric: str = "robust accuracy", fmt: Callable[[float], str] = _percent) -> list[str]:
     """Warn where an attack's robust accuracy *rises* with ε by more than ``tolerance`` (a larger ball contains
-    the smaller one, so a working attack can only do better)."""
+    the smaller one, so a working attack can only do better). ``metric`` and ``fmt`` name and print the score
+    (e.g. ``"robust CIDEr-D"`` for captions)."""
     warnings = []
     for name, by_eps in robust.items():
         ordered = sorted(by_eps.items())
         for (eps_a, acc_a), (eps_b, acc_b) in zip(ordered, ordered[1:]):
             if acc_b > acc_a + tolerance:
                 warnings.append(
-                    f"{name}: robust accuracy rises with eps ({_percent(acc_a)} at {format_eps(eps_a)} -> "
-                    f"{_percent(acc_b)} at {format_eps(eps_b)}); the attack is not converging (gradient masking or "
+                    f"{name}: {metric} rises with eps ({fmt(acc_a)} at {format_eps(eps_a)} -> "
+                    f"{fmt(acc_b)} at {format_eps(eps_b)}); the attack is not converging (gradient masking or "
                     "too few steps)")
     return warnings
 
 
 def steps_monotonicity_warning(name: str, eps: float, steps_few: int, acc_few: float, steps_full: int,
-                               acc_full: float, tolerance: float) -> list[str]:
+                               acc_full: float, tolerance: float, metric: str = "robust accuracy",
+                               fmt: Callable[[float], str] = _percent) -> list[str]:
     """Warn when more attack steps gave a *higher* robust accuracy than fewer steps."""
     if acc_full > acc_few + tolerance:
-        return [f"{name} at eps {format_eps(eps)}: {steps_full} steps leave {_percent(acc_full)} robust but "
-                f"{steps_few} steps only {_percent(acc_few)}; robust accuracy should not rise with steps "
+        return [f"{name} at eps {format_eps(eps)}: {steps_full} steps leave {fmt(acc_full)} but "
+                f"{steps_few} steps only {fmt(acc_few)}; {metric} should not rise with steps "
                 "(gradient masking or a badly tuned step size)"]
     return []
 
 
 def black_box_warnings(robust: Mapping[str, Mapping[float, float]], white_box: Sequence[str],
-                       black_box: Sequence[str], tolerance: float) -> list[str]:
+                       black_box: Sequence[str], tolerance: float, fmt: Callable[[float], str] = _percent) -> list[str]:
     """Warn where a black-box attack leaves lower accuracy than every white-box attack at the same ε."""
     warnings = []
     if not white_box:
@@ -84,8 +87,8 @@ def black_box_warnings(robust: Mapping[str, Mapping[float, float]], white_box: S
             if best_white is not None and acc < best_white - tolerance:
                 strongest = min((w for w in white_box if eps in robust.get(w, {})), key=lambda w: robust[w][eps])
                 warnings.append(
-                    f"black-box {name} beats every white-box attack at eps {format_eps(eps)} ({_percent(acc)} vs "
-                    f"{_percent(best_white)} for {strongest}): the gradients are likely masked or obfuscated")
+                    f"black-box {name} beats every white-box attack at eps {format_eps(eps)} ({fmt(acc)} vs "
+                    f"{fmt(best_white)} for {strongest}): the gradients are likely masked or obfuscated")
     return warnings
 
 

@@ -54,6 +54,25 @@ def _image_processor_class() -> type:
     return processor_class
 
 
+def clip_preprocess(pixels: torch.Tensor, resize_to: int, crop_size: int, mean: torch.Tensor,
+                    std: torch.Tensor) -> torch.Tensor:
+    """CLIPImageProcessor's pipeline in torch, differentiable: resize the shorter side to ``resize_to`` (bicubic),
+    centre-crop ``crop_size``, normalize with ``mean`` / ``std`` ``[1, 3, 1, 1]``."""
+    if pixels.dim() != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
+    h, w = pixels.shape[-2:]
+    if min(h, w) != resize_to:
+        short = min(h, w)
+        # The longer side is truncated, as transformers' get_resize_output_image_size does, so the crop
+        # window is the one CLIPImageProcessor uses.
+        size = (int(resize_to * h / short), int(resize_to * w / short))
+        pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    h, w = pixels.shape[-2:]
+    top, left = (h - crop_size) // 2, (w - crop_size) // 2
+    pixels = pixels[..., top: top + crop_size, left: left + crop_size]
+    return (pixels - mean) / std
+
+
 class HFCLIP(ContrastiveModel):
     """A transformers CLIPModel with its tokenizer and image-processor settings."""
 
@@ -102,19 +121,7 @@ class HFCLIP(ContrastiveModel):
 
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         """Resize the shorter side to ``resize_to`` (bicubic), centre-crop, normalize: differentiable."""
-        if pixels.dim() != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
-        h, w = pixels.shape[-2:]
-        if min(h, w) != self.resize_to:
-            short = min(h, w)
-            # The longer side is truncated, as transformers' get_resize_output_image_size does, so the crop
-            # window is the one CLIPImageProcessor uses.
-            size = (int(self.resize_to * h / short), int(self.resize_to * w / short))
-            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        h, w = pixels.shape[-2:]
-        top, left = (h - self.image_size) // 2, (w - self.image_size) // 2
-        pixels = pixels[..., top: top + self.image_size, left: left + self.image_size]
-        return (pixels - self.mean) / self.std
+        return clip_preprocess(pixels, self.resize_to, self.image_size, self.mean, self.std)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = _features(self.model.get_image_features(pixel_values=self.preprocess(pixels)))

@@ -110,14 +110,19 @@ class VisionTower(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
         self.image_size = cfg.image_size
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def tokens(self, pixels: torch.Tensor, blocks: int | None = None) -> torch.Tensor:
+        """Per-patch tokens after the first ``blocks`` transformer blocks (all by default), before pooling ->
+        ``[B, grid², vision_width]``: what a generative VLM reads (``norm`` and ``head`` act only on the pooled token)."""
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
         x = self.stem((pixels - self.mean) / self.std)
         x = x.flatten(2).transpose(1, 2) + self.pos
-        for block in self.blocks:
+        for block in self.blocks[:blocks]:
             x = block(x)
-        return self.head(self.norm(x.mean(1)))
+        return x
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.tokens(pixels).mean(1)))
 
 
 class TextTower(nn.Module):

@@ -1,0 +1,40 @@
+"""``vlalign pretrain-vlm``: pretrain a MiniVLM (frozen MiniCLIP tower -> projector -> small Llama) on the mini world."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from vlalign.commands.common import add_out_argument
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("pretrain-vlm", help="pretrain a mini generative VLM on mini-world questions and captions")
+    parser.add_argument("--config", type=Path, required=True, help="YAML file (see configs/pretrain_vlm.yaml)")
+    parser.add_argument("--tower", default=None, help="override the config's MiniCLIP tower ('mini' or a folder)")
+    parser.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    add_out_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlalign.config import load_config
+    from vlalign.pipelines.pretrain_vlm import PretrainVLMConfig, pretrain_vlm
+    from vlalign.reporting.tables import markdown_table
+
+    config = load_config(args.config, PretrainVLMConfig)
+    overrides = {k: v for k, v in (("tower", args.tower), ("device", args.device), ("seed", args.seed)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    metrics = pretrain_vlm(config, args.out)
+    rows = [[kind, f"{value:.3f}"] for kind, value in metrics["exact_match"].items()]
+    rows.append(["CIDEr-D (captions)", f"{metrics['cider']:.3f}"])
+    if "robust" in metrics:
+        robust = metrics["robust"]
+        rows += [[f"{kind} under {robust['attack']} at {robust['eps']}", f"{value:.3f}"]
+                 for kind, value in robust["accuracy"].items()]
+    rows.append(["pretraining seconds", f"{metrics['seconds']['pretraining_total']:.0f}"])
+    print(markdown_table(["metric (fresh images)", "value"], rows))
+    print(f"model written to {args.out}")
+    return 0

@@ -1,0 +1,34 @@
+"""``vlalign transfer``: put a vision encoder trained by vlalign into another generative VLM (decoder untouched)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlalign.commands.common import add_out_argument
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("transfer", help="replace a VLM's vision encoder by one trained with vlalign")
+    parser.add_argument("--encoder", required=True,
+                        help="the trained encoder: a MiniCLIP, MiniVLM, CLIP or LLaVA folder (or 'mini')")
+    parser.add_argument("--into", required=True,
+                        help="the VLM to receive it: mini-vlm, mini-vlm-large, a MiniVLM or LLaVA folder, a LLaVA hub id")
+    add_out_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlalign.io import atomic_write_json
+    from vlalign.models.transfer import transfer_vision_encoder
+    from vlalign.models.vlm_loading import load_vlm
+
+    target = load_vlm(args.into)
+    transfer_vision_encoder(args.encoder, target)
+    target.save(args.out)
+    replaced = sum(1 for _ in target.vision_encoder.parameters())
+    atomic_write_json(Path(args.out) / "transfer.json", {"encoder": str(args.encoder), "into": str(args.into),
+                                                         "vision_tensors_replaced": replaced})
+    print(f"put the vision encoder of {args.encoder} ({replaced} tensors) into {args.into}; projector and decoder "
+          f"unchanged; written to {args.out}")
+    return 0

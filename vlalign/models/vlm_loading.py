@@ -1,0 +1,69 @@
+"""Resolve a generative-VLM spec (``mini-vlm``, ``mini-vlm-large``, a folder, or a LLaVA hub id) to a GenerativeVLM."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from vlalign.models.checkpoint import CheckpointError
+from vlalign.models.mini_vlm import ARCHITECTURE, CONFIG_FILE, load_mini_vlm
+from vlalign.models.vlm import GenerativeVLM
+
+#: Embedded mini VLMs: spec -> (asset folder, pretraining config that makes it).
+EMBEDDED_VLMS: dict[str, tuple[str, str]] = {
+    "mini-vlm": ("mini_vlm", "configs/pretrain_vlm.yaml"),
+    "mini-vlm-large": ("mini_vlm_large", "configs/pretrain_vlm_large.yaml"),
+}
+
+
+def embedded_vlm_dir(spec: str) -> Path:
+    """Folder of an embedded mini VLM inside the package (it may not be shipped yet)."""
+    return Path(str(resources.files("vlalign") / "assets" / EMBEDDED_VLMS[spec][0]))
+
+
+def vlm_kind(folder: Path) -> str:
+    """``"mini"`` (a MiniVLM folder) or ``"llava"`` (a transformers LLaVA folder), from its ``config.json``."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; expected a MiniVLM or transformers LLaVA folder")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and data.get("architecture") == ARCHITECTURE:
+        return "mini"
+    if isinstance(data, dict) and data.get("model_type") == "llava":
+        return "llava"
+    raise CheckpointError(f"{path}: not a generative VLM; expected \"architecture\": \"{ARCHITECTURE}\" or "
+                          "\"model_type\": \"llava\"")
+
+
+def load_vlm(spec: str | Path, device: str | torch.device = "cpu") -> GenerativeVLM:
+    """``mini-vlm`` / ``mini-vlm-large`` (embedded), a MiniVLM or LLaVA folder, or a LLaVA hub id, in eval mode."""
+    spec_str = str(spec)
+    if spec_str in EMBEDDED_VLMS:
+        folder = embedded_vlm_dir(spec_str)
+        if not (folder / CONFIG_FILE).is_file():
+            raise CheckpointError(f"the embedded {spec_str} is not shipped in this version ({folder} is missing); "
+                                  f"pretrain one with `vlalign pretrain-vlm --config {EMBEDDED_VLMS[spec_str][1]} "
+                                  "--out DIR` and pass DIR")
+        model: GenerativeVLM = load_mini_vlm(folder)
+    elif Path(spec_str).is_dir():
+        if vlm_kind(Path(spec_str)) == "mini":
+            model = load_mini_vlm(spec_str)
+        else:
+            from vlalign.models.hf_llava import HFLlava
+
+            model = HFLlava.from_pretrained(spec_str, local_files_only=True)
+    elif Path(spec_str).exists():
+        raise CheckpointError(f"{spec_str}: expected a model folder, got a file")
+    elif spec_str.startswith((".", "/", "~")):
+        raise CheckpointError(f"{spec_str}: model folder not found")
+    else:
+        from vlalign.models.hf_llava import HFLlava
+
+        model = HFLlava.from_pretrained(spec_str)
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Training methods driven by the one loop (:func:`vlalign.training.loop.fit`)."""
