@@ -132,7 +132,7 @@ def test_a_sound_evaluation_has_no_warnings_and_the_right_shape(mini_model, eval
     assert "steps" in metrics["checks"]
     from vlalign.reporting.robust import robust_report
 
-    report = robust_report(result, command="vlalign robust-eval ...")
+    report = robust_report(result.metrics(), command="vlalign robust-eval ...")
     assert "| **worst case**" in report and "vlalign robust-eval" in report
 
 

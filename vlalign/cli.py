@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "vlalign.commands.robust_eval",
     "vlalign.commands.control",
     "vlalign.commands.config",
+    "vlalign.commands.report",
     "vlalign.commands.pretrain_vlm",
     "vlalign.commands.transfer",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     from vlalign.data.folder import load_image_folder
     from vlalign.data.mini_world import MiniWorld
     from vlalign.evaluation.predictions import write_jsonl, zero_shot_records
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.models.loading import load_model
     from vlalign.models.vocabulary import check_known_words
     from vlalign.reporting.failures import zero_shot_failure_grid
-    from vlalign.reporting.tables import markdown_table
+    from vlalign.reporting.run_report import run_info, write_report
+    from vlalign.reporting.tables import markdown_table, zero_shot_report
 
     if "{}" not in args.template:
         raise ValueError(f"--template must contain '{{}}' where the class name goes, got {args.template!r}")
@@ -78,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(args.out / "metrics.json", metrics)
     write_jsonl(args.out / "predictions.jsonl", records)
     grid = zero_shot_failure_grid(images, records, args.out / "failures.png", str(args.model))
+    write_report(args.out, "eval", zero_shot_report(metrics, f"Zero-shot evaluation of {args.model}",
+                                                    grid.name if grid else None),
+                 run_info(seconds=time.perf_counter() - started))
     print(markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
     print(f"\nper-image predictions: {args.out / 'predictions.jsonl'}")
     print(f"failures: {grid}" if grid else "failures: none, every image is classified correctly")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
+import time
 from pathlib import Path
 
 from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
@@ -45,16 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    started = time.perf_counter()
+
     from vlalign.attacks.registry import split_attack_names
     from vlalign.attacks.threat_model import parse_eps
     from vlalign.data.folder import load_image_folder
     from vlalign.data.mini_world import MiniWorld
     from vlalign.evaluation.predictions import robust_records, write_jsonl
     from vlalign.evaluation.robust import robust_evaluate
-    from vlalign.io import atomic_write_bytes, atomic_write_json
+    from vlalign.io import atomic_write_json
     from vlalign.models.embeddings import class_text_embeddings
     from vlalign.reporting.failures import robust_failure_grid
     from vlalign.reporting.robust import robust_report, robust_table
+    from vlalign.reporting.run_report import run_info, write_report
     from vlalign.models.loading import load_model
 
     if args.task != "classify":
@@ -91,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(args.out / "metrics.json", metrics)
     write_jsonl(args.out / "predictions.jsonl", robust_records(images, result, args.top_k))
     grid = robust_failure_grid(images, result, args.out / "failures.png", str(args.model))
-    command = "vlalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["robust-eval"] else None
-    atomic_write_bytes(args.out / "report.md", robust_report(result, f"Robust evaluation of {args.model}", command).encode())
+    report = robust_report(metrics, f"Robust evaluation of {args.model}", failure_grid=grid.name if grid else None)
+    write_report(args.out, "robust-eval", report, run_info(seconds=time.perf_counter() - started))
     print(f"clean accuracy: {result.clean_accuracy:.3f}")
-    print(robust_table(result))
+    print(robust_table(metrics))
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"\nper-image predictions: {args.out / 'predictions.jsonl'}")
@@ -106,12 +108,15 @@ def run(args: argparse.Namespace) -> int:
 def _run_generative(args: argparse.Namespace) -> int:
     import torch
 
+    started = time.perf_counter()
+
     from vlalign.attacks.threat_model import parse_eps
     from vlalign.data.vqa import MiniCaptions, MiniVQA
     from vlalign.data.vqa_formats import load_captions_folder, load_vqa_folder
     from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
-    from vlalign.io import atomic_write_bytes, atomic_write_json
+    from vlalign.io import atomic_write_json
     from vlalign.models.vlm_loading import load_vlm
+    from vlalign.reporting.run_report import run_info, write_report
     from vlalign.reporting.vlm_robust import vlm_robust_report, vlm_robust_table
 
     eps = [parse_eps(e) for e in args.eps.split(",") if e.strip()]
@@ -139,9 +144,8 @@ def _run_generative(args: argparse.Namespace) -> int:
     result.settings = {"model": spec, "source": source, **result.settings}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "metrics.json", result.metrics())
-    command = "vlalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["robust-eval"] else None
-    atomic_write_bytes(args.out / "report.md",
-                       vlm_robust_report(result, f"Robust {args.task} evaluation of {spec}", command).encode())
+    write_report(args.out, "robust-eval-vlm", vlm_robust_report(result, f"Robust {args.task} evaluation of {spec}"),
+                 run_info(seconds=time.perf_counter() - started))
     print(vlm_robust_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from vlalign.data.mini_world import MiniWorld  # noqa: E402
 from vlalign.evaluation.control import is_monotonic, sweep_head_power  # noqa: E402
-from vlalign.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from vlalign.io import atomic_write_json  # noqa: E402
+from vlalign.reporting.run_report import run_info, write_report  # noqa: E402
 from vlalign.models.heads import HeadedCLIP  # noqa: E402
 from vlalign.reporting.tables import markdown_table  # noqa: E402
 
@@ -74,16 +77,30 @@ def write_control_report(model: HeadedCLIP, world: MiniWorld, ts: Sequence[float
     control["orthogonality_error"] = model.head.orthogonality_error()
     sv = model.head.singular_values()
     control["singular_values"] = {"min": float(sv.min()), "max": float(sv.max()), "mean": float(sv.mean())}
-    atomic_write_json(out / "control.json", control)
     plot_frontier(control, out / "frontier.png")
     plot_singular_values(model, out / "singular_values.png")
+    control["n"], control["seed"] = n, seed
+    atomic_write_json(out / "control.json", control)
+    write_report(out, "control", control_report(control), run_info())
+    print(_table(control))
+    return control
+
+
+def _table(control: dict) -> str:
     rows = [[t, c, ty, w] for t, c, ty, w in zip(control["t"], control["clean"], control["typographic"],
                                                     control["written_label_rate"])]
-    table = markdown_table(["t", "clean acc", "typographic acc", "written-label rate"], rows)
-    report = (f"# Σ^t control\n\n{n} images per split, seed {seed}. ‖WᵀW − I‖_F = {control['orthogonality_error']:.3f}; "
-              f"σ ∈ [{control['singular_values']['min']:.3f}, {control['singular_values']['max']:.3f}]. "
-              f"Written-label rate monotonic in t: {control['written_label_rate_monotonic']}.\n\n{table}\n\n"
-              "![frontier](frontier.png)\n\n![singular values](singular_values.png)\n")
-    atomic_write_bytes(out / "report.md", report.encode())
-    print(table)
-    return control
+    return markdown_table(["t", "clean acc", "typographic acc", "written-label rate"], rows)
+
+
+def control_report(control: dict) -> str:
+    """The Markdown report of a Σ^t sweep (``control.json``)."""
+    return (f"# Σ^t control\n\n{control['n']} images per split, seed {control['seed']}. ‖WᵀW − I‖_F = "
+            f"{control['orthogonality_error']:.3f}; σ ∈ [{control['singular_values']['min']:.3f}, "
+            f"{control['singular_values']['max']:.3f}]. Written-label rate monotonic in t: "
+            f"{control['written_label_rate_monotonic']}.\n\n{_table(control)}\n\n"
+            "![frontier](frontier.png)\n\n![singular values](singular_values.png)\n")
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a sweep folder, from its ``control.json``."""
+    return control_report(json.loads((Path(run_dir) / "control.json").read_text()))

@@ -10,6 +10,7 @@ worst-case accuracy at 4/255; the report states whether it does and what it cost
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from vlalign.attacks.threat_model import parse_eps
 from vlalign.config import config_from_dict
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.robust import robust_evaluate
-from vlalign.io import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_json
+from vlalign.reporting.run_report import run_info, write_report
 from vlalign.models.loading import load_model
 from vlalign.reporting.tables import markdown_table, percent
 from vlalign.pipelines.robust import RobustRun, train_robust_run
@@ -133,7 +135,8 @@ def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, w
                      "workers": workers, "seconds": {**seconds, "total": time.perf_counter() - began}},
     }
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_bytes(out / "report.md", _report(metrics, quick, seed).encode())
+    write_report(out, "experiment-robust", _report(metrics, quick, seed),
+                 run_info(command=_command(quick, seed), seconds=time.perf_counter() - began))
     print(_table(metrics))
     return metrics
 
@@ -177,7 +180,15 @@ def _report(metrics: dict, quick: bool, seed: int) -> str:
     lines += [markdown_table(["model", "attack", *(f"ε = {e}" for e in eps_keys)], rows), "", "## Gradient-masking checks", ""]
     warned = [(name, w) for name, values in methods.items() for w in values["warnings"]]
     lines += [f"- ⚠ {name}: {w}" for name, w in warned] or ["No warnings for any model."]
-    lines += ["", f"Run time: {settings['seconds']['total']:.0f} s ({settings['workers']} parallel process(es)).", "",
-              "Reproduce:", "",
-              f"    vlalign experiment robust --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}", ""]
+    lines += ["", f"Run time: {settings['seconds']['total']:.0f} s ({settings['workers']} parallel process(es)).", ""]
     return "\n".join(lines)
+
+
+def _command(quick: bool, seed: int) -> str:
+    return f"vlalign experiment robust --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}"
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished run folder, from its ``metrics.json``."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return _report(metrics, metrics["settings"]["quick"], metrics["settings"]["seed"])

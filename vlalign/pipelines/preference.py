@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ from vlalign.data.mini_world import INDOMAIN_CLASSES
 from vlalign.data.preference import class_prompts, read_preference_rows, typographic_preference_data
 from vlalign.evaluation.typographic import evaluate_typographic
 from vlalign.io import atomic_write_json
+from vlalign.reporting.run_report import run_info, write_report
+from vlalign.reporting.training import training_report
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.loading import load_model, save_model
 from vlalign.pipelines.runs import RunOutcome
@@ -107,6 +110,7 @@ def build_preference_data(run: PreferenceRun, model: ContrastiveModel
 
 def train_preference_run(run: PreferenceRun, out: Path, progress: bool = True, overwrite: bool = False) -> RunOutcome:
     """Train, save the aligned model into ``out`` and evaluate it (a finished run is only reported)."""
+    began = time.perf_counter()
     base = load_model(run.model, run.train.device)
     pref, prompts, reg, reg_prompts = build_preference_data(run, base)
     method = ContrastivePreference(base, pref, prompts, reg, run.options, reg_prompts)
@@ -120,6 +124,7 @@ def train_preference_run(run: PreferenceRun, out: Path, progress: bool = True, o
     metrics = evaluate_typographic(result.model, base, run.eval.images, run.eval.seed)
     atomic_write_json(out / "train_config.json", config_to_dict(run))
     atomic_write_json(out / "metrics.json", metrics)
+    write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
     return RunOutcome(out, metrics=metrics, start_step=result.start_step)
 
 

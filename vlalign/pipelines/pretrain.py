@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,8 @@ from vlalign.evaluation.people import evaluate_people_pretraining
 from vlalign.evaluation.retrieval_eval import evaluate_retrieval
 from vlalign.evaluation.typographic import evaluate_typographic_phenomena
 from vlalign.io import atomic_write_json
+from vlalign.reporting.run_report import run_info, write_report
+from vlalign.reporting.training import training_report
 from vlalign.models.loading import save_mini_clip
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 from vlalign.training import distributed
@@ -153,6 +156,7 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
                        overwrite: bool = False) -> dict[str, float]:
     """Pretrain (resuming from ``out`` if a state is there), then write ``model.safetensors``, ``config.json``,
     ``pretrain_config.json`` and ``metrics.json``."""
+    began = time.perf_counter()
     out = Path(out)
     model, result, evaluate = pretrain(config, out, progress, overwrite)
     metrics_path = out / "metrics.json"
@@ -164,6 +168,7 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
     save_mini_clip(model, out)
     atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
     atomic_write_json(metrics_path, metrics)
+    write_report(out, "pretrain", training_report(out), run_info(seconds=time.perf_counter() - began))
     return metrics
 
 

@@ -4,6 +4,7 @@ fresh images, save the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,8 @@ from vlalign.data.datasets import ImageFolderDataset, MiniWorldDataset
 from vlalign.data.mini_world import MiniWorld, parse_split
 from vlalign.evaluation.robust import robust_evaluate
 from vlalign.io import atomic_write_json
+from vlalign.reporting.run_report import run_info, write_report
+from vlalign.reporting.training import training_report
 from vlalign.models.loading import load_model, save_model
 from vlalign.pipelines.runs import RunOutcome
 from vlalign.training import distributed
@@ -99,6 +102,7 @@ def robust_finetune(run: RobustRun, out: Path | None, progress: bool = True, ove
 
 def train_robust_run(run: RobustRun, out: Path, progress: bool = True, overwrite: bool = False) -> RunOutcome:
     """Fine-tune, evaluate clean and robust accuracy on fresh images, write the model folder and metrics."""
+    began = time.perf_counter()
     out = Path(out)
     result = robust_finetune(run, out, progress, overwrite)
     if result.already_finished and (out / "metrics.json").is_file():
@@ -118,4 +122,5 @@ def train_robust_run(run: RobustRun, out: Path, progress: bool = True, overwrite
     save_model(model, out, info={"method": run.method, "base_model": run.model})
     atomic_write_json(out / "train_config.json", config_to_dict(run))
     atomic_write_json(out / "metrics.json", metrics)
+    write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
     return RunOutcome(out, metrics=metrics, start_step=result.start_step)

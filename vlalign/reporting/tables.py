@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cell(value: object, digits: int) -> str:
@@ -23,3 +24,29 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], dig
 def percent(value: float | None) -> str:
     """0.853 -> '85.3%'."""
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(values, dict):
+        rows: list[tuple[str, Any]] = []
+        for key, value in values.items():
+            rows += _flatten(value, f"{prefix}{key}." if not isinstance(value, (int, float, str, bool, type(None)))
+                             else f"{prefix}{key}")
+        return rows
+    if isinstance(values, list):
+        return [(prefix.rstrip("."), ", ".join(str(v) for v in values))]
+    return [(prefix.rstrip("."), values)]
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """Every number of a (nested) metrics dict as a two-column Markdown table."""
+    rows = [[name, f"{value:.4f}" if isinstance(value, float) else value] for name, value in _flatten(metrics)]
+    return markdown_table(["metric", "value"], rows)
+
+
+def zero_shot_report(metrics: dict[str, Any], title: str, failure_grid: str | None = None) -> str:
+    """The report of ``vlalign eval``: every metric, and the grid of misclassified images (a file beside it)."""
+    lines = [f"# {title}", "", metrics_table(metrics), ""]
+    if failure_grid:
+        lines += ["## Misclassified images", "", f"![misclassified images]({failure_grid})", ""]
+    return "\n".join(lines)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from vlalign.experiments.attribute.report import attribute_figures, attribute_re
 from vlalign.experiments.attribute.sweeps import (
     erasure_bounds, parity_gap_max, summarize_sweep, sweep_head, target_checks,
 )
-from vlalign.io import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_json
+from vlalign.reporting.run_report import run_info, write_report
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.embeddings import image_embeddings
 from vlalign.models.heads import HeadedCLIP
@@ -124,9 +126,11 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
     }
     figures = attribute_figures(out, test, image_emb, text, sweeps, pretrained, heads[primary], primary, config, bounds)
     metrics["figures"] = figures
+    metrics["model_spec"] = model_spec
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_bytes(out / "report.md", attribute_report(metrics, figures, model_spec).encode())
+    write_report(out, "experiment-attribute", attribute_report(metrics, figures, model_spec),
+                 run_info(seconds=metrics["seconds"]))
     return metrics
 
 
@@ -145,3 +149,9 @@ def run_attribute_experiment(out: str | Path, quick: bool = False, seed: int = 0
           f"{fmt_percent(summary['retrieval_parity_gap']['neutralized'])}")
     print(f"report: {Path(out) / 'report.md'}")
     return metrics
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished run folder, from its ``metrics.json``."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return attribute_report(metrics, metrics["figures"], metrics.get("model_spec"))

@@ -10,6 +10,7 @@ the uncertainty a reader should attach to the mean.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -21,7 +22,8 @@ import torch
 from vlalign.experiments.attribute.config import TARGETS, AttributeExperimentConfig
 from vlalign.experiments.attribute.report import fmt_percent, miss_numbers
 from vlalign.experiments.attribute.run import attribute_experiment
-from vlalign.io import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_json
+from vlalign.reporting.run_report import run_info, write_report
 from vlalign.models.base import ContrastiveModel
 from vlalign.reporting.bias_plots import seed_parity_figure, seed_spread_figure
 from vlalign.reporting.tables import markdown_table
@@ -212,7 +214,8 @@ def write_seed_summary(out: str | Path, per_seed: dict[int, dict], command: str,
     agg.update(config=config, command=command, per_seed={s: f"seed-{s}/metrics.json" for s in seeds}, figures=figures,
                seconds=seconds)
     atomic_write_json(out / "metrics.json", agg)
-    atomic_write_bytes(out / "report.md", seeds_report(agg, per_seed, figures, command).encode())
+    write_report(out, "experiment-attribute-seeds", seeds_report(agg, per_seed, figures, command),
+                 run_info(command=command, seconds=seconds))
     return agg
 
 
@@ -232,3 +235,11 @@ def run_attribute_seeds(out: str | Path, seeds: Sequence[int], quick: bool = Fal
               f"{'yes' if entry['all_targets_every_seed'] else 'no'}")
     print(f"report: {Path(out) / 'report.md'}")
     return agg
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished multi-seed folder, from its aggregate and per-seed ``metrics.json``."""
+    run_dir = Path(run_dir)
+    agg = json.loads((run_dir / "metrics.json").read_text())
+    per_seed = {int(s): json.loads((run_dir / path).read_text()) for s, path in agg["per_seed"].items()}
+    return seeds_report(agg, per_seed, agg["figures"], agg["command"])

@@ -1,0 +1,75 @@
+"""Reports of training runs (``vlalign train``, ``pretrain-mini``): the config, the results and the loss curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+from vlalign.reporting.tables import metrics_table  # noqa: E402
+
+#: metrics.csv columns that are not loss terms.
+NOT_TERMS = ("step", "lr")
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, list[float]]:
+    """``metrics.csv`` as columns of floats (empty cells are skipped per column)."""
+    columns: dict[str, list[float]] = {}
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if value not in ("", None):
+                    columns.setdefault(key, []).append(float(value))
+    return columns
+
+
+def training_curves(metrics_csv: str | Path, out_png: str | Path, title: str = "") -> Path | None:
+    """One panel per logged loss term and one for the learning rate, against the step; None without data."""
+    columns = read_metrics_csv(metrics_csv)
+    if len(columns.get("step", [])) < 1:
+        return None
+    terms = [k for k in columns if k not in NOT_TERMS and len(columns[k]) == len(columns["step"])]
+    panels = terms + (["lr"] if "lr" in columns else [])
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, panels):
+        ax.plot(columns["step"], columns[name], marker="." if len(columns["step"]) < 30 else None, color="C0"
+                if name != "lr" else "C1")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def training_report(run_dir: str | Path) -> str:
+    """The Markdown report of a training run folder: results, curves, and the config it was trained with."""
+    run_dir = Path(run_dir)
+    config = next((json.loads(p.read_text()) for p in (run_dir / "train_config.json", run_dir / "pretrain_config.json")
+                   if p.is_file()), {})
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    name = config.get("method") or config.get("world_kind") or "training"
+    lines = [f"# Training run: {name}", ""]
+    if metrics:
+        lines += ["## Results", "", metrics_table(metrics), ""]
+    if (run_dir / "metrics.csv").is_file():
+        curves = training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{name}: logged terms")
+        if curves is not None:
+            lines += ["## Loss terms and learning rate", "", f"![training curves]({curves.name})", ""]
+    if config:
+        lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
