@@ -158,8 +158,10 @@ def test_unknown_key_inside_optional_dataclass(tmp_path):
 
 
 def test_missing_required_nested_key_names_its_path(tmp_path):
-    message = load_error(tmp_path, "inner: {mode: slow}\n", Outer)
-    assert "missing required key(s) inner.rate for Inner" in message
+    message = load_error(tmp_path, "maybe: {mode: slow}\n", Outer)  # no default section to fill it in
+    assert "missing required key(s) maybe.rate for Inner" in message
+    # A section with a default takes the fields it does not give from that default.
+    assert load_config(write(tmp_path, "inner: {mode: slow}\n"), Outer).inner == Inner(1.0, "slow")
 
 
 def test_post_init_errors_name_the_section_and_value(tmp_path):
@@ -234,3 +236,13 @@ def test_a_duplicate_key_in_a_list_item_mapping(tmp_path):
     path = write(tmp_path, "items:\n  - a: 1\n    a: 2\n")
     with pytest.raises(ConfigError, match=r"duplicate key 'a' at line 3 \(first given at line 2\)"):
         read_yaml(path)
+
+
+def test_a_section_given_in_part_keeps_the_field_defaults_of_its_run():
+    from vlalign.pipelines.preference import PreferenceRun
+    from vlalign.pipelines.robust import RobustRun
+
+    run = config_from_dict(PreferenceRun, {"method": "dpo", "train": {"steps": 3}})
+    assert (run.train.steps, run.train.averaging) == (3, "bma")  # the preference run's default, not TrainConfig's
+    robust = config_from_dict(RobustRun, {"method": "fare", "train": {"steps": 3}})
+    assert (robust.train.steps, robust.train.checkpoint_every) == (3, 50)

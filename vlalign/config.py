@@ -175,9 +175,15 @@ def _from_mapping(cls: type[T], data: dict, where: str) -> T:
             f"expected keys: {', '.join(sorted(fields))}"
         )
     kwargs = {}
-    for name in fields:
+    for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}" if where else name)
+            value = data[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(default) and isinstance(value, dict):
+                # A section given in part keeps its other fields at this field's default (e.g. a run's own loop
+                # defaults), not at the section class's.
+                value = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init}, **value}
+            kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
