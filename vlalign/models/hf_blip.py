@@ -17,7 +17,6 @@ statistics; :meth:`HFBlip.preprocess` does the same in torch, so attacks differe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,11 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.hf_clip import _size_value, _Tower
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
+from vlalign.models.hf_clip import (
+    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _size_value, _Tower, load_transformers_parts,
+)
 
 def _image_processor_class() -> type:
     """BLIP's image processor; the PIL variant (transformers 5.x) avoids the torchvision warning."""
@@ -62,23 +59,14 @@ class HFBlip(ContrastiveModel):
                         max_text_length: int = 64) -> "HFBlip":
         """Load model, tokenizer and processor settings from a hub id or folder (``local_files_only`` defaults
         to True for folders and when ``HF_HUB_OFFLINE`` is set)."""
-        from transformers import AutoTokenizer, BlipForImageTextRetrieval
+        from transformers import BlipForImageTextRetrieval
 
-        name = str(name_or_path)
-        if local_files_only is None:
-            local_files_only = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-        try:
-            model = BlipForImageTextRetrieval.from_pretrained(name, local_files_only=local_files_only)
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-        except OSError as exc:
-            raise FileNotFoundError(
-                f"cannot load BLIP model {name!r} (local_files_only={local_files_only}): {' '.join(str(exc).split())}"
-            ) from None
-        try:
-            processor = _image_processor_class().from_pretrained(name, local_files_only=local_files_only)
+        model, tokenizer, processor = load_transformers_parts(BlipForImageTextRetrieval, name_or_path,
+                                                              local_files_only, "BLIP", _image_processor_class())
+        if processor is not None:
             mean, std = processor.image_mean, processor.image_std
             size = _size_value(getattr(processor, "size", None), model.config.vision_config.image_size)
-        except OSError:
+        else:
             mean, std, size = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, int(model.config.vision_config.image_size)
         model.eval()
         return cls(model, tokenizer, mean, std, size, max_text_length)

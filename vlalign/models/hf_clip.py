@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,36 @@ def clip_preprocess(pixels: torch.Tensor, resize_to: int, crop_size: int, mean: 
     return (pixels - mean) / std
 
 
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_transformers_parts(model_class: type, name_or_path: str | Path, local_files_only: bool | None,
+                            label: str, processor_class: type | None = None) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, image processor or None)`` of a transformers model by hub id or folder.
+
+    ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set; a folder without
+    ``preprocessor_config.json`` gives no processor (the caller falls back to known statistics).
+    """
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    if local_files_only is None:
+        local_files_only = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    try:
+        model = model_class.from_pretrained(name, local_files_only=local_files_only)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    except OSError as exc:
+        # transformers' message spans several lines; the CLI reports errors as one line.
+        raise FileNotFoundError(f"cannot load {label} model {name!r} (local_files_only={local_files_only}): "
+                                f"{' '.join(str(exc).split())}") from None
+    try:
+        processor = (processor_class or _image_processor_class()).from_pretrained(name, local_files_only=local_files_only)
+    except OSError:
+        processor = None
+    return model.eval(), tokenizer, processor
+
+
 class HFCLIP(ContrastiveModel):
     """A transformers CLIPModel with its tokenizer and image-processor settings."""
 
@@ -94,27 +125,15 @@ class HFCLIP(ContrastiveModel):
 
         ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set.
         """
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
 
-        name = str(name_or_path)
-        if local_files_only is None:
-            local_files_only = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-        try:
-            model = CLIPModel.from_pretrained(name, local_files_only=local_files_only)
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-        except OSError as exc:
-            # transformers' message spans several lines; the CLI reports errors as one line.
-            raise FileNotFoundError(
-                f"cannot load CLIP model {name!r} (local_files_only={local_files_only}): {' '.join(str(exc).split())}"
-            ) from None
-        try:
-            processor = _image_processor_class().from_pretrained(name, local_files_only=local_files_only)
+        model, tokenizer, processor = load_transformers_parts(CLIPModel, name_or_path, local_files_only, "CLIP")
+        if processor is not None:
             mean, std = processor.image_mean, processor.image_std
             crop = _size_value(getattr(processor, "crop_size", None), model.config.vision_config.image_size)
             resize = _size_value(getattr(processor, "size", None), crop)
-        except OSError:
-            # No preprocessor_config.json: fall back to OpenAI CLIP's statistics at the model's native size.
-            mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        else:  # no preprocessor_config.json: OpenAI CLIP's statistics at the model's native size
+            mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
             crop = resize = int(model.config.vision_config.image_size)
         model.eval()
         return cls(model, tokenizer, mean, std, resize, crop)
