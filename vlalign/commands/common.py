@@ -39,7 +39,7 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, example: 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="mini",
-                        help="'mini' (embedded MiniCLIP), 'mini-people', a model folder, or a cached hub id such as "
+                        help="'mini' (embedded MiniCLIP), 'mini-people', 'mini-retrieval', a model folder, or a cached hub id such as "
                              "openai/clip-vit-base-patch32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 

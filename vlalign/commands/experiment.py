@@ -19,6 +19,8 @@ EXPERIMENTS: dict[str, str] = {
     "typographic": "vlalign.experiments.typographic:run_typographic_experiment",
     "attribute": "vlalign.experiments.attribute:run_attribute_experiment",
     "robust": "vlalign.experiments.robust:run_robust_experiment",
+    "advlora": "vlalign.experiments.advlora:run_advlora_experiment",
+    "advlora-select": "vlalign.experiments.advlora:run_advlora_selection",
 }
 MULTI_SEED: dict[str, str] = {
     "attribute": "vlalign.experiments.attribute.seeds:run_attribute_seeds",
@@ -41,6 +43,9 @@ SUMMARIES: dict[str, str] = {
     "attribute": "flip and neutralize the body style in the people world with a linear head, Σ^t sweep and "
                  "retrieval parity (~1 min)",
     "robust": "TeCoA and FARE adversarial fine-tuning beside the pretrained MiniCLIP under APGD and PGD (~35 min)",
+    "advlora": "AdvLoRA vs full fine-tuning and LoRA, clean and adversarial, for retrieval: Recall@k clean, under "
+               "PGD, FGSM and transfer, ablations, rank sweep, word + PGD (~25 min)",
+    "advlora-select": "choose the advlora experiment's learning rates on the val split (~10 min)",
 }
 
 

@@ -17,6 +17,8 @@ BUILDERS: dict[str, str] = {
     "robust-eval": "vlalign.commands.report:_robust_eval_report",
     "control": "vlalign.experiments.control:report_from_run",
     "experiment-robust": "vlalign.experiments.robust:report_from_run",
+    "experiment-advlora": "vlalign.experiments.advlora:report_from_run",
+    "experiment-advlora-select": "vlalign.experiments.advlora:selection_report_from_run",
     "experiment-attribute": "vlalign.experiments.attribute.run:report_from_run",
     "experiment-attribute-seeds": "vlalign.experiments.attribute.seeds:report_from_run",
 }

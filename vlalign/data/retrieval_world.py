@@ -186,3 +186,32 @@ class RetrievalWorld:
             parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts), starts,
                                   [1] * len(starts)))
         return concat_retrieval_sets(parts)
+
+
+#: How :func:`write_misleading_words` draws its word: about as large as the words of the world's own band
+#: (9 to 14 pixels on a 64-pixel image), so a model that learned to read those reads it too.
+MISLEADING_WORD_STYLE = WordStyle(min_size=0.14, max_size=0.22, box_prob=0.3)
+
+
+def write_misleading_words(data: RetrievalSet, seed: int, style: WordStyle = MISLEADING_WORD_STYLE
+                           ) -> tuple[RetrievalSet, list[str]]:
+    """The typographic attack on a retrieval set: onto a copy of each image, write a shape or colour name that
+    its scene does not show (neither an object's shape or colour nor its own written word), at a random place.
+
+    The captions stay those of the original image (the attack must not change what the image is). Needs the
+    scenes of a generated set; image i's word, place and style are drawn from ``(seed, i)`` alone. Returns the
+    worded set, which carries no scenes or claims (the ground truth no longer describes the pixels exactly), and
+    the word written on each image.
+    """
+    if data.scenes is None:
+        raise ValueError("write_misleading_words needs the scenes of a generated retrieval set (data.scenes is None)")
+    out, words = [], []
+    for i, scene in enumerate(data.scenes):
+        shown = {w for obj in scene.objects for w in (obj.shape, obj.colour)} | {scene.word}
+        candidates = [w for w in WORDS if w not in shown]
+        rng = np.random.default_rng([seed, i])
+        pil = Image.fromarray(data.images[i].permute(1, 2, 0).numpy())
+        words.append(candidates[int(rng.integers(len(candidates)))])
+        draw_word(pil, words[-1], rng, style)
+        out.append(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
+    return RetrievalSet(torch.stack(out).contiguous(), [list(c) for c in data.captions]), words

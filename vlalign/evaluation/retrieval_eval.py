@@ -79,6 +79,17 @@ def evaluate_retrieval(model: ContrastiveModel, data: RetrievalSet, ks: Sequence
         model.train(training)
 
 
+def _attacked_batches(model: ContrastiveModel, data: RetrievalSet, attack: Attack, batch_size: int, seed: int,
+                      text_emb: torch.Tensor, progress: bool):
+    """Yield the attacked pixels of ``data``'s images, ``batch_size`` at a time; batch b uses seed ``seed + b``."""
+    texts, owner = data.flat_captions()
+    starts = range(0, len(data), batch_size)
+    for b, start in enumerate(tqdm(starts, desc="attack", disable=not progress)):
+        rows = torch.arange(start, min(start + batch_size, len(data)))
+        objective = GalleryRetrievalObjective(model, texts, owner, rows, text_emb)
+        yield attack(objective, data.pixels(rows).to(model.device), seed=seed + b).adversarial.detach()
+
+
 def adversarial_image_embeddings(model: ContrastiveModel, data: RetrievalSet, attack: Attack, batch_size: int = 64,
                                  seed: int = 0, text_emb: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
     """Embeddings of ``data``'s images after ``attack`` (see the module docstring for its objective) -> ``[N, D]``.
@@ -86,18 +97,44 @@ def adversarial_image_embeddings(model: ContrastiveModel, data: RetrievalSet, at
     Batches are attacked one at a time and only their embeddings are kept, so a large gallery never holds
     its adversarial pixels at once. Batch b is attacked with seed ``seed + b``.
     """
-    texts, owner = data.flat_captions()
     if text_emb is None:
-        text_emb = text_embeddings(model, texts)
+        text_emb = text_embeddings(model, data.flat_captions()[0])
     out = []
-    starts = range(0, len(data), batch_size)
-    for b, start in enumerate(tqdm(starts, desc="attack", disable=not progress)):
-        rows = torch.arange(start, min(start + batch_size, len(data)))
-        objective = GalleryRetrievalObjective(model, texts, owner, rows, text_emb)
-        adversarial = attack(objective, data.pixels(rows).to(model.device), seed=seed + b).adversarial
+    for adversarial in _attacked_batches(model, data, attack, batch_size, seed, text_emb, progress):
         with torch.no_grad():
             out.append(model.encode_image(adversarial).float().cpu())
     return torch.cat(out)
+
+
+def adversarial_pixels(model: ContrastiveModel, data: RetrievalSet, attack: Attack, batch_size: int = 64,
+                       seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """``data``'s images after ``attack`` on ``model`` (float ``[N, 3, H, W]`` in [0, 1], on the CPU), batched and
+    seeded as :func:`adversarial_image_embeddings`. For a transfer attack crafted once on a surrogate and then
+    scored on many targets with :func:`recall_of_pixels` (what :class:`vlalign.attacks.TransferAttack` does per
+    target, without crafting the same images again for each)."""
+    training = _was_training(model)
+    try:
+        text_emb = text_embeddings(model, data.flat_captions()[0])
+        return torch.cat([x.cpu() for x in _attacked_batches(model, data, attack, batch_size, seed, text_emb, progress)])
+    finally:
+        model.train(training)
+
+
+def recall_of_pixels(model: ContrastiveModel, pixels: torch.Tensor, data: RetrievalSet, ks: Sequence[int] = DEFAULT_KS,
+                     batch_size: int = 256) -> dict:
+    """Recall@k of ``model`` with ``pixels`` (float ``[N, 3, H, W]`` in [0, 1], e.g. from
+    :func:`adversarial_pixels`) in place of ``data``'s images and ``data``'s clean captions."""
+    if pixels.shape[0] != len(data):
+        raise ValueError(f"got {pixels.shape[0]} images for a gallery of {len(data)}")
+    training = _was_training(model)
+    try:
+        texts, owner = data.flat_captions()
+        with torch.no_grad():
+            images = torch.cat([model.encode_image(pixels[s: s + batch_size].to(model.device)).float().cpu()
+                                for s in range(0, len(pixels), batch_size)])
+        return retrieval_recall(images, text_embeddings(model, texts, batch_size), owner, ks)
+    finally:
+        model.train(training)
 
 
 def robust_retrieval(model: ContrastiveModel, data: RetrievalSet, attack: Attack, ks: Sequence[int] = DEFAULT_KS,

@@ -30,6 +30,16 @@ def embedded_people_dir() -> Path:
     return Path(str(resources.files("vlalign") / "assets" / "mini_people"))
 
 
+def embedded_retrieval_dir() -> Path:
+    """Folder of the retrieval-world MiniCLIP shipped inside the package (``mini-retrieval``)."""
+    return Path(str(resources.files("vlalign") / "assets" / "mini_retrieval"))
+
+
+#: Names of the MiniCLIPs shipped inside the package -> their folder.
+EMBEDDED_MODELS = {"mini": embedded_mini_dir, "mini-people": embedded_people_dir,
+                   "mini-retrieval": embedded_retrieval_dir}
+
+
 def save_mini_clip(model: MiniCLIP, folder: str | Path) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``folder``, each atomically."""
     folder = Path(folder)
@@ -115,13 +125,12 @@ def _read_json(path: Path) -> dict:
 
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> ContrastiveModel:
-    """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), a MiniCLIP folder, a
-    transformers CLIP or BLIP-retrieval folder, or a hub id (dispatched on its config's ``model_type``)."""
+    """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), ``mini-retrieval``
+    (the embedded retrieval-world model), a MiniCLIP folder, a transformers CLIP or BLIP-retrieval folder, or a
+    hub id (dispatched on its config's ``model_type``)."""
     spec_str = str(spec)
-    if spec_str == "mini":
-        model: ContrastiveModel = load_mini_clip(embedded_mini_dir())
-    elif spec_str == "mini-people":
-        model = load_mini_clip(embedded_people_dir())
+    if spec_str in EMBEDDED_MODELS:
+        model: ContrastiveModel = load_mini_clip(EMBEDDED_MODELS[spec_str]())
     elif Path(spec_str).is_dir() and (Path(spec_str) / HEAD_FILE).is_file():
         model = _load_head_run(Path(spec_str), device)
     elif Path(spec_str).is_dir():

@@ -44,11 +44,11 @@ def _read_kind(folder: Path) -> tuple[str, dict]:
 def load_vision_source(spec: str | Path) -> tuple[str, nn.Module, MiniCLIPConfig | None]:
     """The vision encoder named by ``spec`` -> (family ``"mini"`` or ``"clip"``, the module whose state is
     transferred, the MiniCLIP config for the mini family)."""
-    from vlalign.models.loading import load_mini_clip, load_model
+    from vlalign.models.loading import EMBEDDED_MODELS, load_mini_clip, load_model
 
     spec_str = str(spec)
     folder = Path(spec_str)
-    if spec_str in ("mini", "mini-people"):
+    if spec_str in EMBEDDED_MODELS:
         clip = load_model(spec_str)
         return "mini", clip.visual, clip.config
     if not folder.is_dir():

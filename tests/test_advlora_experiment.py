@@ -1,0 +1,166 @@
+"""``vlalign experiment advlora --quick`` end to end on a tiny retrieval MiniCLIP built from a config: the shape
+of metrics.json, the sanity of its numbers, the report and its rebuild; and the merged AdvLoRA model saved as a
+plain model computes what the adapted model computed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlalign.data.retrieval_world import RetrievalWorld, retrieval_vocabulary, write_misleading_words
+from vlalign.data.scene_captions import longest_caption_words
+from vlalign.experiments import advlora
+from vlalign.models.loading import load_model, save_model
+from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
+
+RECALL_KEYS = {f"r{k}" for k in (1, 5, 10)}
+
+
+def tiny_model() -> MiniCLIP:
+    torch.manual_seed(0)
+    return MiniCLIP(MiniCLIPConfig(image_size=32, stem_channels=(8, 16, 32), vision_width=32, vision_layers=1,
+                                   vision_heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16,
+                                   vocab=retrieval_vocabulary(), max_text_length=longest_caption_words() + 2)).eval()
+
+
+def check_recall(value: dict) -> None:
+    assert set(value) == {"i2t", "t2i", "mR"}
+    six = [value[d][k] for d in ("i2t", "t2i") for k in sorted(RECALL_KEYS)]
+    assert set(value["i2t"]) == set(value["t2i"]) == RECALL_KEYS
+    assert all(0.0 <= v <= 1.0 for v in six)
+    for d in ("i2t", "t2i"):
+        assert value[d]["r1"] <= value[d]["r5"] <= value[d]["r10"]
+    assert value["mR"] == pytest.approx(sum(six) / 6)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("tiny")
+    save_model(tiny_model(), folder)
+    out = tmp_path_factory.mktemp("advlora")
+    quick = {**advlora.QUICK, "model": str(folder)}
+    patch = pytest.MonkeyPatch()
+    patch.setattr(advlora, "QUICK", quick)
+    try:
+        metrics = advlora.run_advlora_experiment(out, quick=True)
+    finally:
+        patch.undo()
+    return out, metrics, load_model(folder)
+
+
+def test_metrics_json_has_the_issues_shape(run):
+    out, metrics, base = run
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert set(metrics["methods"]) == set(advlora.ROWS) == {
+        "full_clean", "full_adversarial", "lora_clean", "lora_adversarial", "advlora", "advlora_no_cluster_init",
+        "advlora_no_alignment", "advlora_no_adaptive_alpha"}
+    total = sum(p.numel() for p in base.parameters())
+    for name, row in metrics["methods"].items():
+        assert {"trainable_params", "trainable_fraction", "clean", "pgd", "fgsm", "transfer", "seconds"} <= set(row)
+        for condition in ("clean", "pgd", "fgsm", "transfer"):
+            check_recall(row[condition])
+        assert row["trainable_fraction"] == pytest.approx(row["trainable_params"] / total)
+        assert row["seconds"] > 0
+    image_tower = sum(p.numel() for p in base.image_parameters())
+    assert metrics["methods"]["full_adversarial"]["trainable_params"] == image_tower
+    # LoRA at rank r on the attention projections: r·(in + out) per adapted layer; AdvLoRA adds one α per layer.
+    layers = [m for n, m in base.visual.named_modules() if n.endswith(("attn.qkv", "attn.proj"))]
+    lora = sum(8 * (m.in_features + m.out_features) for m in layers)
+    assert metrics["methods"]["lora_adversarial"]["trainable_params"] == lora
+    assert metrics["methods"]["advlora"]["trainable_params"] == lora + len(layers)
+    assert metrics["methods"]["advlora_no_adaptive_alpha"]["trainable_params"] == lora
+    assert set(metrics["rank_sweep"]) == {"1", "8"}
+    assert metrics["rank_sweep"]["8"]["pgd"] == metrics["methods"]["advlora"]["pgd"]
+    for entry in metrics["rank_sweep"].values():
+        check_recall(entry["clean"])
+        check_recall(entry["pgd"])
+    assert set(metrics["compound"]) == {"pretrained", *advlora.ROWS}
+    for cells in metrics["compound"].values():
+        assert set(cells) == {"clean", "word", "pgd", "word_pgd"} and all(0 <= v <= 1 for v in cells.values())
+    assert set(metrics["alpha"]) == {"advlora", "advlora_no_cluster_init", "advlora_no_alignment", "advlora_r1"}
+    assert all(len(a["step"]) == len(a["alpha_mean"]) > 0 for a in metrics["alpha"].values())
+    assert set(metrics["targets"]) and all(isinstance(t["met"], bool) for t in metrics["targets"].values())
+
+
+def test_the_attacks_do_not_help_and_the_transfer_images_are_the_pretrained_models_pgd(run):
+    _, metrics, _ = run
+    pretrained = metrics["pretrained"]
+    # The surrogate is the pretrained model itself, so its transfer row is a white-box PGD with another seed.
+    assert pretrained["transfer"]["mR"] <= pretrained["clean"]["mR"]
+    for row in metrics["methods"].values():
+        assert row["pgd"]["mR"] <= row["clean"]["mR"] + 1e-9
+
+
+def test_report_plots_and_rebuild(run):
+    from vlalign.commands.report import rebuild
+
+    out, _, _ = run
+    for name in ("report.md", "report.html", "report.json", "alpha.png", "rank_sweep.png", "robustness.png"):
+        assert (out / name).is_file(), name
+    text = (out / "report.md").read_text()
+    assert "## Targets" in text and "AdvLoRA − alignment" in text and "word + PGD" in text
+    assert json.loads((out / "report.json").read_text())["kind"] == "experiment-advlora"
+    (out / "report.md").unlink()
+    rebuild(out)
+    assert (out / "report.md").read_text().split("\n## Run\n")[0] == text.split("\n## Run\n")[0]
+    # Every row's merged model is a plain MiniCLIP folder; LoRA rows also keep a peft adapter.
+    assert isinstance(load_model(out / "models" / "advlora"), MiniCLIP)
+    assert (out / "models" / "advlora" / "peft" / "adapter_model.safetensors").is_file()
+    assert not (out / "models" / "full_adversarial" / "peft").exists()
+
+
+def test_merged_model_saved_as_a_plain_model_equals_the_adapted_model(tmp_path):
+    from vlalign.data.retrieval_set import collate_retrieval
+    from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod
+
+    data = RetrievalWorld().sample("train", 8, seed=0)
+    method = AdvLoRAMethod(tiny_model(), data, AdvLoRAConfig(rank=2, eps="4/255", attack_steps=1))
+    method.prepare(torch.device("cpu"))
+    optimizer = torch.optim.Adam([p for p in method.model.parameters() if p.requires_grad], lr=2e-2)
+    batch = {"train": collate_retrieval([data[i] for i in range(8)]), "step": 0, "seed": 0}
+    for _ in range(3):
+        loss = method(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert any(abs(a - 1.0) > 1e-4 for a in method.alphas().values())  # α moved, so folding it matters
+    pixels = data.pixels(torch.arange(8))
+    texts = [c[0] for c in data.captions]
+    method.model.eval()
+    with torch.no_grad():
+        adapted = method.model.encode_image(pixels), method.model.encode_text(texts)
+    save_model(method.finish(), tmp_path / "merged")
+    loaded = load_model(tmp_path / "merged")
+    assert isinstance(loaded, MiniCLIP) and not any("lora" in k for k in loaded.state_dict())
+    with torch.no_grad():
+        assert float((loaded.encode_image(pixels) - adapted[0]).abs().max()) <= 1e-5
+        assert float((loaded.encode_text(texts) - adapted[1]).abs().max()) <= 1e-5
+
+
+def test_misleading_words_write_a_word_the_scene_does_not_show():
+    from vlalign.data.retrieval_set import RetrievalSet
+    from vlalign.data.retrieval_world import WORDS
+
+    data = RetrievalWorld().sample("test", 12, seed=3)
+    worded, words = write_misleading_words(data, seed=0)
+    again, _ = write_misleading_words(data, seed=0)
+    assert torch.equal(worded.images, again.images) and worded.captions == data.captions
+    assert (worded.images != data.images).flatten(1).any(1).all()
+    for scene, word in zip(data.scenes, words):
+        assert word in WORDS and word != scene.word
+        assert all(word not in (obj.shape, obj.colour) for obj in scene.objects)
+    assert not torch.equal(write_misleading_words(data, seed=1)[0].images, worded.images)
+    with pytest.raises(ValueError, match="scenes"):
+        write_misleading_words(RetrievalSet(data.images, data.captions), seed=0)
+
+
+def test_experiment_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="lr"):
+        advlora.AdvLoRAExperiment(lr={"full": 1e-4})
+    with pytest.raises(ValueError, match="ranks"):
+        advlora.AdvLoRAExperiment(ranks=[0])
+    assert advlora.experiment_config(quick=True, seed=3).train.seed == 3
+    assert advlora.row_config("advlora_no_cluster_init", advlora.experiment_config()).alignment_target == "init"

@@ -1,0 +1,564 @@
+"""AdvLoRA for image-text retrieval in the retrieval world (``vlalign experiment advlora``).
+
+Starting from the shipped retrieval MiniCLIP (``mini-retrieval``), eight rows are fine-tuned on fresh
+retrieval-world training images through the one loop (:func:`vlalign.training.loop.fit` driving
+:class:`vlalign.training.methods.advlora.AdvLoRAMethod`) and evaluated on a fresh 1,000-image test gallery
+(5,000 captions, a seed no pretraining or selection run has seen):
+
+- ``full_clean`` / ``full_adversarial``: the whole image tower, clean or ℓ∞ PGD-3 adversarial training;
+- ``lora_clean`` / ``lora_adversarial``: plain LoRA (peft's init, fixed scale) on the image tower's attention
+  projections, clean or adversarial;
+- ``advlora``: LoRA with the three AdvLoRA parts (clustering init, parameter alignment, adaptive α), adversarial;
+- ``advlora_no_cluster_init``, ``advlora_no_alignment``, ``advlora_no_adaptive_alpha``: AdvLoRA minus one part.
+  Without clustering init the alignment penalty is taken against the initial product (``alignment_target:
+  init``, i.e. ‖ΔW‖²/‖W₀‖²): the paper's ‖W₀ − ΔW‖² from ΔW = 0 would pull the effective weight towards 2·W₀
+  (see :mod:`vlalign.models.adapters.advlora`).
+
+Every row reports its trainable parameters (count and fraction of the whole model), Recall@1/5/10 in both
+directions and their mean mR (:func:`vlalign.evaluation.retrieval.retrieval_recall`) clean, under white-box
+PGD-10 and FGSM at the training ε (2/255), and under a transfer attack: PGD-10 crafted on the pretrained
+``mini-retrieval`` (the public model every row starts from; the attacker never queries the fine-tuned model),
+the same images for every row. Attacks perturb images only, against the gallery's caption centroids
+(:mod:`vlalign.evaluation.retrieval_eval`). Also: AdvLoRA's mean α over training (plot), a rank sweep
+r ∈ {1, 2, 4, 8, 16} of AdvLoRA's mR under PGD (the paper's open question 2) and a compound attack — a misleading
+written word (:func:`vlalign.data.retrieval_world.write_misleading_words`) plus ℓ∞ PGD on the same image (open
+question 3).
+
+Hyper-parameters (learning rate per family) were chosen on the **val** split by ``vlalign experiment
+advlora-select`` (adversarial rows, val mR under PGD-10), never on the test gallery; the chosen values are the
+defaults of :class:`AdvLoRAExperiment` below and the selection run's numbers are in the README.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlalign.attacks.fgsm import FGSM
+from vlalign.attacks.pgd import PGD
+from vlalign.attacks.threat_model import parse_eps
+from vlalign.config import check_range, config_from_dict, config_to_dict, option
+from vlalign.data.retrieval_set import RetrievalSet
+from vlalign.data.retrieval_world import RetrievalWorld, write_misleading_words
+from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retrieval, recall_of_pixels, robust_retrieval
+from vlalign.io import atomic_write_json
+from vlalign.models.adapters.advlora import trainable_parameter_count
+from vlalign.models.loading import load_model, save_model
+from vlalign.reporting.figures import line_plot, save_figure
+from vlalign.reporting.run_report import run_info, write_report
+from vlalign.reporting.tables import markdown_table, percent
+from vlalign.reporting.training import read_metrics_csv
+from vlalign.training.loop import fit
+from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod
+from vlalign.training.train_config import TrainConfig
+
+#: Row key -> the AdvLoRAConfig fields that make it (rank, lr and the shared settings come from the experiment).
+ROWS: dict[str, dict[str, Any]] = {
+    "full_clean": {"trainable": "full", "adversarial": False},
+    "full_adversarial": {"trainable": "full"},
+    "lora_clean": {"trainable": "lora", "adversarial": False},
+    "lora_adversarial": {"trainable": "lora"},
+    "advlora": {"trainable": "advlora"},
+    "advlora_no_cluster_init": {"trainable": "advlora", "cluster_init": False, "alignment_target": "init"},
+    "advlora_no_alignment": {"trainable": "advlora", "alignment_weight": 0.0},
+    "advlora_no_adaptive_alpha": {"trainable": "advlora", "adaptive_alpha": False},
+}
+NAMES = {"pretrained": "pretrained (no fine-tuning)", "full_clean": "full FT, clean", "full_adversarial": "full FT, adversarial",
+         "lora_clean": "LoRA, clean", "lora_adversarial": "LoRA, adversarial", "advlora": "AdvLoRA",
+         "advlora_no_cluster_init": "AdvLoRA − clustering init", "advlora_no_alignment": "AdvLoRA − alignment",
+         "advlora_no_adaptive_alpha": "AdvLoRA − adaptive α"}
+CONDITIONS = ("clean", "pgd", "fgsm", "transfer")
+#: Rows trained by the val selection, one per learning-rate family.
+SELECTION_ROWS = ("full_adversarial", "lora_adversarial", "advlora")
+
+
+def family(row: str) -> str:
+    """The learning-rate family of a row: ``full``, ``lora`` or ``advlora``."""
+    return ROWS[row]["trainable"]
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(steps=150, batch_size=128, warmup_fraction=0.1, checkpoint_every=50, log_every=10)
+
+
+@dataclass
+class AdvLoRAExperiment:
+    """Sizes and settings of ``vlalign experiment advlora`` (and of its val selection)."""
+
+    model: str = option("mini-retrieval", "the pre-trained model every row starts from (also the transfer surrogate)")
+    train_images: int = option(4000, "fine-tuning images (retrieval world, split train), five captions each")
+    train_seed: int = option(7, "seed of the fine-tuning images (pretraining used seed 0)")
+    val_images: int = option(500, "val images for the hyper-parameter selection")
+    val_seed: int = option(0, "seed of the val images")
+    test_images: int = option(1000, "test gallery images (5 captions each)")
+    test_seed: int = option(2, "seed of the test gallery (the shipped model's own evaluation used seed 1)")
+    eps: str = option("2/255", "ℓ∞ radius of the training and evaluation attacks")
+    train_attack_steps: int = option(3, "PGD steps of adversarial training (PGD-3)")
+    eval_steps: int = option(10, "PGD steps of the white-box, transfer and compound evaluations (PGD-10)")
+    attack_batch: int = option(100, "images attacked at once in the evaluation")
+    rank: int = option(8, "LoRA rank of the LoRA and AdvLoRA rows")
+    ranks: list[int] = option(help="ranks of the AdvLoRA rank sweep", factory=lambda: [1, 2, 4, 8, 16])
+    lr: dict[str, float] = option(help="peak learning rate per family (full, lora, advlora), chosen on val",
+                                  factory=lambda: {"full": 1e-4, "lora": 3e-3, "advlora": 3e-3})
+    lr_grid: dict[str, list[float]] = option(help="learning rates tried per family by the val selection",
+                                             factory=lambda: {"full": [1e-4, 3e-4], "lora": [1e-3, 3e-3],
+                                                              "advlora": [1e-3, 3e-3]})
+    alignment_weight: float = option(0.1, "λ of AdvLoRA's parameter-alignment penalty")
+    compound_seed: int = option(5, "seed of the misleading words of the compound attack")
+    train: TrainConfig = option(help="loop settings shared by every row (lr: see lr)", factory=_default_train)
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "val_images", "test_images", "train_attack_steps", "eval_steps", "attack_batch",
+                     "rank"):
+            check_range(name, getattr(self, name), 1)
+        parse_eps(self.eps)
+        if not self.ranks or any(r < 1 for r in self.ranks):
+            raise ValueError(f"ranks must be a non-empty list of ranks >= 1, got {self.ranks}")
+        for what in ("lr", "lr_grid"):
+            if set(getattr(self, what)) != {"full", "lora", "advlora"}:
+                raise ValueError(f"{what} must have exactly the keys full, lora, advlora, got {sorted(getattr(self, what))}")
+        check_range("alignment_weight", self.alignment_weight, 0)
+
+
+#: The full run (and the selection's grid). About 25 minutes on 2 CPU cores (see the README's AdvLoRA section).
+FULL: dict[str, Any] = {}
+#: A smoke run: every part runs on a few images for a few steps; nothing is meant to be robust.
+QUICK: dict[str, Any] = {"train_images": 48, "val_images": 16, "test_images": 24, "eval_steps": 2, "attack_batch": 12,
+                         "ranks": [1, 8], "lr_grid": {"full": [1e-4], "lora": [3e-3], "advlora": [1e-3, 3e-3]},
+                         "train": {"steps": 3, "batch_size": 16, "checkpoint_every": 3, "log_every": 1}}
+
+
+def experiment_config(quick: bool = False, seed: int = 0) -> AdvLoRAExperiment:
+    """The settings of the full run (or of ``--quick``), with the loop seeded by ``seed``."""
+    data = copy.deepcopy(QUICK if quick else FULL)
+    data.setdefault("train", {})["seed"] = seed
+    defaults = config_to_dict(_default_train())
+    data["train"] = {**defaults, **data["train"]}
+    return config_from_dict(AdvLoRAExperiment, data, f"experiment advlora{' --quick' if quick else ''}")
+
+
+def row_config(row: str, config: AdvLoRAExperiment, rank: int | None = None) -> AdvLoRAConfig:
+    """The AdvLoRAConfig of ``row`` under the experiment's shared settings."""
+    fields = dict(ROWS[row])
+    if fields["trainable"] == "advlora":
+        fields.setdefault("alignment_weight", config.alignment_weight)
+    return AdvLoRAConfig(rank=config.rank if rank is None else rank, eps=config.eps,
+                         attack_steps=config.train_attack_steps, seed=config.train.seed, **fields)
+
+
+def build_sets(config: AdvLoRAExperiment, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, RetrievalSet]:
+    """The fine-tuning, val and test sets (and ``test_words``, the test gallery with misleading words)."""
+    world = RetrievalWorld()
+    workers = 2 if (os.cpu_count() or 1) > 1 else 1
+    sizes = {"train": (config.train_images, config.train_seed), "val": (config.val_images, config.val_seed),
+             "test": (config.test_images, config.test_seed)}
+    sets = {split: world.sample(split, *sizes[split], workers=workers) for split in splits}
+    if "test" in sets:
+        sets["test_words"] = write_misleading_words(sets["test"], config.compound_seed)[0]
+    return sets
+
+
+# ------------------------------------------------------------------------------------------------- one job
+_SHARED: dict[str, Any] = {}
+
+
+def _init_worker(shared: dict[str, Any], threads: int | None) -> None:
+    if threads is not None:
+        # One process per core beats two OpenMP threads per process on a shared machine by a wide margin.
+        torch.set_num_threads(threads)
+    _SHARED.clear()
+    _SHARED.update(shared)
+
+
+def _attacks(config: AdvLoRAExperiment) -> dict[str, Any]:
+    eps = parse_eps(config.eps)
+    return {"pgd": PGD(eps, steps=config.eval_steps), "fgsm": FGSM(eps)}
+
+
+def evaluate_model(model, config: AdvLoRAExperiment, data: RetrievalSet, conditions: tuple[str, ...],
+                   words: RetrievalSet | None = None) -> dict[str, Any]:
+    """Recall of ``model`` on ``data`` clean and under each white-box attack of ``conditions`` (``pgd``,
+    ``fgsm``); with ``words`` (the same gallery with misleading words) also the compound attack's four cells."""
+    attacks = _attacks(config)
+    out: dict[str, Any] = {}
+    for condition in conditions:
+        if condition == "clean":
+            out["clean"] = evaluate_retrieval(model, data)
+        else:
+            out[condition] = robust_retrieval(model, data, attacks[condition], batch_size=config.attack_batch)
+    if words is not None:
+        out["compound"] = {"word": evaluate_retrieval(model, words)["mR"],
+                           "word_pgd": robust_retrieval(model, words, attacks["pgd"], batch_size=config.attack_batch)["mR"]}
+    return out
+
+
+def train_row(row: str, config: AdvLoRAExperiment, base, data: RetrievalSet, out: Path, lr: float,
+              rank: int | None = None, progress: bool = False) -> tuple[Any, AdvLoRAMethod, dict[str, Any]]:
+    """Fine-tune ``base`` as ``row`` through the loop into ``out``; returns (merged plain model, method, facts)."""
+    method = AdvLoRAMethod(base, data, row_config(row, config, rank))
+    trainable = trainable_parameter_count(method.model)
+    train = copy.deepcopy(config.train)
+    train.lr = lr
+    result = fit(method, train, out, run_config={"experiment": "advlora", "row": row, "data": {
+        "train_images": config.train_images, "train_seed": config.train_seed}}, progress=progress)
+    columns = read_metrics_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else {}
+    facts = {"trainable_params": trainable, "trainable_fraction": trainable / sum(p.numel() for p in base.parameters()),
+             "train_seconds": result.seconds, "lr": lr,
+             "rank": None if method.config.trainable == "full" else method.config.rank,
+             "alpha": {"step": columns.get("step", []), "alpha_mean": columns["alpha_mean"]}
+             if "alpha_mean" in columns else None}
+    return result.model, method, facts
+
+
+def _job(kind: str, row: str, rank: int | None = None, lr: float | None = None) -> tuple[str, dict[str, Any]]:
+    """One unit of work in a worker: train a row and evaluate it (``kind`` = ``row``, ``sweep`` or ``select``),
+    or craft the transfer images on the pretrained model and evaluate it (``kind`` = ``pretrained``)."""
+    config: AdvLoRAExperiment = _SHARED["config"]
+    sets: dict[str, RetrievalSet] = _SHARED["sets"]
+    out: Path = _SHARED["out"]
+    began = time.perf_counter()
+    base = load_model(config.model)
+    if kind == "pretrained":
+        facts = evaluate_model(base, config, sets["test"], ("clean", "pgd", "fgsm"), sets["test_words"])
+        facts["transfer_pixels"] = adversarial_pixels(base, sets["test"], PGD(parse_eps(config.eps), steps=config.eval_steps),
+                                                      batch_size=config.attack_batch, seed=1)
+        facts["seconds"] = time.perf_counter() - began
+        return row, facts
+    name = row if kind != "sweep" else f"{row}_r{rank}"
+    lr = config.lr[family(row)] if lr is None else lr
+    if kind == "select":
+        name = f"{row}_lr{lr:g}"
+    model, method, facts = train_row(row, config, base, sets["train"], out / "runs" / name, lr, rank)
+    evaluated = time.perf_counter()
+    if kind == "row":
+        facts.update(evaluate_model(model, config, sets["test"], ("clean", "pgd", "fgsm"), sets["test_words"]))
+        folder = out / "models" / name
+        save_model(model, folder, info={"experiment": "advlora", "row": name, "base_model": config.model})
+        if method.adapter_export is not None:
+            method.save_peft_adapter(folder / "peft")
+    elif kind == "sweep":
+        facts.update(evaluate_model(model, config, sets["test"], ("clean", "pgd")))
+    else:
+        facts.update(evaluate_model(model, config, sets["val"], ("clean", "pgd")))
+    facts["eval_seconds"] = time.perf_counter() - evaluated
+    return name, facts
+
+
+def _run_jobs(jobs: list[tuple], shared: dict[str, Any], workers: int) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    if workers == 1:
+        _init_worker(shared, None)
+        for job in jobs:
+            name, results[name] = _job(*job)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # "spawn": forked children of a process whose torch thread pool is running can deadlock.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(shared, threads)) as pool:
+        futures = [pool.submit(_job, *job) for job in jobs]
+        for future in as_completed(futures):
+            name, results[name] = future.result()
+            print(f"{name}: done", flush=True)
+    return results
+
+
+def default_workers(quick: bool) -> int:
+    """Parallel processes: one per CPU core, at most 2 (1 for ``--quick``)."""
+    return 1 if quick else max(1, min(2, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def _row_metrics(facts: dict[str, Any]) -> dict[str, Any]:
+    keys = ("trainable_params", "trainable_fraction", *CONDITIONS)
+    return {**{k: facts[k] for k in keys}, "seconds": facts["train_seconds"], "eval_seconds": facts["eval_seconds"],
+            "lr": facts["lr"], "rank": facts["rank"]}
+
+
+def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
+    """Train and evaluate the eight rows, the rank sweep and the compound attack; write ``metrics.json``, the
+    plots and the report into ``out``. Returns the metrics (recalls as fractions)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    config = experiment_config(quick, seed)
+    workers = default_workers(quick) if workers is None else workers
+    check_range("workers", workers, 1)
+    sets = build_sets(config, ("train", "test"))
+    rendered = time.perf_counter() - began
+    # Longest first, so that two workers finish together: adversarial rows, then the sweep, then clean rows.
+    order = ["full_adversarial", "advlora", "advlora_no_cluster_init", "advlora_no_alignment",
+             "advlora_no_adaptive_alpha", "lora_adversarial"]
+    jobs: list[tuple] = [("pretrained", "pretrained")] + [("row", r) for r in order]
+    jobs += [("sweep", "advlora", r) for r in config.ranks if r != config.rank]
+    jobs += [("row", "full_clean"), ("row", "lora_clean")]
+    results = _run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
+
+    pretrained = results.pop("pretrained")
+    transfer_pixels = pretrained.pop("transfer_pixels")
+    for name in ROWS:
+        model = load_model(out / "models" / name)
+        results[name]["transfer"] = recall_of_pixels(model, transfer_pixels, sets["test"])
+    pretrained["transfer"] = recall_of_pixels(load_model(config.model), transfer_pixels, sets["test"])
+    base = load_model(config.model)
+    methods = {name: _row_metrics(results[name]) for name in ROWS}
+    sweep = {}
+    for rank in config.ranks:
+        facts = results["advlora"] if rank == config.rank else results[f"advlora_r{rank}"]
+        sweep[str(rank)] = {"trainable_params": facts["trainable_params"],
+                            "trainable_fraction": facts["trainable_fraction"], "clean": facts["clean"],
+                            "pgd": facts["pgd"], "seconds": facts["train_seconds"]}
+    compound = {name: {"clean": facts["clean"]["mR"], "word": facts["compound"]["word"],
+                       "pgd": facts["pgd"]["mR"], "word_pgd": facts["compound"]["word_pgd"]}
+                for name, facts in [("pretrained", pretrained), *((n, results[n]) for n in ROWS)]}
+    alpha = {name: results[name]["alpha"] for name in ROWS if results[name]["alpha"] is not None}
+    alpha.update({f"advlora_r{r}": results[f"advlora_r{r}"]["alpha"] for r in config.ranks if r != config.rank})
+    total = time.perf_counter() - began
+    metrics = {
+        "methods": methods,
+        "rank_sweep": sweep,
+        "compound": compound,
+        "pretrained": {k: pretrained[k] for k in CONDITIONS} | {"total_params": sum(p.numel() for p in base.parameters())},
+        "alpha": alpha,
+        "targets": targets(methods),
+        "warnings": masking_warnings(methods),
+        "settings": {"quick": quick, "seed": seed, "workers": workers, **config_to_dict(config),
+                     "seconds": {"total": total, "data": rendered, "pretrained": pretrained["seconds"],
+                                 **{n: results[n]["train_seconds"] + results[n]["eval_seconds"] for n in results}}},
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    write_plots(metrics, out)
+    write_report(out, "experiment-advlora", _report(metrics), run_info(command=_command("advlora", quick, seed),
+                                                                        seconds=total))
+    print(_main_table(metrics))
+    return metrics
+
+
+def targets(methods: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with the numbers it compares (mR fractions; "points" are 0.01)."""
+    pgd = {name: values["pgd"]["mR"] for name, values in methods.items()}
+    lora_clean_clean = methods["lora_clean"]["clean"]["mR"]
+    ratio = methods["advlora"]["trainable_params"] / methods["full_adversarial"]["trainable_params"]
+    return {
+        "lora_clean_pgd_at_most_half_clean": {"pgd": pgd["lora_clean"], "clean": lora_clean_clean,
+                                              "met": pgd["lora_clean"] <= 0.5 * lora_clean_clean},
+        "advlora_vs_lora_adversarial_plus_2": {"advlora": pgd["advlora"], "lora_adversarial": pgd["lora_adversarial"],
+                                               "met": pgd["advlora"] >= pgd["lora_adversarial"] + 0.02},
+        "advlora_vs_lora_clean_plus_20": {"advlora": pgd["advlora"], "lora_clean": pgd["lora_clean"],
+                                          "met": pgd["advlora"] >= pgd["lora_clean"] + 0.20},
+        "advlora_params_at_most_5pct_of_full": {"ratio": ratio, "met": ratio <= 0.05},
+        "advlora_within_3_of_full_adversarial": {"advlora": pgd["advlora"], "full_adversarial": pgd["full_adversarial"],
+                                                 "met": pgd["advlora"] >= pgd["full_adversarial"] - 0.03},
+    }
+
+
+def masking_warnings(methods: dict[str, Any]) -> list[str]:
+    """Signs of gradient masking (AutoAttack's checks, adapted): a one-step or a black-box attack that hurts
+    more than white-box PGD-10 at the same ε."""
+    warnings = []
+    for name, values in methods.items():
+        pgd = values["pgd"]["mR"]
+        for other in ("fgsm", "transfer"):
+            if values[other]["mR"] < pgd - 0.01:
+                warnings.append(f"{name}: {other} (mR {percent(values[other]['mR'])}) beats white-box PGD "
+                                f"(mR {percent(pgd)}); the PGD evaluation may be masked")
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------- plots, report
+def write_plots(metrics: dict[str, Any], out: Path) -> None:
+    """``alpha.png`` (mean α over training), ``rank_sweep.png`` (mR against rank) and ``robustness.png``."""
+    import matplotlib.pyplot as plt
+
+    alpha = metrics["alpha"]
+    if alpha:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, series in alpha.items():
+            label = NAMES[name] if name in NAMES else "AdvLoRA r = " + name.rsplit("_r", 1)[1]
+            ax.plot(series["step"], series["alpha_mean"], label=label,
+                    linestyle="-" if name in ROWS else ":")
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean α over adapted layers")
+        ax.set_title("AdvLoRA's adaptive scale α during training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save_figure(fig, out / "alpha.png")
+    sweep = metrics["rank_sweep"]
+    ranks = [int(r) for r in sweep]
+    line_plot(ranks, {"clean mR": [100 * sweep[str(r)]["clean"]["mR"] for r in ranks],
+                      f"PGD-{metrics['settings']['eval_steps']} mR": [100 * sweep[str(r)]["pgd"]["mR"] for r in ranks]},
+              out / "rank_sweep.png", "LoRA rank r", "mR (%)", "AdvLoRA: mR against rank (test gallery)")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    rows = ["pretrained", *metrics["methods"]]
+    width = 0.2
+    for k, condition in enumerate(CONDITIONS):
+        values = [100 * (metrics["pretrained"] if r == "pretrained" else metrics["methods"][r])[condition]["mR"]
+                  for r in rows]
+        ax.bar([i + (k - 1.5) * width for i in range(len(rows))], values, width, label=condition)
+    ax.set_xticks(range(len(rows)), [NAMES[r] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("mR (%)")
+    ax.set_title("mR clean and under attack (test gallery)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "robustness.png")
+
+
+def _main_table(metrics: dict[str, Any]) -> str:
+    rows = []
+    reference = metrics["pretrained"]
+    rows.append([NAMES["pretrained"], "—", *(percent(reference[c]["mR"]) for c in CONDITIONS), "—"])
+    for name, values in metrics["methods"].items():
+        rows.append([NAMES[name], f"{values['trainable_params']:,} ({100 * values['trainable_fraction']:.2f}%)",
+                     *(percent(values[c]["mR"]) for c in CONDITIONS), f"{values['seconds']:.0f}"])
+    steps = metrics["settings"]["eval_steps"]
+    return markdown_table(["row", "trainable params", "clean mR", f"PGD-{steps} mR", "FGSM mR",
+                           f"transfer (PGD-{steps}) mR", "train s"], rows)
+
+
+def _recall_table(metrics: dict[str, Any], condition: str) -> str:
+    rows = [[NAMES[name], *(percent(values[condition][d][f"r{k}"]) for d in ("i2t", "t2i") for k in (1, 5, 10)),
+             percent(values[condition]["mR"])] for name, values in metrics["methods"].items()]
+    return markdown_table(["row", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mR"], rows)
+
+
+def _pt(value: float) -> str:
+    return f"{100 * value:+.1f} pt"
+
+
+def _report(metrics: dict[str, Any]) -> str:
+    s, methods, t = metrics["settings"], metrics["methods"], metrics["targets"]
+    pgd = {name: values["pgd"]["mR"] for name, values in methods.items()}
+    lines = [
+        "# AdvLoRA: adversarially robust low-rank adaptation for retrieval",
+        "",
+        f"Every row starts from `{s['model']}` and fine-tunes on {s['train_images']} fresh retrieval-world images "
+        f"(seed {s['train_seed']}) for {s['train']['steps']} steps of batch {s['train']['batch_size']} through the "
+        f"one loop; adversarial rows train on ℓ∞ PGD-{s['train_attack_steps']} at ε = {s['eps']}. LoRA rows adapt "
+        f"the image tower's attention projections at rank {s['rank']}. Learning rates (chosen on val by "
+        f"`vlalign experiment advlora-select`): " + ", ".join(f"{k} {v:g}" for k, v in s["lr"].items()) + ". "
+        f"Test gallery: {s['test_images']} images, {5 * s['test_images']} captions (seed {s['test_seed']}). "
+        f"Attacks at ε = {s['eps']}: white-box PGD-{s['eval_steps']}, FGSM, and PGD-{s['eval_steps']} transferred "
+        f"from the pretrained model (the same images for every row).",
+        "",
+        _main_table(metrics),
+        "",
+        "![mR clean and under attack](robustness.png)",
+        "",
+        "## Targets",
+        "",
+        f"- clean LoRA's PGD mR is at most half its clean mR: **{'met' if t['lora_clean_pgd_at_most_half_clean']['met'] else 'not met'}** "
+        f"({percent(pgd['lora_clean'])} vs {percent(methods['lora_clean']['clean']['mR'])} clean)",
+        f"- AdvLoRA ≥ adversarial LoRA + 2 points under PGD: **{'met' if t['advlora_vs_lora_adversarial_plus_2']['met'] else 'not met'}** "
+        f"({percent(pgd['advlora'])} vs {percent(pgd['lora_adversarial'])}, {_pt(pgd['advlora'] - pgd['lora_adversarial'])})",
+        f"- AdvLoRA ≥ clean LoRA + 20 points under PGD: **{'met' if t['advlora_vs_lora_clean_plus_20']['met'] else 'not met'}** "
+        f"({_pt(pgd['advlora'] - pgd['lora_clean'])})",
+        f"- AdvLoRA trains ≤ 5% of full fine-tuning's parameters: **{'met' if t['advlora_params_at_most_5pct_of_full']['met'] else 'not met'}** "
+        f"({100 * t['advlora_params_at_most_5pct_of_full']['ratio']:.1f}%)",
+        f"- AdvLoRA within 3 points of adversarial full fine-tuning under PGD: "
+        f"**{'met' if t['advlora_within_3_of_full_adversarial']['met'] else 'not met'}** "
+        f"({_pt(pgd['advlora'] - pgd['full_adversarial'])})",
+        "",
+        "## Ablations: AdvLoRA minus one part",
+        "",
+        markdown_table(["removed part", "clean mR change", "PGD mR change", "FGSM mR change", "transfer mR change"], [
+            [NAMES[name].split("− ")[1], *(_pt(methods[name][c]["mR"] - methods["advlora"][c]["mR"]) for c in CONDITIONS)]
+            for name in ("advlora_no_cluster_init", "advlora_no_alignment", "advlora_no_adaptive_alpha")]),
+        "",
+        "A negative change means the part helps that number; a positive one, that AdvLoRA is better without it.",
+        "",
+        "## Recall@k per condition",
+        "",
+    ]
+    for condition in CONDITIONS:
+        lines += [f"### {condition}", "", _recall_table(metrics, condition), ""]
+    sweep = metrics["rank_sweep"]
+    lines += ["## Rank sweep (AdvLoRA, test gallery)", "",
+              markdown_table(["rank", "trainable params", "clean mR", f"PGD-{s['eval_steps']} mR"],
+                             [[r, f"{v['trainable_params']:,}", percent(v["clean"]["mR"]), percent(v["pgd"]["mR"])]
+                              for r, v in sweep.items()]), "", "![rank sweep](rank_sweep.png)", ""]
+    lines += ["## Compound attack: a misleading written word plus ℓ∞ PGD on the same image", "",
+              f"Each test image gets a shape or colour name its scene does not show, then PGD-{s['eval_steps']} at ε = "
+              f"{s['eps']} attacks the worded image; captions stay clean (mR).", "",
+              markdown_table(["model", "clean", "word", "PGD", "word + PGD"],
+                             [[NAMES[n], *(percent(v[k]) for k in ("clean", "word", "pgd", "word_pgd"))]
+                              for n, v in metrics["compound"].items()]), ""]
+    if metrics["alpha"]:
+        finals = ", ".join(f"{NAMES.get(n, n.replace('advlora_r', 'AdvLoRA r = '))} {v['alpha_mean'][-1]:.3f}"
+                           for n, v in metrics["alpha"].items())
+        lines += ["## Adaptive α", "", f"Mean α at the end of training: {finals}.", "", "![alpha](alpha.png)", ""]
+    lines += ["## Gradient-masking checks", ""]
+    lines += [f"- ⚠ {w}" for w in metrics["warnings"]] or [f"No row has FGSM or the transfer attack beating PGD-{s['eval_steps']}."]
+    seconds = s["seconds"]
+    lines += ["", f"Run time: {seconds['total']:.0f} s in total ({s['workers']} parallel process(es)); the "
+              "`train s` column is each row's training alone.", ""]
+    return "\n".join(lines)
+
+
+def _command(name: str, quick: bool, seed: int) -> str:
+    return f"vlalign experiment {name} --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}"
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished run folder, from its ``metrics.json``."""
+    return _report(json.loads((Path(run_dir) / "metrics.json").read_text()))
+
+
+# ------------------------------------------------------------------------------------------ val selection
+def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
+    """Choose each family's learning rate on the **val** split: train the adversarial row of each family
+    (full, LoRA, AdvLoRA) at every rate of ``lr_grid`` and keep the one with the highest val mR under PGD-10
+    (ties: the lower rate). Writes ``metrics.json`` and a report; the test gallery is never touched."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    config = experiment_config(quick, seed)
+    workers = default_workers(quick) if workers is None else workers
+    check_range("workers", workers, 1)
+    sets = build_sets(config, ("train", "val"))
+    jobs = [("select", row, None, lr) for row in SELECTION_ROWS for lr in config.lr_grid[family(row)]]
+    results = _run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
+    grid: dict[str, dict[str, Any]] = {}
+    for row in SELECTION_ROWS:
+        grid[family(row)] = {f"{lr:g}": {"clean": results[f"{row}_lr{lr:g}"]["clean"], "pgd": results[f"{row}_lr{lr:g}"]["pgd"],
+                                         "seconds": results[f"{row}_lr{lr:g}"]["train_seconds"]}
+                             for lr in config.lr_grid[family(row)]}
+    chosen = {fam: min(values, key=lambda lr: (-values[lr]["pgd"]["mR"], float(lr))) for fam, values in grid.items()}
+    metrics = {"grid": grid, "chosen": {fam: float(lr) for fam, lr in chosen.items()},
+               "settings": {"quick": quick, "seed": seed, "workers": workers, **config_to_dict(config),
+                            "seconds": time.perf_counter() - began}}
+    atomic_write_json(out / "metrics.json", metrics)
+    write_report(out, "experiment-advlora-select", _selection_report(metrics),
+                 run_info(command=_command("advlora-select", quick, seed), seconds=time.perf_counter() - began))
+    print(_selection_report(metrics))
+    return metrics
+
+
+def _selection_report(metrics: dict[str, Any]) -> str:
+    s = metrics["settings"]
+    rows = [[fam, lr, percent(v["clean"]["mR"]), percent(v["pgd"]["mR"]), "✓" if float(lr) == metrics["chosen"][fam] else ""]
+            for fam, values in metrics["grid"].items() for lr, v in values.items()]
+    return "\n".join([
+        "# AdvLoRA experiment: learning rates chosen on val",
+        "",
+        f"Adversarial row of each family trained as in `vlalign experiment advlora` ({s['train']['steps']} steps), "
+        f"evaluated on {s['val_images']} val images (seed {s['val_seed']}); chosen: the highest val mR under "
+        f"PGD-{s['eval_steps']} at ε = {s['eps']}.",
+        "",
+        markdown_table(["family", "lr", "val clean mR", "val PGD mR", "chosen"], rows),
+        "",
+    ])
+
+
+def selection_report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished selection run, from its ``metrics.json``."""
+    return _selection_report(json.loads((Path(run_dir) / "metrics.json").read_text()))
