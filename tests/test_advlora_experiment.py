@@ -77,7 +77,7 @@ def test_metrics_json_has_the_issues_shape(run):
     for entry in metrics["rank_sweep"].values():
         check_recall(entry["clean"])
         check_recall(entry["pgd"])
-    assert set(metrics["compound"]) == {"pretrained", *advlora.ROWS}
+    assert set(metrics["compound"]) == {"pretrained", *advlora.COMPOUND_ROWS}
     for cells in metrics["compound"].values():
         assert set(cells) == {"clean", "word", "pgd", "word_pgd"} and all(0 <= v <= 1 for v in cells.values())
     assert set(metrics["alpha"]) == {"advlora", "advlora_no_cluster_init", "advlora_no_alignment", "advlora_r1"}
