@@ -111,7 +111,7 @@ class AdvLoRAExperiment:
     lr: dict[str, float] = option(help="peak learning rate per family (full, lora, advlora), chosen on val",
                                   factory=lambda: {"full": 1e-4, "lora": 5e-3, "advlora": 5e-3})
     lr_grid: dict[str, list[float]] = option(help="learning rates tried per family by the val selection",
-                                             factory=lambda: {"full": [1e-4, 3e-4], "lora": [1e-3, 5e-3],
+                                             factory=lambda: {"full": [1e-4], "lora": [1e-3, 5e-3],
                                                               "advlora": [1e-3, 5e-3]})
     alignment_weight: float = option(0.1, "λ of AdvLoRA's parameter-alignment penalty")
     compound_seed: int = option(5, "seed of the misleading words of the compound attack")
@@ -530,14 +530,17 @@ def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, w
     workers = default_workers(quick) if workers is None else workers
     check_range("workers", workers, 1)
     sets = build_sets(config, ("train", "val"))
-    jobs = [("select", row, None, lr) for row in SELECTION_ROWS for lr in config.lr_grid[family(row)]]
+    # A family with a single rate has nothing to choose: it is not trained here.
+    rows = [row for row in SELECTION_ROWS if len(config.lr_grid[family(row)]) > 1]
+    jobs = [("select", row, None, lr) for row in rows for lr in config.lr_grid[family(row)]]
     results = _run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
     grid: dict[str, dict[str, Any]] = {}
-    for row in SELECTION_ROWS:
+    for row in rows:
         grid[family(row)] = {f"{lr:g}": {"clean": results[f"{row}_lr{lr:g}"]["clean"], "pgd": results[f"{row}_lr{lr:g}"]["pgd"],
                                          "seconds": results[f"{row}_lr{lr:g}"]["train_seconds"]}
                              for lr in config.lr_grid[family(row)]}
     chosen = {fam: min(values, key=lambda lr: (-values[lr]["pgd"]["mR"], float(lr))) for fam, values in grid.items()}
+    chosen.update({family(row): f"{config.lr_grid[family(row)][0]:g}" for row in SELECTION_ROWS if row not in rows})
     metrics = {"grid": grid, "chosen": {fam: float(lr) for fam, lr in chosen.items()},
                "settings": {"quick": quick, "seed": seed, "workers": workers, **config_to_dict(config),
                             "seconds": time.perf_counter() - began}}
@@ -560,6 +563,9 @@ def _selection_report(metrics: dict[str, Any]) -> str:
         f"PGD-{s['eval_steps']} at ε = {s['eps']}.",
         "",
         markdown_table(["family", "lr", "val clean mR", "val PGD mR", "chosen"], rows),
+        "",
+        *(f"- {fam}: {lr:g}, the only rate of its grid (not trained here)."
+          for fam, lr in metrics["chosen"].items() if fam not in metrics["grid"]),
         "",
     ])
 
