@@ -164,3 +164,18 @@ def test_experiment_config_errors_name_the_field():
         advlora.AdvLoRAExperiment(ranks=[0])
     assert advlora.experiment_config(quick=True, seed=3).train.seed == 3
     assert advlora.row_config("advlora_no_cluster_init", advlora.experiment_config()).alignment_target == "init"
+
+
+def test_selection_uses_val_and_picks_the_best_val_pgd_recall(tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    save_model(tiny_model(), folder)
+    monkeypatch.setattr(advlora, "QUICK", {**advlora.QUICK, "model": str(folder)})
+    metrics = advlora.run_advlora_selection(tmp_path / "select", quick=True)
+    assert set(metrics["grid"]) == {"advlora"} and set(metrics["grid"]["advlora"]) == {"0.001", "0.003"}
+    best = max(metrics["grid"]["advlora"].items(), key=lambda kv: (kv[1]["pgd"]["mR"], -float(kv[0])))[0]
+    assert metrics["chosen"] == {"advlora": float(best), "full": 1e-4, "lora": 3e-3}
+    for cell in metrics["grid"]["advlora"].values():
+        check_recall(cell["clean"])
+        check_recall(cell["pgd"])
+    assert metrics["settings"]["val_images"] == advlora.QUICK["val_images"]
+    assert "chosen" in (tmp_path / "select" / "report.md").read_text()

@@ -88,7 +88,7 @@ def family(row: str) -> str:
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(steps=150, batch_size=64, warmup_fraction=0.1, checkpoint_every=50, log_every=10)
+    return TrainConfig(steps=100, batch_size=64, warmup_fraction=0.1, checkpoint_every=50, log_every=5)
 
 
 @dataclass
