@@ -50,7 +50,7 @@ SUMMARIES: dict[str, str] = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    listing = "\n".join(f"  {name:<12} {SUMMARIES[name]}" for name in EXPERIMENTS)
+    listing = "\n".join(f"  {name:<14} {SUMMARIES[name]}" for name in EXPERIMENTS)
     parser = add_command(sub, "experiment", "run one of the papers' experiments end to end",
                          ["vlalign experiment typographic --out runs/typographic",
                           "vlalign experiment attribute --quick --out runs/attribute_smoke"],

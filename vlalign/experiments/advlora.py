@@ -51,7 +51,7 @@ from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retri
 from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.loading import load_model, save_model
-from vlalign.reporting.figures import line_plot, save_figure
+from vlalign.reporting.figures import save_figure
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.tables import markdown_table, percent
 from vlalign.reporting.training import read_metrics_csv
@@ -107,9 +107,11 @@ class AdvLoRAExperiment:
     eval_steps: int = option(10, "PGD steps of the white-box, transfer and compound evaluations (PGD-10)")
     attack_batch: int = option(100, "images attacked at once in the evaluation")
     rank: int = option(8, "LoRA rank of the LoRA and AdvLoRA rows")
+    image_targets: list[str] | None = option(None, "nn.Linear layers of the image tower the LoRA rows adapt (null: "
+                                                   "the backend's default, the attention projections)")
     ranks: list[int] = option(help="ranks of the AdvLoRA rank sweep", factory=lambda: [1, 2, 4, 8, 16])
     lr: dict[str, float] = option(help="peak learning rate per family (full, lora, advlora), chosen on val",
-                                  factory=lambda: {"full": 1e-4, "lora": 5e-3, "advlora": 5e-3})
+                                  factory=lambda: {"full": 1e-4, "lora": 5e-3, "advlora": 1e-3})
     lr_grid: dict[str, list[float]] = option(help="learning rates tried per family by the val selection",
                                              factory=lambda: {"full": [1e-4], "lora": [1e-3, 5e-3],
                                                               "advlora": [1e-3, 5e-3]})
@@ -152,6 +154,8 @@ def row_config(row: str, config: AdvLoRAExperiment, rank: int | None = None) -> 
     fields = dict(ROWS[row])
     if fields["trainable"] == "advlora":
         fields.setdefault("alignment_weight", config.alignment_weight)
+    if fields["trainable"] != "full":
+        fields["image_targets"] = config.image_targets
     return AdvLoRAConfig(rank=config.rank if rank is None else rank, eps=config.eps,
                          attack_steps=config.train_attack_steps, seed=config.train.seed, **fields)
 
@@ -399,9 +403,18 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
         save_figure(fig, out / "alpha.png")
     sweep = metrics["rank_sweep"]
     ranks = [int(r) for r in sweep]
-    line_plot(ranks, {"clean mR": [100 * sweep[str(r)]["clean"]["mR"] for r in ranks],
-                      f"PGD-{metrics['settings']['eval_steps']} mR": [100 * sweep[str(r)]["pgd"]["mR"] for r in ranks]},
-              out / "rank_sweep.png", "LoRA rank r", "mR (%)", "AdvLoRA: mR against rank (test gallery)")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("clean", "clean mR"), ("pgd", f"PGD-{metrics['settings']['eval_steps']} mR")):
+        ax.plot(ranks, [100 * sweep[str(r)][key]["mR"] for r in ranks], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.set_xlabel("LoRA rank r")
+    ax.set_ylabel("mR (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("AdvLoRA: mR against rank (test gallery)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, out / "rank_sweep.png")
     fig, ax = plt.subplots(figsize=(9, 4))
     rows = ["pretrained", *metrics["methods"]]
     width = 0.2
