@@ -44,8 +44,8 @@ SUMMARIES: dict[str, str] = {
                  "retrieval parity (~1 min)",
     "robust": "TeCoA and FARE adversarial fine-tuning beside the pretrained MiniCLIP under APGD and PGD (~35 min)",
     "advlora": "AdvLoRA vs full fine-tuning and LoRA, clean and adversarial, for retrieval: Recall@k clean, under "
-               "PGD, FGSM and transfer, ablations, rank sweep, word + PGD (~25 min)",
-    "advlora-select": "choose the advlora experiment's learning rates on the val split (~10 min)",
+               "PGD, FGSM and transfer, ablations, rank sweep, word + PGD (~25 min on 2 CPU cores)",
+    "advlora-select": "choose the advlora experiment's learning rates on the val split (~10 min on 2 CPU cores)",
 }
 
 
