@@ -180,3 +180,27 @@ def test_selection_uses_val_and_picks_the_best_val_pgd_recall(tmp_path, monkeypa
         check_recall(cell["pgd"])
     assert metrics["settings"]["val_images"] == advlora.QUICK["val_images"]
     assert "chosen" in (tmp_path / "select" / "report.md").read_text()
+
+
+def test_crafted_pixels_score_as_the_attack_inside_robust_retrieval():
+    """adversarial_pixels + recall_of_pixels (the transfer column's path) against robust_retrieval and
+    evaluate_retrieval, which embed inside the attack loop."""
+    from vlalign.attacks.pgd import PGD
+    from vlalign.evaluation.retrieval_eval import (
+        adversarial_pixels, evaluate_retrieval, recall_of_pixels, robust_retrieval,
+    )
+
+    model = tiny_model()
+    data = RetrievalWorld().sample("test", 10, seed=4)
+    assert recall_of_pixels(model, data.pixels(), data) == evaluate_retrieval(model, data)
+    attack = PGD(8 / 255, steps=2)
+    pixels = adversarial_pixels(model, data, attack, batch_size=4, seed=3)
+    assert pixels.shape == data.images.shape and float((pixels - data.pixels()).abs().max()) <= 8 / 255 + 1e-6
+    assert 0 <= float(pixels.min()) and float(pixels.max()) <= 1
+    crafted = recall_of_pixels(model, pixels, data)
+    inside = robust_retrieval(model, data, attack, batch_size=4, seed=3)
+    for d in ("i2t", "t2i"):
+        for k in RECALL_KEYS:
+            assert crafted[d][k] == pytest.approx(inside[d][k], abs=1e-9)
+    with pytest.raises(ValueError, match="gallery of 10"):
+        recall_of_pixels(model, pixels[:3], data)
