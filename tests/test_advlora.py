@@ -182,6 +182,30 @@ def test_merged_minicip_saves_as_a_plain_minicip_folder(base, tmp_path):
     assert max_diff(outputs(restored), adapted) <= 1e-5
 
 
+def test_conv_stem_targets_cluster_init_merge_and_export(base, tmp_path):
+    """Conv2d targets (MiniCLIP's stem): the k-means rows are the flattened output filters; outputs unchanged at
+    init; merged and peft-exported models equal the adapted one."""
+    targets = ["stem.3", "attn.proj"]
+    model = copy.deepcopy(base)
+    adapter = apply_advlora(model, AdapterSpec(rank=3, image_targets=targets))
+    assert {r.path for r in adapter.layers} == {"visual.stem.3", *(f"visual.blocks.{i}.attn.proj" for i in range(len(model.visual.blocks)))}
+    assert max_diff(outputs(model), outputs(base)) <= 1e-5
+    record = next(r for r in adapter.layers if r.path == "visual.stem.3")
+    original = base.get_submodule(record.path).weight.detach()
+    centres, labels = kmeans(original.flatten(1), 3, seed=0)
+    torch.testing.assert_close(adapter.delta(record).detach(), centres[labels].view_as(original), atol=1e-6, rtol=0)
+    torch.testing.assert_close(adapter.initial_delta(record), centres[labels].view_as(original), atol=1e-6, rtol=0)
+    assert float(adapter.alignment_penalty("init")) == pytest.approx(0.0, abs=1e-10)
+    perturb_adapters(model)
+    adapted = outputs(model)
+    adapter.save_peft(tmp_path / "adapter")
+    save_model(adapter.merge(), tmp_path / "merged")
+    loaded = load_model(tmp_path / "merged")
+    assert isinstance(loaded.visual.stem[3], nn.Conv2d) and max_diff(outputs(loaded), adapted) <= 1e-5
+    restored = load_peft_adapter(copy.deepcopy(base), tmp_path / "adapter")
+    assert max_diff(outputs(restored), adapted) <= 1e-5
+
+
 # --- transformers backends ----------------------------------------------------------------------------------
 
 transformers = pytest.importorskip("transformers")

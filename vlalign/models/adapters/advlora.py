@@ -12,7 +12,8 @@ paper's row-vector notation this is Y = XW₀ + α·XAB.
    k = r (:func:`vlalign.models.adapters.kmeans.kmeans`, seeded per layer); A holds the centres C ``[r, in]``
    and B the one-hot assignment M ``[out, r]`` of each row to its centre, so B A = M C is the k-means
    reconstruction of W₀ (every row replaced by its cluster's centre), the best rank-r approximation among
-   those that give each unit one prototype. Scales: A = c·C and B = M / (c·s·α₀), with c chosen so that
+   those that give each unit one prototype. A Conv2d's rows are its output filters flattened to
+   ``[out, in·k·k]``: A is then peft's k x k convolution into r channels holding the centres, B its 1x1 one. Scales: A = c·C and B = M / (c·s·α₀), with c chosen so that
    ``‖A‖_F = ‖B‖_F`` (balanced factors keep the two learning rates comparable), so the initial product is
    exactly M C. That product is subtracted from the frozen base, ``W_base = W₀ − ΔW_init``, so the adapted
    model's outputs equal the pre-trained model's at initialization. Without it, peft's LoRA init is used
@@ -101,11 +102,13 @@ def default_targets(model: ContrastiveModel, tower: Literal["image", "text"] = "
 
 
 def resolve_targets(module: nn.Module, names: list[str]) -> list[str]:
-    """Paths (inside ``module``) of the nn.Linear layers whose path equals a name or ends with "." + name."""
-    paths = [path for path, child in module.named_modules() if path and isinstance(child, nn.Linear)
+    """Paths (inside ``module``) of the nn.Linear or nn.Conv2d layers whose path equals a name or ends with
+    "." + name. (peft adapts a Conv2d with A a convolution of the layer's kernel into r channels and B a 1x1
+    convolution; its rows are the output filters, flattened.)"""
+    paths = [path for path, child in module.named_modules() if path and isinstance(child, (nn.Linear, nn.Conv2d))
              and any(path == n or path.endswith("." + n) for n in names)]
     if not paths:
-        raise ValueError(f"no nn.Linear layer matches the LoRA targets {names}")
+        raise ValueError(f"no nn.Linear or nn.Conv2d layer matches the LoRA targets {names}")
     return paths
 
 
@@ -132,8 +135,8 @@ class ScaleParametrization(nn.Module):
 class _Layer:
     path: str           # inside the ContrastiveModel
     layer: nn.Module    # the peft LoraLayer
-    initial_a: torch.Tensor  # ΔW_init = initial_b @ initial_a (zero-size when peft's init left ΔW_init = 0)
-    initial_b: torch.Tensor
+    initial_a: torch.Tensor  # ΔW_init = initial_b @ initial_a, flattened to 2-D [r, in·k·k] and [out, r]
+    initial_b: torch.Tensor  # (zero-size when peft's init left ΔW_init = 0)
 
 
 def _named(model: nn.Module, module: nn.Module) -> str:
@@ -161,9 +164,10 @@ class AdvLoRAAdapter:
         return record.layer.get_delta_weight("default")
 
     def initial_delta(self, record: _Layer) -> torch.Tensor:
+        weight = record.layer.get_base_layer().weight
         if record.initial_a.numel() == 0:
-            return torch.zeros_like(record.layer.get_base_layer().weight)
-        return record.initial_b @ record.initial_a
+            return torch.zeros_like(weight)
+        return (record.initial_b @ record.initial_a).view_as(weight)
 
     def alignment_penalty(self, target: Literal["pretrained", "init"] = "pretrained") -> torch.Tensor:
         """Mean over adapted layers of :func:`alignment_penalty` (the module docstring says what and why)."""
@@ -215,8 +219,8 @@ class AdvLoRAAdapter:
             lora_a = record.layer.lora_A["default"].weight.detach()
             lora_b = record.layer.lora_B["default"].weight.detach() * record.layer.scaling["default"]
             if record.initial_a.numel():
-                lora_a = torch.cat([lora_a, record.initial_a])
-                lora_b = torch.cat([lora_b, -record.initial_b], dim=1)
+                lora_a = torch.cat([lora_a, record.initial_a.view(-1, *lora_a.shape[1:])])
+                lora_b = torch.cat([lora_b, -record.initial_b.view(lora_b.shape[0], -1, *lora_b.shape[2:])], dim=1)
             path = record.path.removeprefix(strip)
             tensors[f"{_PEFT_PREFIX}{path}.lora_A.weight"] = lora_a.contiguous()
             tensors[f"{_PEFT_PREFIX}{path}.lora_B.weight"] = lora_b.contiguous()
@@ -251,9 +255,10 @@ def write_peft_adapter(folder: str | Path, config: dict, tensors: dict[str, torc
 
 def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Set A, B from k-means on the base weight's rows and subtract their product from the base (see the
-    module docstring); returns the initial product's factors (A, s·α₀·B)."""
+    module docstring); returns the initial product's factors (A, s·α₀·B), flattened to 2-D. A Conv2d weight's
+    rows are its output filters, flattened to [out, in·k·k]."""
     base = layer.get_base_layer()
-    weight = base.weight.detach()
+    weight = base.weight.detach().flatten(1)
     if getattr(layer, "fan_in_fan_out", False):
         raise ValueError("clustering init expects nn.Linear weights [out, in] (fan_in_fan_out is not supported)")
     centres, labels = kmeans(weight, spec.rank, seed=seed, iterations=spec.kmeans_iterations)
@@ -262,11 +267,12 @@ def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int) -> tuple[torch
     centre_norm = float(centres.norm())
     c = math.sqrt(math.sqrt(weight.shape[0]) / (centre_norm * scale)) if centre_norm > 0 else 1.0
     with torch.no_grad():
-        layer.lora_A["default"].weight.copy_(centres * c)
-        layer.lora_B["default"].weight.copy_(onehot / (c * scale))
-        initial_b = layer.lora_B["default"].weight * scale
-        initial_a = layer.lora_A["default"].weight.clone()
-        base.weight.sub_(initial_b @ initial_a)
+        lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        lora_a.copy_((centres * c).view_as(lora_a))
+        lora_b.copy_((onehot / (c * scale)).view_as(lora_b))
+        initial_b = lora_b.flatten(1) * scale
+        initial_a = lora_a.flatten(1).clone()
+        base.weight.sub_((initial_b @ initial_a).view_as(base.weight))
     return initial_a, initial_b.clone()
 
 
