@@ -12,8 +12,9 @@ paper's row-vector notation this is Y = XW₀ + α·XAB.
    k = r (:func:`vlalign.models.adapters.kmeans.kmeans`, seeded per layer); A holds the centres C ``[r, in]``
    and B the one-hot assignment M ``[out, r]`` of each row to its centre, so B A = M C is the k-means
    reconstruction of W₀ (every row replaced by its cluster's centre), the best rank-r approximation among
-   those that give each unit one prototype. A Conv2d's rows are its output filters flattened to
-   ``[out, in·k·k]``: A is then peft's k x k convolution into r channels holding the centres, B its 1x1 one. Scales: A = c·C and B = M / (c·s·α₀), with c chosen so that
+   those that give each unit one prototype (a Conv2d's rows are its output filters flattened to ``[out, in·k·k]``;
+   A is then peft's k x k convolution into r channels holding the centres, B its 1x1 one). Scales: A = c·C and
+   B = M / (c·s·α₀), with c chosen so that
    ``‖A‖_F = ‖B‖_F`` (balanced factors keep the two learning rates comparable), so the initial product is
    exactly M C. That product is subtracted from the frozen base, ``W_base = W₀ − ΔW_init``, so the adapted
    model's outputs equal the pre-trained model's at initialization. Without it, peft's LoRA init is used
