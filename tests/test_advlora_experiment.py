@@ -66,14 +66,25 @@ def test_metrics_json_has_the_issues_shape(run):
         assert row["seconds"] > 0
     image_tower = sum(p.numel() for p in base.image_parameters())
     assert metrics["methods"]["full_adversarial"]["trainable_params"] == image_tower
-    # LoRA at rank r on the attention projections: r·(in + out) per adapted layer; AdvLoRA adds one α per layer.
-    layers = [m for n, m in base.visual.named_modules() if n.endswith(("attn.qkv", "attn.proj"))]
-    lora = sum(8 * (m.in_features + m.out_features) for m in layers)
+    # LoRA at rank r on the stem convolutions and attention projections: r·(in + out) per nn.Linear and
+    # r·(in·k·k + out) per k x k nn.Conv2d (A: a k x k convolution into r channels, B: a 1x1 one); AdvLoRA adds
+    # one α per layer.
+    rank = metrics["settings"]["rank"]
+    layers = [m for n, m in base.visual.named_modules() if any(n == t or n.endswith("." + t)
+                                                                 for t in advlora.STEM_AND_ATTENTION)]
+    assert len(layers) == 6 + 2 * len(base.visual.blocks)
+
+    def lora_size(m):
+        if isinstance(m, torch.nn.Conv2d):
+            return rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+        return rank * (m.in_features + m.out_features)
+
+    lora = sum(lora_size(m) for m in layers)
     assert metrics["methods"]["lora_adversarial"]["trainable_params"] == lora
     assert metrics["methods"]["advlora"]["trainable_params"] == lora + len(layers)
     assert metrics["methods"]["advlora_no_adaptive_alpha"]["trainable_params"] == lora
-    assert set(metrics["rank_sweep"]) == {"1", "8"}
-    assert metrics["rank_sweep"]["8"]["pgd"] == metrics["methods"]["advlora"]["pgd"]
+    assert set(metrics["rank_sweep"]) == {"1", str(rank)}
+    assert metrics["rank_sweep"][str(rank)]["pgd"] == metrics["methods"]["advlora"]["pgd"]
     for entry in metrics["rank_sweep"].values():
         check_recall(entry["clean"])
         check_recall(entry["pgd"])
