@@ -137,8 +137,8 @@ class AdvLoRAExperiment:
         check_range("alignment_weight", self.alignment_weight, 0)
 
 
-#: The full run (and the selection's grid): 24 minutes with two worker processes on the shared 2-core machine
-#: (load average 7-9 from other jobs); the selection run took 8 minutes there. See the README's AdvLoRA section.
+#: The full run (and the selection's grid): 18 minutes with two worker processes on the shared 2-core machine
+#: (load average 3-9 from other jobs); the selection run took 8 minutes there. See the README's AdvLoRA section.
 FULL: dict[str, Any] = {}
 #: A smoke run: every part runs on a few images for a few steps; nothing is meant to be robust.
 QUICK: dict[str, Any] = {"train_images": 48, "val_images": 16, "test_images": 24, "eval_steps": 2, "attack_batch": 12,
