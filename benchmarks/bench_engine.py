@@ -8,7 +8,9 @@
 3. Memory: peak resident memory of full-tower DPO on a 20,000-image folder (decoded lazily) against a
    2,000-image one: bounded means about the same, not 10× more.
 
-    python benchmarks/bench_engine.py [--steps 20] [--batch 64] [--skip-memory] [--skip-parallel]
+    python -m benchmarks --only loop,parallel,memory
+
+This file is also the entry point of the worker processes (started by path, with the repository on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -26,18 +28,19 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import PeakMemory, Row, Settings, Timing, time_row
 from vlalign.data.datasets import ImageFolderDataset, PreferenceView, TensorImageDataset
 from vlalign.data.folder import export_image_set
 from vlalign.data.mini_world import MiniWorld
 from vlalign.data.preference import typographic_preference_data
 from vlalign.losses.objectives import preference_objective
 from vlalign.models.loading import load_model
-from vlalign.reporting.tables import markdown_table
 from vlalign.training.loop import fit
 from vlalign.training.methods.preference import ContrastivePreference, PreferenceConfig
 from vlalign.training.schedule import warmup_cosine
 from vlalign.training.train_config import TrainConfig
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = PreferenceConfig(method="dpo", trainable="full", beta=0.3, lam=0.0)
 
 
@@ -103,7 +106,8 @@ def parallel_images_per_second(batch: int, steps: int) -> tuple[float, float]:
     results = []
     for processes in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "OMP_NUM_THREADS": str(2 // processes), "CUDA_VISIBLE_DEVICES": ""}
+            env = {**os.environ, "OMP_NUM_THREADS": str(2 // processes), "CUDA_VISIBLE_DEVICES": "",
+                   "PYTHONPATH": str(REPO)}
             out = Path(tmp) / "rate.json"
             worker = [str(script), "--worker", str(out), "--batch", str(batch), "--steps", str(steps),
                       "--threads", str(2 // processes)]
@@ -113,7 +117,7 @@ def parallel_images_per_second(batch: int, steps: int) -> tuple[float, float]:
                 command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", str(_free_port()), *worker]
-            subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+            subprocess.run(command, check=True, env=env, capture_output=True, text=True, cwd=REPO)
             results.append(json.loads(out.read_text())["images_per_second"])
     return results[0], results[1]
 
@@ -156,7 +160,8 @@ def peak_memory_mib(n_images: int, steps: int, batch: int) -> float:
         (folder / "classes.json").write_text(json.dumps(list(world.classnames)))
         command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", str(folder), "--steps", str(steps),
                    "--batch", str(batch)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        done = subprocess.run(command, check=True, capture_output=True, text=True, env=env, cwd=REPO)
         return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
@@ -170,35 +175,76 @@ def _memory_worker(folder: Path, steps: int, batch: int) -> None:
     print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def _timing(rounds: list[dict[str, float]], baseline: str, peaks: dict[str, float], growth: dict[str, float]
+            ) -> Timing:
+    seconds = {name: [r[name] for r in rounds] for name in rounds[0]}
+    ratios = {name: [r[name] / r[baseline] for r in rounds] for name in rounds[0]}
+    return Timing(seconds, ratios, peaks, growth)
+
+
+def run_loop(settings: Settings) -> list[Row]:
+    """fit vs the bare loop, interleaved round by round (each round: one bare measurement, one fit measurement)."""
+    batch, steps = settings.pick(64, 8), settings.pick(20, 2)
+    rounds, peaks, growth = [], {"fit": 0.0, "bare loop": 0.0}, {"fit": 0.0, "bare loop": 0.0}
+    for _ in range(settings.repeats):
+        measured = {}
+        for name, function in (("bare loop", bare_seconds_per_step), ("fit", engine_seconds_per_step)):
+            with PeakMemory() as memory:
+                measured[name] = function(batch, steps)
+            peaks[name], growth[name] = max(peaks[name], memory.peak), max(growth[name], memory.growth)
+        rounds.append(measured)
+    timing = _timing(rounds, "bare loop", peaks, growth)
+    row = time_row("loop", "full-tower DPO step through fit (data loader, finite check, logging, schedule) vs a bare "
+                   "hand-written loop", timing, "fit", "bare loop", model="MiniCLIP (64 px, embedded)", batch=batch,
+                   settings=settings, target=1.03)
+    row.extra["steps_per_measurement"] = steps
+    return [row]
+
+
+def run_parallel(settings: Settings) -> list[Row]:
+    """2 processes x 1 thread vs 1 process x 2 threads, alternating, each a fresh launch."""
+    batch, steps = settings.pick(64, 8), settings.pick(20, 2)
+    rounds = []
+    for _ in range(max(1, settings.repeats // 2 + 1) if not settings.quick else 1):
+        one, two = parallel_images_per_second(batch, steps)
+        rounds.append({"1 process x 2 threads": 1 / one, "2 processes x 1 thread": 1 / two})
+    zeros = {name: float("nan") for name in rounds[0]}
+    timing = _timing(rounds, "1 process x 2 threads", zeros, zeros)
+    ratios = sorted(1 / r for r in timing.ratios["2 processes x 1 thread"])
+    row = Row("parallel", "full-tower DPO through fit: 2 processes x 1 thread (accelerate launch, gloo) vs 1 process "
+              "x 2 threads, same global batch", "2 processes x 1 thread", "1 process x 2 threads",
+              "MiniCLIP (64 px, embedded)", batch, "2 in all", settings.device, "training images/s",
+              1 / timing.median("2 processes x 1 thread"), 1 / timing.median("1 process x 2 threads"),
+              1 / timing.ratio("2 processes x 1 thread"), (ratios[0], ratios[-1]), len(ratios),
+              extra={"steps_per_measurement": steps, "memory": "separate processes: not sampled"})
+    return [row]
+
+
+def run_memory(settings: Settings) -> list[Row]:
+    """Peak RSS of a fresh training process on a large folder vs a folder a tenth of its size."""
+    batch = settings.pick(64, 8)
+    small_n, large_n = settings.pick(2000, 20), settings.pick(20000, 200)
+    small, large = peak_memory_mib(small_n, 3, batch), peak_memory_mib(large_n, 3, batch)
+    row = Row("memory", f"peak resident memory of full-tower DPO (3 steps, images decoded lazily): {large_n:,}-image "
+              f"folder vs {small_n:,}", f"{large_n} images", f"{small_n} images", "MiniCLIP (64 px, embedded)", batch,
+              2, settings.device, "peak MiB", large, small, large / small, target="≤ 1.5× (bounded)",
+              met=large / small <= 1.5, peak_mib={f"{large_n} images": large, f"{small_n} images": small})
+    return [row]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="worker processes of the engine benchmark (see python -m benchmarks)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-parallel", action="store_true")
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--memory-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=Path)
+    parser.add_argument("--memory-worker", type=Path)
     args = parser.parse_args()
     if args.worker:
         return _worker(args.worker, args.batch, args.steps, args.threads)
     if args.memory_worker:
         return _memory_worker(args.memory_worker, args.steps, args.batch)
-    torch.set_num_threads(args.threads)
-    rows = []
-    bare = bare_seconds_per_step(args.batch, args.steps)
-    engine = engine_seconds_per_step(args.batch, args.steps)
-    rows.append(["full-tower DPO step: fit vs bare loop", f"MiniCLIP, batch {args.batch}, {args.threads} threads",
-                 f"{1000 * engine:.0f} ms vs {1000 * bare:.0f} ms", f"{engine / bare:.3f}×"])
-    if not args.skip_parallel:
-        one, two = parallel_images_per_second(args.batch, args.steps)
-        rows.append(["full-tower DPO: 2 processes × 1 thread vs 1 process × 2 threads",
-                     f"MiniCLIP, global batch {args.batch}", f"{two:.0f} vs {one:.0f} images/s", f"{two / one:.2f}×"])
-    if not args.skip_memory:
-        small, large = peak_memory_mib(2000, 3, args.batch), peak_memory_mib(20000, 3, args.batch)
-        rows.append(["peak memory: 20,000-image folder vs 2,000", f"MiniCLIP full-tower DPO, batch {args.batch}",
-                     f"{large:.0f} MiB vs {small:.0f} MiB", f"{large / small:.2f}×"])
-    print(markdown_table(["what", "setting", "measured", "ratio"], rows))
+    parser.error("run the benchmarks with python -m benchmarks --only loop,parallel,memory")
 
 
 if __name__ == "__main__":
