@@ -79,12 +79,12 @@ class LogitModel(nn.Module):
         return self.objective.scale * self.model.encode_image(pixels) @ self.objective.candidates.t()
 
 
-def _models(settings: Settings) -> dict[str, nn.Module]:
+def _models(settings: Settings, transformers_clip: bool = True) -> dict[str, nn.Module]:
     from vlalign.models.loading import load_model
 
     device = torch.device(settings.device)
     models = {"MiniCLIP (64 px, embedded)": load_model("mini", device)}
-    if not settings.quick:
+    if transformers_clip and not settings.quick:
         models["transformers CLIP (64 px, ViT 4x128, config-built)"] = tiny_hf_clip().to(device)
     return models
 
@@ -101,8 +101,9 @@ def _problem(model: nn.Module, batch: int, device: torch.device) -> tuple[torch.
 
 
 def _robust_accuracy(objective: LogitObjective, adversarial: torch.Tensor) -> float:
+    index = torch.arange(objective.n, device=adversarial.device)
     with torch.no_grad():
-        fooled = objective.fooled_from_scores(objective.scores(adversarial, None), objective.labels)
+        fooled = objective.fooled_from_scores(objective.scores(adversarial, index), index)
     return float((~fooled).float().mean())
 
 
@@ -150,7 +151,7 @@ def run_pgd(settings: Settings) -> list[Row]:
     if torchattacks is None:
         return [skipped_row("pgd", "vlalign PGD vs torchattacks PGD", SKIP_TORCHATTACKS, settings)]
     device = torch.device(settings.device)
-    batch, steps = settings.pick(64, 8), settings.pick(10, 2)
+    batch, steps = settings.pick(32, 8), settings.pick(10, 2)
     rows = []
     for label, model in _models(settings).items():
         images, objective = _problem(model, batch, device)
@@ -170,7 +171,7 @@ def run_apgd(settings: Settings) -> list[Row]:
     if torchattacks is None:
         return [skipped_row("apgd", "vlalign APGD-CE vs torchattacks APGD-CE", SKIP_TORCHATTACKS, settings)]
     device = torch.device(settings.device)
-    batch, steps = settings.pick(64, 8), settings.pick(10, 2)
+    batch, steps = settings.pick(32, 8), settings.pick(10, 2)
     rows = []
     for label, model in _models(settings).items():
         images, objective = _problem(model, batch, device)
@@ -190,9 +191,9 @@ def run_apgd(settings: Settings) -> list[Row]:
 
 def run_floor(settings: Settings) -> list[Row]:
     device = torch.device(settings.device)
-    batch, steps = settings.pick(64, 8), settings.pick(10, 2)
+    batch, steps = settings.pick(32, 8), settings.pick(10, 2)
     rows = []
-    for label, model in _models(settings).items():
+    for label, model in _models(settings, transformers_clip=False).items():
         images, objective = _problem(model, batch, device)
 
         def floor() -> None:

@@ -184,7 +184,7 @@ def _timing(rounds: list[dict[str, float]], baseline: str, peaks: dict[str, floa
 
 def run_loop(settings: Settings) -> list[Row]:
     """fit vs the bare loop, interleaved round by round (each round: one bare measurement, one fit measurement)."""
-    batch, steps = settings.pick(64, 8), settings.pick(20, 2)
+    batch, steps = settings.pick(64, 8), settings.pick(10, 2)
     rounds, peaks, growth = [], {"fit": 0.0, "bare loop": 0.0}, {"fit": 0.0, "bare loop": 0.0}
     for _ in range(settings.repeats):
         measured = {}
@@ -203,7 +203,7 @@ def run_loop(settings: Settings) -> list[Row]:
 
 def run_parallel(settings: Settings) -> list[Row]:
     """2 processes x 1 thread vs 1 process x 2 threads, alternating, each a fresh launch."""
-    batch, steps = settings.pick(64, 8), settings.pick(20, 2)
+    batch, steps = settings.pick(64, 8), settings.pick(10, 2)
     rounds = []
     for _ in range(max(1, settings.repeats // 2 + 1) if not settings.quick else 1):
         one, two = parallel_images_per_second(batch, steps)

@@ -22,7 +22,7 @@ BATCH = 256
 
 
 def run_zero_shot(settings: Settings) -> list[Row]:
-    n = settings.pick(2048, 64)
+    n = settings.pick(1024, 64)
     model = load_model("mini", settings.device)
     images = MiniWorld().sample("clean", n, seed=0)
 
