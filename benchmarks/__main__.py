@@ -1,6 +1,6 @@
 """Run vlalign's benchmarks side by side and print ratio tables; write ``benchmarks/results/<name>.json``.
 
-    python -m benchmarks                      # every CPU benchmark (about 10 minutes on 2 cores)
+    python -m benchmarks                      # every CPU benchmark (about 30 minutes on 2 busy cores)
     python -m benchmarks --only po,pgd        # some of them
     python -m benchmarks --quick              # tiny sizes: the CI smoke test
     python -m benchmarks --device cuda        # the GPU path: CLIP ViT-B/32, batch 256, bf16 (see RESULTS.md)
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.bench_gpu import SETUPS
 from benchmarks.common import Row, Settings, environment
 
 HERE = Path(__file__).resolve().parent
@@ -105,25 +106,40 @@ def run_benchmark(name: str, settings: Settings, out: Path | None, command: str)
 def main(argv: list[str] | None = None) -> int:
     names = list(_registry())
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:7]))
     parser.add_argument("--only", help=f"comma-separated benchmarks, of: {', '.join(names)} (default: every CPU one; "
                                        "with --device cuda: gpu)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds: a smoke test, not a measurement")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and few rounds: a smoke test, not a measurement")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads per process (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per comparison (default 5, "
                                                                    "--quick 2)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for <name>.json")
+    parser.add_argument("--out", type=Path, default=HERE / "results",
+                        help="folder for <name>.json (default: benchmarks/results)")
+    parser.add_argument("--gpu-setups", default=",".join(s.name for s in SETUPS),
+                        help="gpu rows: comma-separated set-ups, each adding SDPA attention, fused AdamW, "
+                             "torch.compile "
+                             "(default: %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="gpu rows: the GPU's dense bf16 peak for MFU (default: looked up by the GPU's name)")
     args = parser.parse_args(argv)
-    wanted = args.only.split(",") if args.only else list(CUDA_DEFAULT if args.device.startswith("cuda") else CPU_DEFAULT)
+    default = CUDA_DEFAULT if args.device.startswith("cuda") else CPU_DEFAULT
+    wanted = args.only.split(",") if args.only else list(default)
     unknown = [n for n in wanted if n not in names]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {names}")
+    setups = tuple(args.gpu_setups.split(","))
+    if any(name not in {s.name for s in SETUPS} for name in setups):
+        parser.error(f"--gpu-setups {args.gpu_setups!r}: choose from {[s.name for s in SETUPS]}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: this torch build sees no GPU")
     torch.set_num_threads(args.threads)
     settings = Settings(quick=args.quick, device=args.device, threads=args.threads,
-                        repeats=args.repeats or (2 if args.quick else 5))
+                        repeats=args.repeats or (2 if args.quick else 5), gpu_setups=setups,
+                        peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None)
     command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
     for name in wanted:
         run_benchmark(name, settings, args.out, command)

@@ -241,4 +241,5 @@ def run(settings: Settings) -> list[Row]:
     if not settings.device.startswith("cuda"):
         return [skipped_row("gpu", "CLIP ViT-B/32 PO step, MFU and PGD-10 on a GPU",
                             "needs a GPU: python -m benchmarks --device cuda", settings)]
-    return measure(settings)
+    setups = tuple(s for s in SETUPS if settings.gpu_setups is None or s.name in settings.gpu_setups)
+    return measure(settings, setups, settings.peak_flops)

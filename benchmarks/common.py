@@ -26,6 +26,10 @@ class Settings:
     device: str = "cpu"
     threads: int = 1
     repeats: int = 5
+    #: GPU rows only: which set-ups to measure (names in ``bench_gpu.SETUPS``; None: all) and the peak FLOP/s for
+    #: MFU (None: looked up by the GPU's name).
+    gpu_setups: tuple[str, ...] | None = None
+    peak_flops: float | None = None
 
     def pick(self, full: Any, quick: Any) -> Any:
         """``quick`` in ``--quick`` runs (the CI smoke test), else ``full``."""
@@ -39,8 +43,8 @@ class Row:
     ``ratio`` is ``variant / baseline`` of ``unit`` (time: lower is better for the variant; throughput: higher);
     ``spread`` the min and max of the per-round ratios; ``target`` a human-readable goal and ``met`` whether the
     median ratio reaches it (None: no target). ``peak_mib`` is each side's peak memory (CPU: resident set size of
-    the process), ``growth_mib`` how far it rose during that side's own calls. ``extra`` holds anything else worth keeping (agreement checks,
-    accuracies, FLOPs).
+    the process), ``growth_mib`` how far it rose during that side's own calls. ``extra`` holds anything else worth
+    keeping (agreement checks, accuracies, FLOPs).
     """
 
     benchmark: str
