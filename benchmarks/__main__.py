@@ -103,6 +103,23 @@ def run_benchmark(name: str, settings: Settings, out: Path | None, command: str)
     return result
 
 
+def show(folder: Path, names: list[str] | None) -> int:
+    """Print the tables of earlier runs from their JSON files, with the command and load of each."""
+    order = list(_registry())
+    files = sorted(folder.glob("*.json"), key=lambda p: order.index(p.stem) if p.stem in order else len(order))
+    for path in files:
+        if names and path.stem not in names:
+            continue
+        result = json.loads(path.read_text())
+        rows = [Row(**{**row, "spread": tuple(row["spread"]) if row["spread"] else None}) for row in result["rows"]]
+        env = result["environment"]
+        print(f"\n### {result['benchmark']}: {result['what']}\n\n`{result['command']}` — {result['started']}, "
+              f"{result['seconds']:.0f} s, load average {result['loadavg_before'][0]:.2f} → "
+              f"{result['loadavg_after'][0]:.2f} on {env['cpu_count']} cores, torch {env['torch']}\n")
+        print(format_rows(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     names = list(_registry())
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
@@ -125,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="gpu rows: the GPU's dense bf16 peak for MFU (default: looked up by the GPU's name)")
+    parser.add_argument("--show", action="store_true",
+                        help="run nothing: print the tables of the JSON files already in --out (for RESULTS.md)")
     args = parser.parse_args(argv)
+    if args.show:
+        return show(args.out, args.only.split(",") if args.only else None)
     default = CUDA_DEFAULT if args.device.startswith("cuda") else CPU_DEFAULT
     wanted = args.only.split(",") if args.only else list(default)
     unknown = [n for n in wanted if n not in names]
