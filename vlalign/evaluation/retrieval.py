@@ -171,13 +171,6 @@ def recall_from_ranking(ranked: torch.Tensor, relevant: torch.Tensor, ks: Sequen
     return {k: float(relevant[:, :k].any(dim=1).double().mean()) for k in ks}
 
 
-def _recall(queries: torch.Tensor, keys: torch.Tensor, query_labels: torch.Tensor, key_labels: torch.Tensor,
-            ks: Sequence[int], chunk_size: int) -> dict[int, float]:
-    _, index = top_k(queries, keys, max(ks), chunk_size)
-    hit = key_labels.to(index.device)[index] == query_labels.to(index.device)[:, None]  # [Q, kmax]
-    return recall_from_ranking(index, hit, ks)
-
-
 def recall_at_k(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, image_labels: torch.Tensor,
                 text_labels: torch.Tensor, ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 4096) -> dict[str, float]:
     """Text->image and image->text Recall@k: the share of queries with a relevant item among their top k.
@@ -192,8 +185,10 @@ def recall_at_k(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, i
         raise ValueError(f"text_labels must have shape ({text_embeddings.shape[0]},), got {tuple(text_labels.shape)}")
     ks = _check_ks(ks, min(image_embeddings.shape[0], text_embeddings.shape[0]),
                    f"the number of images ({image_embeddings.shape[0]}) or texts")
-    t2i = _recall(text_embeddings, image_embeddings, text_labels, image_labels, ks, chunk_size)
-    i2t = _recall(image_embeddings, text_embeddings, image_labels, text_labels, ks, chunk_size)
+    t2i_index, i2t_index = top_k_both(text_embeddings, image_embeddings, ks[-1], ks[-1], chunk_size)
+    image_labels, text_labels = image_labels.to(t2i_index.device), text_labels.to(t2i_index.device)
+    t2i = recall_from_ranking(t2i_index, image_labels[t2i_index] == text_labels[:, None], ks)
+    i2t = recall_from_ranking(i2t_index, text_labels[i2t_index] == image_labels[:, None], ks)
     out = {f"text_to_image_R@{k}": v for k, v in t2i.items()}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     return out
