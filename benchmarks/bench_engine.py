@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -178,7 +177,16 @@ def _memory_worker(folder: Path, steps: int, batch: int) -> None:
     prompts = tuple(f"a photo of a {c}" for c in data.classnames)
     method = ContrastivePreference(model, PreferenceView(data), prompts, None, CONFIG)
     fit(method, TrainConfig(steps=steps, batch_size=batch, num_workers=1), progress=False)
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size since it started its program (``VmHWM``). Not ``ru_maxrss``: that
+    survives ``exec`` on Linux, so a worker forked from a large parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _timing(rounds: list[dict[str, float]], baseline: str, peaks: dict[str, float], growth: dict[str, float]
