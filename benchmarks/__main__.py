@@ -103,14 +103,38 @@ def run_benchmark(name: str, settings: Settings, out: Path | None, command: str)
     return result
 
 
-def show(folder: Path, names: list[str] | None) -> int:
-    """Print the tables of earlier runs from their JSON files, with the command and load of each."""
+def brief_table(results: list[dict]) -> str:
+    """One compact table of every row of ``results`` (saved JSON contents): what, ratio, spread, target, met."""
+    from vlalign.reporting.tables import markdown_table
+
+    lines = []
+    for result in results:
+        for row in result["rows"]:
+            load = f"{result['loadavg_before'][0]:.1f}→{result['loadavg_after'][0]:.1f}"
+            if row["skipped"]:
+                lines.append([row["benchmark"], row["compared"], "skipped", "", "", "", load])
+                continue
+            spread = f"{row['spread'][0]:.2f}–{row['spread'][1]:.2f}" if row["spread"] else "-"
+            lines.append([row["benchmark"], f"{row['compared']} ({row['model']}, batch {row['batch']})",
+                          f"{row['ratio']:.3g}× ({row['unit']})", spread, row["target"],
+                          {True: "yes", False: "no", None: ""}[row["met"]], load])
+    return markdown_table(["row", "variant vs baseline", "median ratio", "spread", "target", "met", "load average"],
+                          lines)
+
+
+def _saved(folder: Path, names: list[str] | None) -> list[dict]:
     order = list(_registry())
     files = sorted(folder.glob("*.json"), key=lambda p: order.index(p.stem) if p.stem in order else len(order))
-    for path in files:
-        if names and path.stem not in names:
-            continue
-        result = json.loads(path.read_text())
+    return [json.loads(p.read_text()) for p in files if not names or p.stem in names]
+
+
+def show(folder: Path, names: list[str] | None, brief: bool = False) -> int:
+    """Print the tables of earlier runs from their JSON files, with the command and load of each."""
+    results = _saved(folder, names)
+    if brief:
+        print(brief_table(results))
+        return 0
+    for result in results:
         rows = [Row(**{**row, "spread": tuple(row["spread"]) if row["spread"] else None}) for row in result["rows"]]
         env = result["environment"]
         print(f"\n### {result['benchmark']}: {result['what']}\n\n`{result['command']}` — {result['started']}, "
@@ -144,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="gpu rows: the GPU's dense bf16 peak for MFU (default: looked up by the GPU's name)")
     parser.add_argument("--show", action="store_true",
                         help="run nothing: print the tables of the JSON files already in --out (for RESULTS.md)")
+    parser.add_argument("--brief", action="store_true", help="with --show: one compact table of every row")
     args = parser.parse_args(argv)
     if args.show:
-        return show(args.out, args.only.split(",") if args.only else None)
+        return show(args.out, args.only.split(",") if args.only else None, args.brief)
     default = CUDA_DEFAULT if args.device.startswith("cuda") else CPU_DEFAULT
     wanted = args.only.split(",") if args.only else list(default)
     unknown = [n for n in wanted if n not in names]
