@@ -108,8 +108,9 @@ def _free_port() -> int:
 LAYOUTS = {"1 process x 2 threads": (1, 2), "1 process x 1 thread": (1, 1), "2 processes x 1 thread": (2, 1)}
 
 
-def parallel_images_per_second(batch: int, steps: int) -> dict[str, float]:
-    """Training images per second of full-tower DPO (global batch ``batch``) in each of :data:`LAYOUTS`."""
+def parallel_images_per_second(batch: int, steps: int) -> dict[str, dict[str, float]]:
+    """Per layout of :data:`LAYOUTS`: training images per second of full-tower DPO (global batch ``batch``) and
+    the peak resident memory of the (first) process, ``{"images_per_second": …, "peak_mib": …}``."""
     script = Path(__file__).resolve()
     results = {}
     for name, (processes, threads) in LAYOUTS.items():
@@ -126,7 +127,7 @@ def parallel_images_per_second(batch: int, steps: int) -> dict[str, float]:
                            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", str(_free_port()), *worker]
             subprocess.run(command, check=True, env=env, capture_output=True, text=True, cwd=REPO)
-            results[name] = json.loads(out.read_text())["images_per_second"]
+            results[name] = json.loads(out.read_text())
     return results
 
 
@@ -142,7 +143,7 @@ def _worker(out: Path, batch: int, steps: int, threads: int) -> None:
     fit(method, TrainConfig(steps=steps + 2, batch_size=batch, log_every=10), progress=False)
     seconds = clock.seconds_per_step(time.perf_counter())
     if distributed.rank() == 0:
-        out.write_text(json.dumps({"images_per_second": batch / seconds}))
+        out.write_text(json.dumps({"images_per_second": batch / seconds, "peak_mib": peak_rss_mib()}))
 
 
 def peak_memory_mib(n_images: int, steps: int, batch: int) -> float:
@@ -218,19 +219,22 @@ def run_loop(settings: Settings) -> list[Row]:
 def run_parallel(settings: Settings) -> list[Row]:
     """2 processes x 1 thread vs 1 process x 2 threads and vs 1 process x 1 thread, in turn, each a fresh launch."""
     batch, steps = settings.pick(64, 8), settings.pick(10, 2)
-    rounds = []
+    rounds, peaks = [], {name: 0.0 for name in LAYOUTS}
     for _ in range(max(1, settings.repeats // 2 + 1) if not settings.quick else 1):
-        rounds.append({name: 1 / rate for name, rate in parallel_images_per_second(batch, steps).items()})
+        measured = parallel_images_per_second(batch, steps)
+        rounds.append({name: 1 / m["images_per_second"] for name, m in measured.items()})
+        peaks = {name: max(peaks[name], measured[name]["peak_mib"]) for name in LAYOUTS}
     rows = []
     two = "2 processes x 1 thread"
     for baseline in ("1 process x 2 threads", "1 process x 1 thread"):
-        timing = _timing(rounds, baseline, {}, {})
+        timing = _timing(rounds, baseline, peaks, {})
         ratios = sorted(1 / r for r in timing.ratios[two])
         rows.append(Row("parallel", f"full-tower DPO step through fit: {two} (accelerate launch, gloo) vs {baseline}, "
                         "same global batch", two, baseline, "MiniCLIP (64 px, embedded)", batch, "1 or 2 per process",
                         settings.device, "training images/s", 1 / timing.median(two), 1 / timing.median(baseline),
                         1 / timing.ratio(two), (ratios[0], ratios[-1]), len(ratios),
-                        extra={"median_of_steps": steps, "memory": "separate processes: not sampled"}))
+                        peak_mib={two: peaks[two], baseline: peaks[baseline]},
+                        extra={"median_of_steps": steps, "memory": "peak RSS (VmHWM) of rank 0 / the process"}))
     return rows
 
 
