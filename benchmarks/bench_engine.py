@@ -210,8 +210,8 @@ def run_loop(settings: Settings) -> list[Row]:
         rounds.append(measured)
     timing = _timing(rounds, "bare loop", peaks, growth)
     row = time_row("loop", "full-tower DPO step, median over a run: fit (data loader, finite check, logging, "
-                   "schedule) vs a bare hand-written loop calling the same method", timing, "fit", "bare loop", model="MiniCLIP (64 px, embedded)", batch=batch,
-                   settings=settings, target=1.03)
+                   "schedule) vs a bare hand-written loop calling the same method", timing, "fit", "bare loop",
+                   model="MiniCLIP (64 px, embedded)", batch=batch, settings=settings, target=1.03)
     row.extra["steps_per_measurement"] = steps
     return [row]
 

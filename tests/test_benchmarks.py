@@ -114,3 +114,18 @@ def test_gpu_rows_run_on_a_cpu_with_a_tiny_clip():
     expected = training_step_flops(VisionShape.from_config(clip_config(quick=True)), 8) / 1e9
     assert step.extra["step_model_GFLOP"] == pytest.approx(expected)
     assert pgd.unit == "images/s" and pgd.variant_value > 0
+
+
+def test_interleaved_ratios_are_per_round_and_peak_memory_sees_an_allocation():
+    from benchmarks.common import PeakMemory, interleaved
+
+    calls = []
+    timing = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "b", repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # one warm-up each, then A B A B A B
+    assert timing.ratios["b"] == [1.0, 1.0, 1.0]
+    assert timing.ratios["a"] == [a / b for a, b in zip(timing.seconds["a"], timing.seconds["b"])]
+    with PeakMemory() as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block += 1
+    del block
+    assert memory.growth >= 48 and memory.peak >= memory.start + memory.growth - 1e-6
