@@ -1,0 +1,101 @@
+"""The linear probe: a multinomial logistic regression checked against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlalign.evaluation.probe import PROBE_SPLITS, fit_linear_probe, logistic_objective, object_probe, probe_accuracy
+
+
+def _clusters(n: int, k: int, d: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=torch.Generator().manual_seed(99)) * 6
+    labels = torch.arange(n) % k
+    return centres[labels] + spread * torch.randn(n, d, generator=g), labels
+
+
+def test_separable_features_are_recovered_exactly():
+    x_train, y_train = _clusters(300, 5, 8, 0.5, seed=0)
+    x_test, y_test = _clusters(200, 5, 8, 0.5, seed=1)
+    assert probe_accuracy(x_train, y_train, x_test, y_test, 5) == 1.0
+
+
+def test_labels_unrelated_to_features_give_chance():
+    x, _ = _clusters(600, 4, 6, 1.0, seed=0)
+    y = torch.randint(0, 4, (600,), generator=torch.Generator().manual_seed(5))
+    x2, _ = _clusters(2000, 4, 6, 1.0, seed=1)
+    y2 = torch.randint(0, 4, (2000,), generator=torch.Generator().manual_seed(6))
+    assert abs(probe_accuracy(x, y, x2, y2, 4) - 0.25) < 0.05
+
+
+def test_solution_is_a_stationary_point_of_the_objective():
+    # Closed-form gradient in numpy (independent of autograd): Zᵀ(P − Y)/n + λW and mean(P − Y).
+    x, y = _clusters(200, 3, 5, 3.0, seed=2)
+    l2 = 1e-2
+    probe = fit_linear_probe(x, y, 3, l2)
+    z = ((x.double() - probe.mean) / probe.scale).numpy()
+    w, b = probe.weight.numpy(), probe.bias.numpy()
+    logits = z @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(3)[y.numpy()]
+    grad_w = z.T @ (p - onehot) / len(z) + l2 * w
+    grad_b = (p - onehot).mean(0)
+    assert np.abs(grad_w).max() < 1e-7 and np.abs(grad_b).max() < 1e-7
+    # and the reported loss is the objective there
+    nll = -np.log(p[np.arange(len(z)), y.numpy()]).mean() + 0.5 * l2 * (w ** 2).sum()
+    assert probe.loss == pytest.approx(nll, rel=1e-10)
+
+
+def test_two_classes_match_newtons_method_for_binary_logistic_regression():
+    # With two classes the penalized softmax solution is symmetric (w₁ = −w₀ = v) and its logit difference is the
+    # binary logistic regression with weights 2v and penalty λ/4·‖w‖²; solve that by Newton's method in numpy.
+    x, y = _clusters(150, 2, 4, 4.0, seed=3)
+    l2 = 0.05
+    probe = fit_linear_probe(x, y, 2, l2)
+    z = ((x.double() - probe.mean) / probe.scale).numpy()
+    a = np.hstack([z, np.ones((len(z), 1))])
+    t = y.numpy().astype(float)
+    theta = np.zeros(a.shape[1])
+    penalty = np.diag([l2 / 2] * z.shape[1] + [0.0])
+    for _ in range(50):
+        q = 1 / (1 + np.exp(-a @ theta))
+        grad = a.T @ (q - t) / len(a) + penalty @ theta
+        hess = (a * (q * (1 - q))[:, None]).T @ a / len(a) + penalty
+        theta -= np.linalg.solve(hess, grad)
+    newton = 1 / (1 + np.exp(-a @ theta))
+    ours = torch.softmax(probe.logits(x), 1)[:, 1].numpy()
+    assert np.abs(ours - newton).max() < 1e-7
+
+
+def test_objective_matches_its_definition():
+    w = torch.randn(3, 4, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    y = torch.arange(10) % 4
+    logits = x @ w + b
+    expected = float(-(logits.log_softmax(1)[torch.arange(10), y]).mean() + 0.05 * (w ** 2).sum())
+    assert float(logistic_objective(w, b, x, y, 0.1)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_bad_input_fails_clearly():
+    with pytest.raises(ValueError, match="labels must lie"):
+        fit_linear_probe(torch.randn(4, 2), torch.tensor([0, 1, 2, 5]), 3)
+    with pytest.raises(ValueError, match="need features"):
+        fit_linear_probe(torch.randn(4), torch.tensor([0, 1, 2, 0]), 3)
+
+
+def test_object_probe_on_a_tiny_model_is_deterministic(tiny_mini_clip, world):
+    from vlalign.data.mini_world import MiniWorld, WorldConfig
+
+    small = MiniWorld(WorldConfig(image_size=32, min_radius=4, max_radius=11))
+    first = object_probe(tiny_mini_clip, small, n_train=48, n_test=24)
+    assert list(first) == list(PROBE_SPLITS)
+    for split, row in first.items():
+        assert 0 <= row["probe"] <= 1 and 0 <= row["zero_shot"] <= 1
+        assert ("written_label_rate" in row) == (split == "typographic")
+    assert object_probe(tiny_mini_clip, small, n_train=48, n_test=24) == first
+    with pytest.raises(ValueError, match="must differ"):
+        object_probe(tiny_mini_clip, small, n_train=8, n_test=8, train_seed=1, test_seed=1)

@@ -1,0 +1,125 @@
+"""Linear probes: how linearly recoverable the object class is from a model's frozen image features.
+
+A model that reads can still keep the object in its features (real CLIP does: Materzynska et al. learn a
+projection that forgets spelling and keeps objects), or lose it once a word is present. The probe measures which:
+a multinomial logistic regression trained on the frozen features of one draw of a split and tested on another.
+
+Everything is deterministic: features are computed once, in fixed batches; the regression is full-batch L-BFGS in
+float64 on standardized features (mean and spread of the training draw), from zero weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlalign.data.mini_world import MiniWorld
+from vlalign.evaluation.zero_shot import zero_shot_evaluate
+from vlalign.models.base import ContrastiveModel
+from vlalign.models.embeddings import class_text_embeddings, image_embeddings
+
+#: The splits a probe run reports, in order: the object with a misleading word, alone, and with random letters.
+PROBE_SPLITS: tuple[str, ...] = ("typographic", "clean", "nonreading")
+
+
+@dataclass
+class LinearProbe:
+    """A fitted multinomial logistic regression on standardized features: ``logits = ((x − mean) / scale) W + b``."""
+
+    weight: torch.Tensor  # [D, K] float64
+    bias: torch.Tensor  # [K]
+    mean: torch.Tensor  # [D]
+    scale: torch.Tensor  # [D]
+    loss: float  # the training objective at the solution
+    iterations: int
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features.double() - self.mean) / self.scale) @ self.weight + self.bias
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(1)
+
+
+def logistic_objective(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                       l2: float) -> torch.Tensor:
+    """Mean softmax cross-entropy of ``features @ weight + bias`` plus ``l2 / 2 · ‖weight‖²`` (bias unpenalized)."""
+    logits = features @ weight + bias
+    return torch.nn.functional.cross_entropy(logits, labels) + 0.5 * l2 * weight.pow(2).sum()
+
+
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float = 1e-3,
+                     max_iter: int = 500, tolerance: float = 1e-10) -> LinearProbe:
+    """Fit :func:`logistic_objective` on standardized ``features`` [N, D] with integer ``labels`` [N] in
+    ``[0, n_classes)``: full-batch L-BFGS (strong Wolfe line search) in float64 from zero weights.
+
+    The objective is strictly convex for ``l2 > 0`` in the weights, so the solution does not depend on the start;
+    with ``l2 = 0`` and separable data the weights grow until ``max_iter`` (accuracy is still exact).
+    """
+    if features.dim() != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(f"need features [N, D] and labels [N], got {tuple(features.shape)} and {tuple(labels.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError("cannot fit a probe on no examples")
+    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes - 1}]")
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    x = features.detach().double().cpu()
+    y = labels.detach().long().cpu()
+    mean = x.mean(0)
+    scale = x.std(0, unbiased=False).clamp_min(1e-12)
+    z = (x - mean) / scale
+    weight = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance,
+                                  tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = logistic_objective(weight, bias, z, y, l2)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        loss = float(logistic_objective(weight, bias, z, y, l2))
+    iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+    return LinearProbe(weight.detach(), bias.detach(), mean, scale, loss, iterations)
+
+
+def probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                   test_labels: torch.Tensor, n_classes: int, l2: float = 1e-3) -> float:
+    """Accuracy on the test draw of a probe fitted on the training draw."""
+    probe = fit_linear_probe(train_features, train_labels, n_classes, l2)
+    return float((probe.predict(test_features) == test_labels).double().mean())
+
+
+@torch.no_grad()
+def object_probe(model: ContrastiveModel, world: MiniWorld | None = None, splits: tuple[str, ...] = PROBE_SPLITS,
+                 n_train: int = 2400, n_test: int = 1200, train_seed: int = 7100, test_seed: int = 7200,
+                 l2: float = 1e-3, batch_size: int = 256) -> dict[str, dict]:
+    """Per split: the object probe's test accuracy on frozen (normalized) image embeddings, and the model's own
+    zero-shot accuracy on the same test images (plus its written-label rate where a class name is written).
+
+    The probe is trained on ``n_train`` images of the split drawn with ``train_seed`` and tested on ``n_test``
+    images drawn with ``test_seed``, over all classes of the world.
+    """
+    world = world or MiniWorld()
+    if train_seed == test_seed:
+        raise ValueError("train_seed and test_seed must differ: the probe is tested on another draw")
+    class_emb = class_text_embeddings(model, world.classnames)
+    results: dict[str, dict] = {}
+    for split in splits:
+        train = world.sample(split, n_train, train_seed)
+        test = world.sample(split, n_test, test_seed)
+        train_features = image_embeddings(model, train, batch_size)
+        test_features = image_embeddings(model, test, batch_size)
+        probe = fit_linear_probe(train_features, train.labels, len(world.classnames), l2)
+        zero_shot = zero_shot_evaluate(model, test, class_emb, batch_size).metrics()
+        results[split] = {"probe": float((probe.predict(test_features) == test.labels).double().mean()),
+                          "probe_train": float((probe.predict(train_features) == train.labels).double().mean()),
+                          "zero_shot": zero_shot["accuracy"], "n_train": n_train, "n_test": n_test,
+                          "probe_iterations": probe.iterations}
+        if "written_label_rate" in zero_shot:
+            results[split]["written_label_rate"] = zero_shot["written_label_rate"]
+    return results
