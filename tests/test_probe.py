@@ -99,3 +99,29 @@ def test_object_probe_on_a_tiny_model_is_deterministic(tiny_mini_clip, world):
     assert object_probe(tiny_mini_clip, small, n_train=48, n_test=24) == first
     with pytest.raises(ValueError, match="must differ"):
         object_probe(tiny_mini_clip, small, n_train=8, n_test=8, train_seed=1, test_seed=1)
+
+
+def test_probe_command_writes_metrics_and_a_report_it_can_rebuild(tmp_path, capsys):
+    import json
+
+    from vlalign.cli import main
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--n-train", "60", "--n-test", "36", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["splits"]) == list(PROBE_SPLITS)
+    splits = metrics["splits"]
+    assert metrics["reading_effect"] == splits["nonreading"]["zero_shot"] - splits["typographic"]["zero_shot"]
+    # the shipped model reads: a wrong class name fools it more than random letters in the same boxes
+    assert splits["typographic"]["zero_shot"] < splits["nonreading"]["zero_shot"]
+    assert set(metrics["targets_met"]) == {"clean zero-shot", "typographic zero-shot", "written-label rate",
+                                           "typographic probe"}
+    for name in ("report.md", "report.html", "probe.png"):
+        assert (out / name).is_file()
+    assert json.loads((out / "report.json").read_text())["kind"] == "probe"
+    body = (out / "report.md").read_text().split("## Run")[0]
+    assert "non-reading control" in body and "Reading effect" in body
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text().split("## Run")[0] == body
+    assert main(["probe", "--train-seed", "3", "--test-seed", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "must differ" in capsys.readouterr().err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
 
