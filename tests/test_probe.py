@@ -91,12 +91,12 @@ def test_object_probe_on_a_tiny_model_is_deterministic(tiny_mini_clip, world):
     from vlalign.data.mini_world import MiniWorld, WorldConfig
 
     small = MiniWorld(WorldConfig(image_size=32, min_radius=4, max_radius=11))
-    first = object_probe(tiny_mini_clip, small, n_train=48, n_test=24)
+    first = object_probe(tiny_mini_clip, small, n_train=36, n_test=24)
     assert list(first) == list(PROBE_SPLITS)
     for split, row in first.items():
         assert 0 <= row["probe"] <= 1 and 0 <= row["zero_shot"] <= 1
         assert ("written_label_rate" in row) == (split == "typographic")
-    assert object_probe(tiny_mini_clip, small, n_train=48, n_test=24) == first
+    assert object_probe(tiny_mini_clip, small, ("nonreading",), n_train=36, n_test=24) == {"nonreading": first["nonreading"]}
     with pytest.raises(ValueError, match="must differ"):
         object_probe(tiny_mini_clip, small, n_train=8, n_test=8, train_seed=1, test_seed=1)
 

@@ -28,7 +28,7 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert metrics["summary"]["best_po"] in ("dpo", "ipo", "kto")
     # The reading effect sits beside the gap to clean in the report's table, for every method.
     report = (tmp_path / "report.md").read_text()
-    assert "reading effect (in-domain, pt)" in report and "gap to clean (in-domain, pt)" in report
+    assert "| gap to clean (pt) | reading effect (pt) |" in report
     pre = written["methods"]["pretrained"]
     assert f"{100 * (pre['nonreading'] - pre['typographic']):+.1f}" in report.split("| Pretrained")[1].split("\n")[0]
     assert metrics["summary"]["reading_effect_pretrained"] == pre["nonreading"] - pre["typographic"]

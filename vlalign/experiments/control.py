@@ -34,8 +34,9 @@ def plot_frontier(control: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     for key, label in (("clean", "clean accuracy"), ("typographic", "typographic accuracy"),
-                       ("written_label_rate", "written-label rate")):
-        ax.plot(control["t"], control[key], marker="o", markersize=3, label=label)
+                       ("nonreading", "non-reading control accuracy"), ("written_label_rate", "written-label rate")):
+        if key in control:  # sweeps from before the non-reading control lack it
+            ax.plot(control["t"], control[key], marker="o", markersize=3, label=label)
     ax.axvline(0, color="gray", lw=0.8, ls=":")
     ax.axvline(1, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("t  (W_t = U Σ^t Vᵀ; 0 = pretrained, 1 = trained head)")

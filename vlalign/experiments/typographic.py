@@ -168,6 +168,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
     write_report(out, "experiment-typographic", _report(metrics),
                  run_info(command=_command(quick, seed), seconds=time.perf_counter() - began))
     print(_methods_table(methods))
+    print(_methods_table(methods, "_heldout"))
     return metrics
 
 
@@ -211,21 +212,20 @@ def _points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
-def _methods_table(methods: dict) -> str:
+def _methods_table(methods: dict, suffix: str = "") -> str:
+    """One row per method on the in-domain (``suffix`` "") or held-out (``"_heldout"``) classes: clean,
+    typographic and non-reading accuracy, the gap to clean and the reading effect beside it (in points)."""
     rows = []
     for m in ROW_ORDER:
         row = methods[m]
-        cells = [ROW_NAMES[m]]
-        for suffix in ("", "_heldout"):
-            cells += [percent(row[f"clean{suffix}"]), percent(row[f"typographic{suffix}"]),
-                      percent(row[f"nonreading{suffix}"]),
-                      _points(row[f"clean{suffix}"] - row[f"typographic{suffix}"]), _points(reading_effect(row, suffix))]
-        rows.append(cells + [f"{row['kl_clean']:.4f}"])
-    headers = ["method"]
-    for where in ("in-domain", "held-out"):
-        headers += [f"clean ({where})", f"typographic ({where})", f"non-reading ({where})",
-                    f"gap to clean ({where}, pt)", f"reading effect ({where}, pt)"]
-    return markdown_table(headers + ["KL_clean"], rows)
+        cells = [ROW_NAMES[m], percent(row[f"clean{suffix}"]), percent(row[f"typographic{suffix}"]),
+                 percent(row[f"nonreading{suffix}"]), _points(row[f"clean{suffix}"] - row[f"typographic{suffix}"]),
+                 _points(reading_effect(row, suffix))]
+        rows.append(cells + ([f"{row['kl_clean']:.4f}"] if not suffix else []))
+    where = "held-out" if suffix else "in-domain"
+    headers = ["method", f"clean ({where})", f"typographic ({where})", f"non-reading ({where})",
+               "gap to clean (pt)", "reading effect (pt)"]
+    return markdown_table(headers + (["KL_clean"] if not suffix else []), rows)
 
 
 def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> None:
@@ -286,7 +286,13 @@ vocabulary, as long as the class name) in the same boxes, fonts, sizes and colou
 typographic accuracy: what the model loses because of what the word *says*; the rest of the gap to clean is
 occlusion and clutter.
 
+In-domain classes (those of the preference data):
+
 {_methods_table(methods)}
+
+Held-out classes (moon, diamond, hexagon, bolt):
+
+{_methods_table(methods, "_heldout")}
 
 ![Table 1](table1.png)
 
