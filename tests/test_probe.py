@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vlalign.evaluation.probe import PROBE_SPLITS, fit_linear_probe, logistic_objective, object_probe, probe_accuracy
+from vlalign.evaluation.probe import (
+    PROBE_SPLITS, fit_linear_probe, logistic_objective, object_probe, probe_accuracy, whitening,
+)
 
 
 def _clusters(n: int, k: int, d: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +37,7 @@ def test_solution_is_a_stationary_point_of_the_objective():
     x, y = _clusters(200, 3, 5, 3.0, seed=2)
     l2 = 1e-2
     probe = fit_linear_probe(x, y, 3, l2)
-    z = ((x.double() - probe.mean) / probe.scale).numpy()
+    z = probe.transform(x).numpy()
     w, b = probe.weight.numpy(), probe.bias.numpy()
     logits = z @ w + b
     p = np.exp(logits - logits.max(1, keepdims=True))
@@ -55,7 +57,7 @@ def test_two_classes_match_newtons_method_for_binary_logistic_regression():
     x, y = _clusters(150, 2, 4, 4.0, seed=3)
     l2 = 0.05
     probe = fit_linear_probe(x, y, 2, l2)
-    z = ((x.double() - probe.mean) / probe.scale).numpy()
+    z = probe.transform(x).numpy()
     a = np.hstack([z, np.ones((len(z), 1))])
     t = y.numpy().astype(float)
     theta = np.zeros(a.shape[1])
@@ -67,7 +69,17 @@ def test_two_classes_match_newtons_method_for_binary_logistic_regression():
         theta -= np.linalg.solve(hess, grad)
     newton = 1 / (1 + np.exp(-a @ theta))
     ours = torch.softmax(probe.logits(x), 1)[:, 1].numpy()
-    assert np.abs(ours - newton).max() < 1e-7
+    assert np.abs(ours - newton).max() < 1e-6
+
+
+def test_whitening_gives_identity_covariance_and_drops_collinear_features():
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0)) @ torch.tensor(
+        [[3.0, 0.5, 0, 0], [0, 0.1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0.01]])
+    x = torch.cat([x, x[:, :1] + x[:, 1:2]], 1)  # a fifth, collinear column
+    mean, projection = whitening(x)
+    z = (x.double() - mean) @ projection
+    assert projection.shape == (5, 4)
+    assert torch.allclose(z.T @ z / len(z), torch.eye(4, dtype=torch.float64), atol=1e-8)
 
 
 def test_objective_matches_its_definition():

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-test", type=int, default=1200, help="images per split it is tested on (another draw)")
     parser.add_argument("--train-seed", type=int, default=7100, help="seed of the training draw")
     parser.add_argument("--test-seed", type=int, default=7200, help="seed of the test draw")
-    parser.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the probe's weights")
+    parser.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the probe's weights (whitened features)")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 

@@ -5,7 +5,11 @@ projection that forgets spelling and keeps objects), or lose it once a word is p
 a multinomial logistic regression trained on the frozen features of one draw of a split and tested on another.
 
 Everything is deterministic: features are computed once, in fixed batches; the regression is full-batch L-BFGS in
-float64 on standardized features (mean and spread of the training draw), from zero weights.
+float64 on whitened features (PCA of the training draw), from zero weights. Whitening matters: the embeddings are
+strongly correlated, and with a ridge penalty on merely standardized features the class directions of small
+variance are penalized away (on the shipped MiniCLIP's typographic features the test accuracy fell from 0.51 at
+L2 1e-5 to 0.38 at 1e-3, and L-BFGS needed thousands of steps); whitened, it converges in ~50 steps and the
+accuracy is flat at 0.50 ± 0.005 for L2 from 1e-4 to 1e-1.
 """
 
 from __future__ import annotations
@@ -25,17 +29,21 @@ PROBE_SPLITS: tuple[str, ...] = ("typographic", "clean", "nonreading")
 
 @dataclass
 class LinearProbe:
-    """A fitted multinomial logistic regression on standardized features: ``logits = ((x − mean) / scale) W + b``."""
+    """A fitted multinomial logistic regression on whitened features: ``logits = ((x − mean) P) W + b``."""
 
-    weight: torch.Tensor  # [D, K] float64
+    weight: torch.Tensor  # [R, K] float64
     bias: torch.Tensor  # [K]
     mean: torch.Tensor  # [D]
-    scale: torch.Tensor  # [D]
+    projection: torch.Tensor  # [D, R]: whitening, R = the training features' numerical rank
     loss: float  # the training objective at the solution
     iterations: int
 
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        """The whitened features the regression sees."""
+        return (features.detach().double().cpu() - self.mean) @ self.projection
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return ((features.double() - self.mean) / self.scale) @ self.weight + self.bias
+        return self.transform(features) @ self.weight + self.bias
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(1)
@@ -48,10 +56,21 @@ def logistic_objective(weight: torch.Tensor, bias: torch.Tensor, features: torch
     return torch.nn.functional.cross_entropy(logits, labels) + 0.5 * l2 * weight.pow(2).sum()
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float = 1e-3,
-                     max_iter: int = 500, tolerance: float = 1e-10) -> LinearProbe:
-    """Fit :func:`logistic_objective` on standardized ``features`` [N, D] with integer ``labels`` [N] in
-    ``[0, n_classes)``: full-batch L-BFGS (strong Wolfe line search) in float64 from zero weights.
+def whitening(features: torch.Tensor, rank_tolerance: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [D] and projection [D, R] that map ``features`` to zero mean and identity covariance, dropping
+    directions whose variance is below ``rank_tolerance`` × the largest (constant or collinear features)."""
+    x = features.detach().double().cpu()
+    mean = x.mean(0)
+    centred = x - mean
+    values, vectors = torch.linalg.eigh(centred.T @ centred / max(len(x), 1))
+    keep = values > rank_tolerance * values.max().clamp_min(1e-300)
+    return mean, vectors[:, keep] / values[keep].sqrt()
+
+
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float = 1e-2,
+                     max_iter: int = 1000, tolerance: float = 1e-10) -> LinearProbe:
+    """Fit :func:`logistic_objective` on whitened ``features`` [N, D] (see :func:`whitening`) with integer
+    ``labels`` [N] in ``[0, n_classes)``: full-batch L-BFGS (strong Wolfe line search) in float64 from zero weights.
 
     The objective is strictly convex for ``l2 > 0`` in the weights, so the solution does not depend on the start;
     with ``l2 = 0`` and separable data the weights grow until ``max_iter`` (accuracy is still exact).
@@ -64,12 +83,10 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: in
         raise ValueError(f"labels must lie in [0, {n_classes - 1}]")
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
-    x = features.detach().double().cpu()
     y = labels.detach().long().cpu()
-    mean = x.mean(0)
-    scale = x.std(0, unbiased=False).clamp_min(1e-12)
-    z = (x - mean) / scale
-    weight = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    mean, projection = whitening(features)
+    z = (features.detach().double().cpu() - mean) @ projection
+    weight = torch.zeros(z.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance,
                                   tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
@@ -84,11 +101,11 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: in
     with torch.no_grad():
         loss = float(logistic_objective(weight, bias, z, y, l2))
     iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
-    return LinearProbe(weight.detach(), bias.detach(), mean, scale, loss, iterations)
+    return LinearProbe(weight.detach(), bias.detach(), mean, projection, loss, iterations)
 
 
 def probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                   test_labels: torch.Tensor, n_classes: int, l2: float = 1e-3) -> float:
+                   test_labels: torch.Tensor, n_classes: int, l2: float = 1e-2) -> float:
     """Accuracy on the test draw of a probe fitted on the training draw."""
     probe = fit_linear_probe(train_features, train_labels, n_classes, l2)
     return float((probe.predict(test_features) == test_labels).double().mean())
@@ -97,7 +114,7 @@ def probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, tes
 @torch.no_grad()
 def object_probe(model: ContrastiveModel, world: MiniWorld | None = None, splits: tuple[str, ...] = PROBE_SPLITS,
                  n_train: int = 2400, n_test: int = 1200, train_seed: int = 7100, test_seed: int = 7200,
-                 l2: float = 1e-3, batch_size: int = 256) -> dict[str, dict]:
+                 l2: float = 1e-2, batch_size: int = 256) -> dict[str, dict]:
     """Per split: the object probe's test accuracy on frozen (normalized) image embeddings, and the model's own
     zero-shot accuracy on the same test images (plus its written-label rate where a class name is written).
 

@@ -66,7 +66,7 @@ def probe_report(metrics: dict) -> str:
     return f"""# Linear probe of the object class: {metrics['model']}
 
 Does the model keep the object in its image features once a word is written? A multinomial logistic regression
-(L2 {s['l2']}, full-batch L-BFGS on standardized features) is trained on the frozen normalized image embeddings of
+(L2 {s['l2']}, full-batch L-BFGS on whitened features) is trained on the frozen normalized image embeddings of
 {s['n_train']} images of each split (seed {s['train_seed']}) and tested on {s['n_test']} others (seed
 {s['test_seed']}); 12 classes, chance 8.3%. Zero-shot accuracy is the model's own, on the same test images.
 
