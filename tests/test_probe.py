@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlalign.evaluation.probe import (
-    PROBE_SPLITS, fit_linear_probe, logistic_objective, object_probe, probe_accuracy, whitening,
+    L2_GRID, PROBE_SPLITS, fit_linear_probe, logistic_objective, object_probe, probe_accuracy, select_l2, whitening,
 )
 
 
@@ -82,6 +82,24 @@ def test_whitening_gives_identity_covariance_and_drops_collinear_features():
     assert torch.allclose(z.T @ z / len(z), torch.eye(4, dtype=torch.float64), atol=1e-8)
 
 
+def test_select_l2_picks_the_penalty_with_the_best_validation_accuracy():
+    # 40 dimensions, few examples: unpenalized, noise dimensions are fitted; the validation split sees it.
+    g = torch.Generator().manual_seed(4)
+    y = torch.arange(120) % 3
+    signal = torch.nn.functional.one_hot(y, 3).double() * 0.6
+    x = torch.cat([signal + torch.randn(120, 3, generator=g, dtype=torch.float64), torch.randn(120, 37, generator=g,
+                                                                                              dtype=torch.float64)], 1)
+    chosen = select_l2(x, y, 3)
+    assert chosen in L2_GRID
+    # and it is the grid value with the best validation accuracy (recomputed here by brute force)
+    order = torch.randperm(120, generator=torch.Generator().manual_seed(0))
+    val, fit = order[:30], order[30:]
+    scores = {l2: float((fit_linear_probe(x[fit], y[fit], 3, l2).predict(x[val]) == y[val]).double().mean())
+              for l2 in L2_GRID}
+    assert scores[chosen] == max(scores.values())
+    assert chosen == max(l2 for l2, v in scores.items() if v == max(scores.values()))
+
+
 def test_objective_matches_its_definition():
     w = torch.randn(3, 4, dtype=torch.float64)
     b = torch.randn(4, dtype=torch.float64)
@@ -122,6 +140,7 @@ def test_probe_command_writes_metrics_and_a_report_it_can_rebuild(tmp_path, caps
     assert main(["probe", "--n-train", "60", "--n-test", "36", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["splits"]) == list(PROBE_SPLITS)
+    assert all(row["l2"] in L2_GRID for row in metrics["splits"].values())  # chosen on the training draw
     splits = metrics["splits"]
     assert metrics["reading_effect"] == splits["nonreading"]["zero_shot"] - splits["typographic"]["zero_shot"]
     # the shipped model reads: a wrong class name fools it more than random letters in the same boxes

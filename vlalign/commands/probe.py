@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-test", type=int, default=1200, help="images per split it is tested on (another draw)")
     parser.add_argument("--train-seed", type=int, default=7100, help="seed of the training draw")
     parser.add_argument("--test-seed", type=int, default=7200, help="seed of the test draw")
-    parser.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the probe's weights (whitened features)")
+    parser.add_argument("--l2", type=float, default=None,
+                        help="L2 penalty on the probe's weights (whitened features); default: chosen per split from "
+                             "1e-3, 1e-2, 1e-1, 1 on a quarter of the training draw")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.n_train < 1 or args.n_test < 1:
         raise ValueError(f"--n-train and --n-test must be >= 1, got {args.n_train} and {args.n_test}")
-    if args.l2 < 0:
+    if args.l2 is not None and args.l2 < 0:
         raise ValueError(f"--l2 must be >= 0, got {args.l2}")
     if args.train_seed == args.test_seed:
         raise ValueError("--train-seed and --test-seed must differ: the probe is tested on another draw")

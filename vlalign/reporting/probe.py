@@ -63,10 +63,12 @@ def probe_report(metrics: dict) -> str:
     values, met = target_values(metrics), targets_met(metrics)
     target_rows = [[name, f"{'≥' if at_least else '≤'} {bound:.2f}", f"{values[name]:.3f}",
                     "met" if met[name] else "**not met**"] for name, (bound, at_least) in READING_TARGETS.items()]
+    penalty = (f"L2 {s['l2']}" if s["l2"] is not None else "L2 chosen per split on a quarter of the training draw: "
+               + ", ".join(f"{name} {row['l2']}" for name, row in splits.items()))
     return f"""# Linear probe of the object class: {metrics['model']}
 
 Does the model keep the object in its image features once a word is written? A multinomial logistic regression
-(L2 {s['l2']}, full-batch L-BFGS on whitened features) is trained on the frozen normalized image embeddings of
+({penalty}; full-batch L-BFGS on whitened features) is trained on the frozen normalized image embeddings of
 {s['n_train']} images of each split (seed {s['train_seed']}) and tested on {s['n_test']} others (seed
 {s['test_seed']}); 12 classes, chance 8.3%. Zero-shot accuracy is the model's own, on the same test images.
 
