@@ -105,8 +105,8 @@ def test_demo(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| typographic" in report and "typographic_grid.png" in report and "typographic_grid_dpo.png" in report
     effect = 100 * (before["nonreading"]["accuracy"] - before["typographic"]["accuracy"])
-    assert "| non-reading control" in report
-    line = next(row for row in report.splitlines() if row.startswith("| **reading effect = non-reading − typographic**"))
+    assert "| non-reading (random letters)" in report
+    line = next(row for row in report.splitlines() if row.startswith("| **reading effect** "))
     assert line.split("|")[2].strip() == f"{effect:+.1f} pt"
     assert (tmp_path / "report.html").is_file() and read_json(tmp_path / "report.json")["kind"] == "demo"
     # vlalign report rebuilds the same body from the run's files

@@ -43,9 +43,8 @@ def typographic_grid(model: ContrastiveModel, world: MiniWorld, path: Path, n: i
 #: The demo's splits; ``nonreading`` is the typographic split's control (random letters in the same word boxes).
 DEMO_SPLITS = ("clean", "typographic", "nonreading", "matching", "zeroshot-clean", "zeroshot-typographic",
                "zeroshot-nonreading")
-SPLIT_NAMES = {"typographic": "typographic (another class name written)",
-               "nonreading": "non-reading control (random letters, same boxes)",
-               "matching": "matching (own class name written)"}
+SPLIT_NAMES = {"typographic": "typographic (wrong class name)", "nonreading": "non-reading (random letters)",
+               "matching": "matching (own class name)"}
 
 
 def _phenomena(model: ContrastiveModel, world: MiniWorld, n: int, seed: int) -> dict:
@@ -101,7 +100,7 @@ def demo_table(metrics: dict) -> str:
             row += [percent(m["accuracy"]), percent(m["written_label_rate"]) if "written_label_rate" in m else "—"]
         rows.append(row)
     for prefix, where in (("", ""), ("zeroshot-", " (zeroshot)")):
-        for label, minus in (("gap to clean", "clean"), ("reading effect = non-reading − typographic", "nonreading")):
+        for label, minus in (("gap to clean", "clean"), ("reading effect", "nonreading")):
             row = [f"**{label}{where}**"]
             for name in names:
                 m = metrics[name]
@@ -112,7 +111,7 @@ def demo_table(metrics: dict) -> str:
             rows.append(row)
     headers = ["split"]
     for name in names:
-        headers += [f"{name} accuracy", f"{name}: pred = written word"]
+        headers += [f"{name} accuracy", f"{name}: pred = word"]
     return markdown_table(headers, rows)
 
 
@@ -126,7 +125,9 @@ def demo_report(metrics: dict, settings: dict) -> str:
     return (f"# vlalign demo\n\nEmbedded MiniCLIP, {n} fresh mini-world images per split (seed {seed}); `zeroshot-` "
             f"splits hold the 4 classes never used for preference training. {fix}\n\nThe non-reading control has the "
             f"typographic images' scenes with random letters (no class name) in the same boxes: the **reading effect** "
-            f"(control − typographic) is what the words' meaning costs; the rest of the gap to clean is occlusion."
+            f"(non-reading − typographic accuracy) is what the words' meaning costs; the rest of the gap to clean "
+            f"(clean − typographic) is occlusion and clutter. \"pred = word\": predictions equal to the written class "
+            f"name."
             f"\n\n{demo_table(metrics)}\n\n{images}\n")
 
 
