@@ -13,6 +13,7 @@ from vlalign.commands.common import add_command
 BUILDERS: dict[str, str] = {
     "train": "vlalign.reporting.training:training_report",
     "pretrain": "vlalign.reporting.training:training_report",
+    "pretrain-vlm": "vlalign.reporting.training:vlm_pretraining_report",
     "eval": "vlalign.commands.report:_eval_report",
     "robust-eval": "vlalign.commands.report:_robust_eval_report",
     "control": "vlalign.experiments.control:report_from_run",
