@@ -10,8 +10,8 @@ from vlalign.commands.common import add_command, add_out_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = add_command(sub, "pretrain-vlm", "pretrain a mini generative VLM on mini-world questions and captions",
-                         "vlalign pretrain-vlm --config configs/pretrain_vlm.yaml --out runs/mini_vlm")
+    parser = add_command(sub, "pretrain-vlm", help="pretrain a mini generative VLM on mini-world questions and captions",
+                         example="vlalign pretrain-vlm --config configs/pretrain_vlm.yaml --out runs/mini-vlm")
     parser.add_argument("--config", type=Path, required=True, help="YAML file (see configs/pretrain_vlm.yaml)")
     parser.add_argument("--tower", default=None, help="override the config's MiniCLIP tower ('mini' or a folder)")
     parser.add_argument("--device", default=None, help="override both stages' device (cpu, cuda)")

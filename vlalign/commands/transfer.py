@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlalign.commands.common import add_out_argument
+from vlalign.commands.common import add_command, add_out_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("transfer", help="replace a VLM's vision encoder by one trained with vlalign")
+    parser = add_command(sub, "transfer", help="replace a VLM's vision encoder by one trained with vlalign",
+                         example="vlalign transfer --encoder runs/adpo/encoder --into mini-vlm-large --out runs/transferred")
     parser.add_argument("--encoder", required=True,
                         help="the trained encoder: a MiniCLIP, MiniVLM, CLIP or LLaVA folder (or 'mini')")
     parser.add_argument("--into", required=True,

@@ -20,12 +20,16 @@ REPORT_INFO = "report.json"
 
 def versions() -> dict[str, str]:
     """The versions a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
     import transformers
 
-    from vlalign import __version__
-
-    return {"vlalign": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    try:
+        vlalign_version = version("vlalign")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        vlalign_version = "unknown"
+    return {"vlalign": vlalign_version, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 
 
