@@ -18,6 +18,7 @@ BUILDERS: dict[str, str] = {
     "robust-eval": "vlalign.commands.report:_robust_eval_report",
     "control": "vlalign.experiments.control:report_from_run",
     "experiment-robust": "vlalign.experiments.robust:report_from_run",
+    "experiment-adpo": "vlalign.experiments.adpo:report_from_run",
     "experiment-attribute": "vlalign.experiments.attribute.run:report_from_run",
     "experiment-attribute-seeds": "vlalign.experiments.attribute.seeds:report_from_run",
 }
