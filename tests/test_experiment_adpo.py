@@ -63,3 +63,20 @@ def test_full_settings_build_valid_configs():
     assert AdPOConfig(**adpo.ADPO_ROWS["adpo_no_la"]).la_weight == 0
     scheduled = AdPOConfig(**adpo.ADPO_ROWS["adpo_scheduled"], schedule_steps=loop.steps)
     assert scheduled.la_at(0) == 2.0 and abs(scheduled.la_at(loop.steps - 1) - 0.5) < 1e-9
+
+
+def test_partial_runs_merge_settings_and_score_targets_without_transfer():
+    merged = adpo._merged(adpo.FULL, {"train": {"steps": 40}, "transfer_vlm": None})
+    assert merged["train"]["steps"] == 40 and merged["train"]["batch_size"] == 32 and merged["transfer_vlm"] is None
+    with pytest.raises(ValueError, match="unknown AdPO experiment setting"):
+        adpo._merged(adpo.FULL, {"trian": {}})
+    row = lambda clean, robust, seconds: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": seconds}  # noqa: E731
+    methods = {"original": row(0.9, 0.05, None), "fare": row(0.8, 0.30, 2.0),
+               "adpo_dpo": {**row(0.85, 0.40, 1.0), "precompute_seconds": 20.0}, "adpo_ipo": row(0.9, 0.35, 1.0)}
+    targets = adpo._targets(methods, {}, steps=10)
+    assert targets["best_adpo"] == "adpo_dpo" and targets["met_robust_and_clean"]
+    assert abs(targets["robust_vs_fare"] - 0.10) < 1e-12 and abs(targets["clean_vs_fare"] - 0.05) < 1e-12
+    assert targets["transfer_retention"] is None
+    assert targets["step_cost_vs_fare"] == 0.5 and targets["step_cost_vs_fare_amortized"] == (1.0 + 2.0) / 2.0
+    transfer = {"original": row(0.9, 0.05, None), "adpo_dpo": row(0.8, 0.32, 1.0)}
+    assert abs(adpo._targets(methods, transfer, 10)["transfer_retention"] - 0.27 / 0.35) < 1e-12

@@ -93,12 +93,14 @@ def tiny_models(seed: int = 0) -> tuple[MiniCLIP, MiniVLM, MiniVLM]:
     return clip.eval(), small.eval(), large.eval()
 
 
-def _models(settings: dict, seed: int) -> tuple[MiniCLIP, MiniVLM, MiniVLM]:
+def _models(settings: dict, seed: int) -> tuple[MiniCLIP, MiniVLM, MiniVLM | None]:
     if settings["clip"] == "tiny":
-        return tiny_models(seed)
+        clip, vlm, large = tiny_models(seed)
+        return clip, vlm, large if settings["transfer_vlm"] else None
     clip = load_model(settings["clip"])
-    vlm, large = load_vlm(settings["vlm"]), load_vlm(settings["transfer_vlm"])
-    if not isinstance(clip, MiniCLIP) or not isinstance(vlm, MiniVLM) or not isinstance(large, MiniVLM):
+    vlm = load_vlm(settings["vlm"])
+    large = load_vlm(settings["transfer_vlm"]) if settings["transfer_vlm"] else None
+    if not isinstance(clip, MiniCLIP) or not isinstance(vlm, MiniVLM) or not isinstance(large, (MiniVLM, type(None))):
         raise ValueError("the AdPO experiment needs a MiniCLIP and two MiniVLMs on its tower")
     return clip, vlm, large
 
@@ -199,12 +201,30 @@ def train_adpo(row: str, vlm: MiniVLM, data: PromptedImages, settings: dict, see
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
-    """Train every row, evaluate it in both VLMs, write ``metrics.json``, the report and its plots."""
+def _merged(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if key not in out:
+            raise ValueError(f"unknown AdPO experiment setting {key!r}; expected one of {sorted(out)}")
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out[key], dict) else value
+    return out
+
+
+def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,
+                        rows: tuple[str, ...] | list[str] | None = None, overrides: dict | None = None) -> dict:
+    """Train every row, evaluate it in both VLMs, write ``metrics.json``, the report and its plots.
+
+    Python API only (a partial measurement; the command runs everything): ``rows`` picks a subset (``original``
+    and ``fare`` are always kept: the targets compare against them), ``overrides`` changes settings of
+    :data:`FULL` / :data:`QUICK` (nested dicts merge; ``transfer_vlm: None`` skips the transfer rows)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    settings = copy.deepcopy(QUICK if quick else FULL)
+    settings = _merged(QUICK if quick else FULL, overrides or {})
+    chosen = [r for r in ROWS if rows is None or r in rows or r in ("original", "fare")]
+    unknown = sorted(set(rows or ()) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS)}")
     clip, vlm, large = _models(settings, seed)
     evaluation = EvalSet(settings["eval"])
     data = adpo_data(settings)
@@ -214,7 +234,7 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     towers: dict[str, torch.nn.Module] = {"original": vlm.vision}
     timings: dict[str, dict] = {"original": {"step_seconds": None}}
     pairs = None
-    for row in ROWS[1:]:
+    for row in chosen[1:]:
         start = time.perf_counter()
         if row in ("tecoa", "fare"):
             tuned, timings[row] = train_robust_tower(row, clip, settings, seed, out / "runs" / row, progress)
@@ -225,9 +245,11 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
         seconds[f"train_{row}"] = time.perf_counter() - start
         if progress:
             print(f"{row}: trained in {seconds[f'train_{row}']:.0f} s", flush=True)
-    for row in ROWS:
+    for row in chosen:
         start = time.perf_counter()
         for target, table in ((vlm, methods), (large, transfer)):
+            if target is None:
+                continue
             model = copy.deepcopy(target).with_vision_tower(towers[row]) if row != "original" else target
             table[row] = {**evaluate_row(model, evaluation), "step_seconds": timings[row]["step_seconds"]}
             if "precompute_seconds" in timings[row]:
@@ -236,32 +258,37 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
         if progress:
             print(f"{row}: evaluated in {seconds[f'eval_{row}']:.0f} s", flush=True)
     metrics = {"methods": methods, "transfer": transfer, "targets": _targets(methods, transfer, settings["train"]["steps"]),
-               "settings": {**settings, "quick": quick, "seed": seed, "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS},
+               "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
+                            "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
                             "loop": asdict(_loop(settings, seed)),
                             "seconds": {**seconds, "total": time.perf_counter() - began}}}
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "experiment-adpo", report_from_run(out),
-                 run_info(command=_command(quick, seed), seconds=time.perf_counter() - began))
+                 run_info(command=_command(quick, seed, rows, overrides), seconds=time.perf_counter() - began))
     if progress:
         print(_table(methods))
     return metrics
 
 
-def _best_adpo(methods: dict) -> str:
-    return max((r for r in ADPO_ROWS), key=lambda r: (methods[r]["robust"]["4/255"], methods[r]["clean"]))
+def _best_adpo(methods: dict) -> str | None:
+    trained = [r for r in ADPO_ROWS if r in methods]
+    return max(trained, key=lambda r: (methods[r]["robust"]["4/255"], methods[r]["clean"])) if trained else None
 
 
 def _targets(methods: dict, transfer: dict, steps: int) -> dict:
     """The issue's targets, measured: AdPO vs FARE, transfer retention, step cost."""
     best = _best_adpo(methods)
+    if best is None:
+        return {"best_adpo": None}
     fare = methods["fare"]
     gain = methods[best]["robust"]["4/255"] - methods["original"]["robust"]["4/255"]
-    transferred_gain = transfer[best]["robust"]["4/255"] - transfer["original"]["robust"]["4/255"]
+    transferred_gain = (transfer[best]["robust"]["4/255"] - transfer["original"]["robust"]["4/255"]
+                        if best in transfer else None)
     ratio = amortized = None
     if methods[best]["step_seconds"] and fare["step_seconds"]:
         ratio = methods[best]["step_seconds"] / fare["step_seconds"]
         steps = max(1, steps)
-        precompute = methods["adpo_dpo"].get("precompute_seconds") or 0.0
+        precompute = max((methods[r].get("precompute_seconds") or 0.0) for r in ADPO_ROWS if r in methods)
         amortized = (methods[best]["step_seconds"] + precompute / steps) / fare["step_seconds"]
     return {
         "best_adpo": best,
@@ -269,7 +296,7 @@ def _targets(methods: dict, transfer: dict, steps: int) -> dict:
         "clean_vs_fare": methods[best]["clean"] - fare["clean"],
         "met_robust_and_clean": (methods[best]["robust"]["4/255"] >= fare["robust"]["4/255"] + 0.03
                                  and methods[best]["clean"] >= fare["clean"] - 0.01),
-        "transfer_retention": transferred_gain / gain if gain > 0 else None,
+        "transfer_retention": transferred_gain / gain if gain > 0 and transferred_gain is not None else None,
         "step_cost_vs_fare": ratio,
         #: with the one-off pair precomputation spread over the run's steps
         "step_cost_vs_fare_amortized": amortized,
@@ -301,18 +328,19 @@ def _plot(metrics: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, (key, title) in zip(axes, (("methods", "the trained VLM"), ("transfer", "transferred into the second VLM"))):
-        rows = metrics[key]
-        for i, (row, values) in enumerate(rows.items()):
+    panels = [(k, t) for k, t in (("methods", "the trained VLM"), ("transfer", "transferred into the second VLM"))
+              if metrics[k]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for row, values in metrics[key].items():
             marker = "o" if row.startswith("adpo") else ("s" if row in ("tecoa", "fare") else "*")
             ax.scatter(values["clean"], values["robust"]["4/255"], s=70 if marker != "*" else 160, marker=marker,
-                       color=f"C{i}", label=NAMES.get(row, row))
+                       color=f"C{ROWS.index(row)}", label=NAMES.get(row, row))
         ax.set_title(f"Clean vs APGD 4/255 accuracy: {title}", fontsize=10)
         ax.set_xlabel("clean exact match")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("exact match under APGD-CE, ε = 4/255")
-    axes[1].legend(fontsize=8, loc="best")
+    axes[0][0].set_ylabel("exact match under APGD-CE, ε = 4/255")
+    axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -341,28 +369,13 @@ def report_from_run(run_dir: str | Path) -> str:
         "",
         _table(metrics["methods"]),
         "",
-        f"## Transferred into the second VLM ({settings['transfer_vlm']}), decoder untouched",
-        "",
-        _table(metrics["transfer"]),
-        "",
+        *([f"## Transferred into the second VLM ({settings['transfer_vlm']}), decoder untouched", "",
+           _table(metrics["transfer"]), ""] if metrics["transfer"] else ["No transfer rows in this run.", ""]),
         f"![clean vs robust]({figure.name})",
         "",
         "## Targets",
         "",
-        f"- Best AdPO variant (by APGD 4/255): **{NAMES[targets['best_adpo']]}**; robust accuracy at 4/255 vs FARE: "
-        f"{100 * targets['robust_vs_fare']:+.1f} points (target ≥ +3), clean vs FARE "
-        f"{100 * targets['clean_vs_fare']:+.1f} points (target ≥ −1): "
-        f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**.",
-        "- Transfer keeps " + (f"**{100 * targets['transfer_retention']:.0f}%**" if targets["transfer_retention"]
-                               is not None else "— (no robustness gain to keep)")
-        + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
-        "- AdPO step / FARE step (same encoder, batch and loop): " + (
-            f"**{targets['step_cost_vs_fare']:.2f}×**" if targets["step_cost_vs_fare"] is not None else "—")
-        + " (target ≤ 2.5×). AdPO's pairs (PGD on the reference, y_w, y_l, reference log-probs) are computed once "
-        f"before training: {_seconds(metrics['methods']['adpo_dpo'].get('precompute_seconds'))} s, shared by every "
-        "AdPO row; spread over one row's steps the ratio is " + (
-            f"{targets['step_cost_vs_fare_amortized']:.2f}×" if targets.get("step_cost_vs_fare_amortized") else "—")
-        + ". Step times are wall-clock on a machine shared with other jobs.",
+        *_target_lines(metrics),
         "",
         "## Gradient-masking checks",
         "",
@@ -374,5 +387,31 @@ def report_from_run(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _command(quick: bool, seed: int) -> str:
+def _target_lines(metrics: dict) -> list[str]:
+    targets = metrics["targets"]
+    if targets.get("best_adpo") is None:
+        return ["No AdPO row in this run."]
+    precompute = max((v.get("precompute_seconds") or 0.0) for v in metrics["methods"].values())
+    retention = targets["transfer_retention"]
+    ratio, amortized = targets["step_cost_vs_fare"], targets.get("step_cost_vs_fare_amortized")
+    return [
+        f"- Best AdPO variant (by APGD 4/255): **{NAMES[targets['best_adpo']]}**; robust accuracy at 4/255 vs FARE: "
+        f"{100 * targets['robust_vs_fare']:+.1f} points (target ≥ +3), clean vs FARE "
+        f"{100 * targets['clean_vs_fare']:+.1f} points (target ≥ −1): "
+        f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**.",
+        "- Transfer keeps " + (f"**{100 * retention:.0f}%**" if retention is not None else
+                               "— (no transfer rows, or no robustness gain to keep)")
+        + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
+        "- AdPO step / FARE step (same encoder, batch and loop): " + (f"**{ratio:.2f}×**" if ratio else "—")
+        + " (target ≤ 2.5×). AdPO's pairs (PGD on the reference, y_w, y_l, reference log-probs) are computed once "
+        f"before training ({precompute:.1f} s, shared by every AdPO row); spread over one row's steps the ratio is "
+        + (f"{amortized:.2f}×" if amortized else "—") + ". Step times are wall-clock on a machine shared with other "
+        "jobs.",
+    ]
+
+
+def _command(quick: bool, seed: int, rows=None, overrides=None) -> str:
+    if rows is not None or overrides:
+        return (f"python -c \"from vlalign.experiments.adpo import run_adpo_experiment; run_adpo_experiment('DIR', "
+                f"quick={quick}, seed={seed}, rows={list(rows) if rows is not None else None}, overrides={overrides!r})\"")
     return f"vlalign experiment adpo --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}"
