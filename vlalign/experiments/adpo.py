@@ -167,7 +167,18 @@ def train_robust_tower(method: str, clip: MiniCLIP, settings: dict, seed: int, o
     loop = _loop(settings, seed)
     result = fit(finetune, loop, out, run_config={"experiment": "adpo", "row": method}, progress=progress)
     trained = loop.steps - result.start_step
-    return result.model, {"step_seconds": result.seconds / trained if trained else None, "steps": loop.steps}
+    timing = {"step_seconds": result.seconds / trained if trained else None, "steps": loop.steps}
+    return result.model, _kept_timing(out, timing, result.already_finished)
+
+
+def _kept_timing(out: Path, timing: dict, already_finished: bool) -> dict:
+    """A row's timing, written beside its run; a finished run that is loaded, not trained, reports the timing it
+    recorded when it was trained (a resumed run times only the steps it trained)."""
+    path = out / "timing.json"
+    if already_finished and path.is_file():
+        return json.loads(path.read_text())
+    atomic_write_json(path, timing)
+    return timing
 
 
 def adpo_data(settings: dict) -> PromptedImages:
@@ -196,7 +207,7 @@ def train_adpo(row: str, vlm: MiniVLM, data: PromptedImages, settings: dict, see
     trained = loop.steps - result.start_step
     timing = {"step_seconds": result.seconds / trained if trained else None, "steps": loop.steps,
               "precompute_seconds": None if pairs is not None else precompute}
-    return result.model, timing, method.frozen
+    return result.model, _kept_timing(out, timing, result.already_finished), method.frozen
 
 
 # ------------------------------------------------------------------------------------------------ the run
