@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vlalign.attacks.threat_model import format_eps, parse_eps
+from vlalign.attacks.threat_model import parse_eps
 from vlalign.data.datasets import TensorImageDataset
 from vlalign.data.mini_world import MiniWorld, vocabulary
 from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary, wrong_answers
@@ -360,7 +360,7 @@ def report_from_run(run_dir: str | Path) -> str:
     """The Markdown report of a finished run folder (rebuilt by ``vlalign report``)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    settings, targets = metrics["settings"], metrics["targets"]
+    settings = metrics["settings"]
     figure = _plot(metrics, run_dir / "clean_vs_robust.png")
     loop = settings["loop"]
     lines = [
