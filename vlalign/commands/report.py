@@ -19,7 +19,10 @@ BUILDERS: dict[str, str] = {
     "control": "vlalign.experiments.control:report_from_run",
     "experiment-robust": "vlalign.experiments.robust:report_from_run",
     "experiment-adpo": "vlalign.experiments.adpo:report_from_run",
+    "experiment-typographic": "vlalign.experiments.typographic:report_from_run",
+    "demo": "vlalign.experiments.demo:report_from_run",
     "experiment-attribute": "vlalign.experiments.attribute.run:report_from_run",
+    "probe": "vlalign.reporting.probe:report_from_run",
     "experiment-attribute-seeds": "vlalign.experiments.attribute.seeds:report_from_run",
 }
 
