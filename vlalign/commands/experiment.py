@@ -43,7 +43,7 @@ SUMMARIES: dict[str, str] = {
                  "retrieval parity (~1 min)",
     "robust": "TeCoA and FARE adversarial fine-tuning beside the pretrained MiniCLIP under APGD and PGD (~35 min)",
     "adpo": "AdPO (DPO/IPO/KTO/SimPO, scheduled and no λ) vs TeCoA and FARE on mini-vlm, transferred into "
-            "mini-vlm-large (needs the shipped mini VLMs)",
+            "mini-vlm-large (~2.5 h on 2 shared CPU cores, extrapolated)",
 }
 
 
