@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "typographic": "vlalign.experiments.typographic:run_typographic_experiment",
     "attribute": "vlalign.experiments.attribute:run_attribute_experiment",
     "robust": "vlalign.experiments.robust:run_robust_experiment",
+    "adpo": "vlalign.experiments.adpo:run_adpo_experiment",
 }
 MULTI_SEED: dict[str, str] = {
     "attribute": "vlalign.experiments.attribute.seeds:run_attribute_seeds",
@@ -41,6 +42,8 @@ SUMMARIES: dict[str, str] = {
     "attribute": "flip and neutralize the body style in the people world with a linear head, Σ^t sweep and "
                  "retrieval parity (~1 min)",
     "robust": "TeCoA and FARE adversarial fine-tuning beside the pretrained MiniCLIP under APGD and PGD (~35 min)",
+    "adpo": "AdPO (DPO/IPO/KTO/SimPO, scheduled and no λ) vs TeCoA and FARE on mini-vlm, transferred into "
+            "mini-vlm-large (~2.5 h on 2 shared CPU cores, extrapolated)",
 }
 
 
