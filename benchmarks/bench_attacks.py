@@ -1,34 +1,45 @@
-"""Attack speed: images·steps per second of PGD and APGD on MiniCLIP and on a config-built transformers CLIP.
+"""Attack speed against a peer library and against the cost floor, on MiniCLIP and a config-built transformers CLIP.
 
-Run: ``python benchmarks/bench_attacks.py [--batch 64] [--steps 10] [--restarts 1] [--repeats 3] [--device cpu]
-[--threads N]``.
+- ``pgd``: vlalign's :class:`~vlalign.attacks.pgd.PGD` against torchattacks' ``PGD`` on the same model, batch,
+  ε, step size and number of steps (target: ≥ 1.0× torchattacks' throughput). Both are also run from one fixed
+  start (torchattacks' own random start, drawn from the seeded global generator, handed to vlalign's
+  ``PGD.iterate``) and their adversarial images compared: ℓ∞ PGD takes the sign of the gradient, and
+  torchattacks' mean-reduced loss only scales it, so the images should agree exactly.
+- ``apgd``: vlalign's APGD-CE against torchattacks' ``APGD(loss="ce")`` (a port of AutoAttack's reference code),
+  throughput and the robust accuracy each leaves (their random starts differ, so images are not compared).
+  torchattacks attacks only the images the model classifies correctly, so labels are the clean predictions:
+  both attack every image.
+- ``attack-floor``: each attack step should cost one forward and one input-gradient backward pass and nothing
+  more; the floor is that pass, timed in the same rounds.
 
-Each attack step should cost one forward and one backward pass of the batch and nothing more. The floor is
-measured in the same run: a bare forward + input-gradient backward of the same batch (``fwd+bwd`` row). The
-ratio column is attack throughput over that floor; close to 1.0 means no hidden extra passes (APGD's final
-forward-only evaluation and its bookkeeping cost a few percent). The transformers CLIP is built from a small
-``CLIPConfig`` (no download) and attacked through :class:`vlalign.models.hf_clip.HFCLIP` on random class
-embeddings: only its image tower runs.
+torchattacks is a bench-only extra, installed with ``pip install --no-deps torchattacks scipy`` (its declared
+torchvision would replace this torch; it imports scipy). Without it the comparison rows are skipped with a
+message. The transformers CLIP is built from a small ``CLIPConfig`` (no download) and attacked through
+:class:`vlalign.models.hf_clip.HFCLIP` on random class embeddings: only its image tower runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
+from benchmarks.common import Row, Settings, interleaved, skipped_row
 from vlalign.attacks.apgd import APGD
+from vlalign.attacks.base import attack_mode
 from vlalign.attacks.objectives import LogitObjective
 from vlalign.attacks.pgd import PGD
-from vlalign.reporting.tables import markdown_table
+
+EPS = 4 / 255
+N_CLASSES = 12
 
 
 def tiny_hf_clip(image_size: int = 64, patch: int = 8, width: int = 128, layers: int = 4):
     """A randomly initialized transformers CLIP of the given vision size, wrapped as a ContrastiveModel."""
     from transformers import CLIPConfig, CLIPModel
 
-    from vlalign.models.hf_clip import HFCLIP
+    from vlalign.models.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFCLIP
 
     config = CLIPConfig(
         text_config=dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -40,81 +51,164 @@ def tiny_hf_clip(image_size: int = 64, patch: int = 8, width: int = 128, layers:
     )
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
-    return HFCLIP(model, tokenizer=None, image_mean=(0.48145466, 0.4578275, 0.40821073),
-                  image_std=(0.26862954, 0.26130258, 0.27577711), resize_to=image_size, crop_size=image_size)
+    return HFCLIP(model, tokenizer=None, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+                  resize_to=image_size, crop_size=image_size)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def torchattacks_or_none():
+    """The torchattacks module, or None when the bench extra is not installed."""
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+    return torchattacks
 
 
-def floor_throughput(model, images: torch.Tensor, repeats: int) -> float:
-    """Images per second of one forward + input-gradient backward (parameters frozen, eval mode)."""
-    from vlalign.attacks.base import attack_mode
-
-    with attack_mode(model):
-        x = images.clone().requires_grad_(True)
-        torch.autograd.grad(model.encode_image(x).sum(), x)  # warm-up
-        _sync(images.device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch.autograd.grad(model.encode_image(x).sum(), x)
-        _sync(images.device)
-    return images.shape[0] * repeats / (time.perf_counter() - start)
+SKIP_TORCHATTACKS = ("torchattacks is not installed (bench extra: pip install --no-deps torchattacks scipy)")
 
 
-def attack_throughput(attack, objective, images: torch.Tensor, steps: int, restarts: int) -> float:
-    """Images·steps per second of ``attack`` (restarts count as images: they share each step's batch)."""
-    _sync(images.device)
-    start = time.perf_counter()
-    attack(objective, images, seed=0)
-    _sync(images.device)
-    return images.shape[0] * restarts * steps / (time.perf_counter() - start)
+class LogitModel(nn.Module):
+    """The objective's logits as a plain classifier ``forward(x) -> [B, K]``, the interface torchattacks takes."""
+
+    def __init__(self, objective: LogitObjective) -> None:
+        super().__init__()
+        self.model = objective.model
+        self.objective = objective
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.objective.scale * self.model.encode_image(pixels) @ self.objective.candidates.t()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--restarts", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the best is reported")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
+def _models(settings: Settings, transformers_clip: bool = True) -> dict[str, nn.Module]:
     from vlalign.models.loading import load_model
 
-    models = {"MiniCLIP (64px)": load_model("mini", device),
-              "transformers CLIP (64px, ViT 4x128, config-built)": tiny_hf_clip().to(device)}
-    eps = 4 / 255
+    device = torch.device(settings.device)
+    models = {"MiniCLIP (64 px, embedded)": load_model("mini", device)}
+    if transformers_clip and not settings.quick:
+        models["transformers CLIP (64 px, ViT 4x128, config-built)"] = tiny_hf_clip().to(device)
+    return models
+
+
+def _problem(model: nn.Module, batch: int, device: torch.device) -> tuple[torch.Tensor, LogitObjective]:
+    """Random images and class embeddings; labels are the clean predictions, so every image is attackable."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, 64, 64, generator=generator).to(device)
+    candidates = torch.nn.functional.normalize(torch.randn(N_CLASSES, model.embed_dim, generator=generator), dim=-1)
+    probe = LogitObjective(model, candidates.to(device), torch.zeros(batch, dtype=torch.long))
+    with torch.no_grad():
+        labels = probe.scores(images, torch.arange(batch, device=device)).argmax(1).cpu()
+    return images, LogitObjective(model, candidates.to(device), labels)
+
+
+def _robust_accuracy(objective: LogitObjective, adversarial: torch.Tensor) -> float:
+    index = torch.arange(objective.n, device=adversarial.device)
+    with torch.no_grad():
+        fooled = objective.fooled_from_scores(objective.scores(adversarial, index), index)
+    return float((~fooled).float().mean())
+
+
+def throughput_row(benchmark: str, compared: str, timing, variant: str, baseline: str, work: int, *, model: str,
+                   batch: int, settings: Settings, target: float | None, extra: dict) -> Row:
+    """A row of throughputs (``work`` units per call): ratio = variant throughput / baseline throughput."""
+    ratios = sorted(1 / r for r in timing.ratios[variant])
+    ratio = 1 / timing.ratio(variant)
+    return Row(benchmark, compared, variant, baseline, model, batch, settings.threads, settings.device,
+               "images·steps/s", work / timing.median(variant), work / timing.median(baseline), ratio,
+               (ratios[0], ratios[-1]), len(ratios), f"≥ {target:.2f}×" if target is not None else "",
+               None if target is None else ratio >= target,
+               *timing.memory(variant, baseline), extra)
+
+
+def pgd_variants(model: nn.Module, images: torch.Tensor, objective: LogitObjective, steps: int,
+                 torchattacks) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
+    """vlalign PGD (keep last / best) and torchattacks PGD, plus the fixed-start agreement of their images."""
+    step_size = 2.5 * EPS / steps
+    ours = {keep: PGD(EPS, steps=steps, step_size=step_size, keep=keep) for keep in ("last", "best")}
+    theirs = torchattacks.PGD(LogitModel(objective), eps=EPS, alpha=step_size, steps=steps, random_start=True)
+    labels = objective.labels
+
+    # One fixed start: torchattacks draws it from the global generator; the same draw is handed to vlalign.
+    torch.manual_seed(1234)
+    start = torch.clamp(images + torch.empty_like(images).uniform_(-EPS, EPS), 0, 1)
+    torch.manual_seed(1234)
+    their_images = theirs(images, labels)
+    index = torch.arange(images.shape[0], device=images.device)
+    with attack_mode(model):
+        our_images = ours["last"].iterate(objective, images, index, start).adversarial
+    difference = (our_images - their_images).abs()
+    agreement = {"max_abs_difference": float(difference.max()),
+                 "share_of_pixels_equal": float((difference == 0).float().mean()),
+                 "robust_accuracy_vlalign": _robust_accuracy(objective, our_images),
+                 "robust_accuracy_torchattacks": _robust_accuracy(objective, their_images)}
+    variants = {"vlalign PGD keep=last": lambda: ours["last"](objective, images, seed=0),
+                "vlalign PGD keep=best": lambda: ours["best"](objective, images, seed=0),
+                "torchattacks PGD": lambda: theirs(images, labels)}
+    return variants, agreement
+
+
+def run_pgd(settings: Settings) -> list[Row]:
+    torchattacks = torchattacks_or_none()
+    if torchattacks is None:
+        return [skipped_row("pgd", "vlalign PGD vs torchattacks PGD", SKIP_TORCHATTACKS, settings)]
+    device = torch.device(settings.device)
+    batch, steps = settings.pick(32, 8), settings.pick(10, 2)
     rows = []
-    for label, model in models.items():
-        generator = torch.Generator().manual_seed(0)
-        images = torch.rand(args.batch, 3, 64, 64, generator=generator).to(device)
-        labels = torch.randint(0, 12, (args.batch,), generator=generator)
-        candidates = torch.nn.functional.normalize(torch.randn(12, model.embed_dim, generator=generator), dim=-1)
-        objective = LogitObjective(model, candidates.to(device), labels)
-        attacks = {"PGD": PGD(eps, steps=args.steps, restarts=args.restarts),
-                   "APGD-CE": APGD(eps, steps=args.steps, restarts=args.restarts, loss="ce")}
-        attack_throughput(attacks["PGD"], objective, images, args.steps, args.restarts)  # warm-up
-        # Interleaved repeats, best of each: on a shared machine the slowest runs measure the neighbours.
-        best = {"floor": 0.0, **{name: 0.0 for name in attacks}}
-        for _ in range(args.repeats):
-            best["floor"] = max(best["floor"], floor_throughput(model, images, args.steps))
-            for name, attack in attacks.items():
-                best[name] = max(best[name], attack_throughput(attack, objective, images, args.steps, args.restarts))
-        rows.append([label, "fwd+bwd (floor)", f"{best['floor']:.0f}", "1.00"])
+    for label, model in _models(settings).items():
+        images, objective = _problem(model, batch, device)
+        variants, agreement = pgd_variants(model, images, objective, steps, torchattacks)
+        timing = interleaved(variants, "torchattacks PGD", settings.repeats, device=device)
+        for keep in ("last", "best"):
+            extra = {**agreement} if keep == "last" else {}
+            rows.append(throughput_row(
+                "pgd", f"PGD-{steps} ℓ∞ ε=4/255 (keep={keep}) vs torchattacks PGD, same step size", timing,
+                f"vlalign PGD keep={keep}", "torchattacks PGD", batch * steps, model=label, batch=batch,
+                settings=settings, target=1.0, extra=extra))
+    return rows
+
+
+def run_apgd(settings: Settings) -> list[Row]:
+    torchattacks = torchattacks_or_none()
+    if torchattacks is None:
+        return [skipped_row("apgd", "vlalign APGD-CE vs torchattacks APGD-CE", SKIP_TORCHATTACKS, settings)]
+    device = torch.device(settings.device)
+    batch, steps = settings.pick(32, 8), settings.pick(10, 2)
+    rows = []
+    for label, model in _models(settings).items():
+        images, objective = _problem(model, batch, device)
+        ours = APGD(EPS, steps=steps, loss="ce")
+        theirs = torchattacks.APGD(LogitModel(objective), norm="Linf", eps=EPS, steps=steps, n_restarts=1, seed=0,
+                                   loss="ce", rho=0.75)
+        extra = {"robust_accuracy_vlalign": _robust_accuracy(objective, ours(objective, images, seed=0).adversarial),
+                 "robust_accuracy_torchattacks": _robust_accuracy(objective, theirs(images, objective.labels))}
+        variants = {"vlalign APGD-CE": lambda: ours(objective, images, seed=0),
+                    "torchattacks APGD-CE": lambda: theirs(images, objective.labels)}
+        timing = interleaved(variants, "torchattacks APGD-CE", settings.repeats, device=device)
+        rows.append(throughput_row("apgd", f"APGD-CE {steps} steps ℓ∞ ε=4/255 vs torchattacks APGD-CE", timing,
+                                   "vlalign APGD-CE", "torchattacks APGD-CE", batch * steps, model=label, batch=batch,
+                                   settings=settings, target=1.0, extra=extra))
+    return rows
+
+
+def run_floor(settings: Settings) -> list[Row]:
+    device = torch.device(settings.device)
+    batch, steps = settings.pick(32, 8), settings.pick(10, 2)
+    rows = []
+    for label, model in _models(settings, transformers_clip=False).items():
+        images, objective = _problem(model, batch, device)
+
+        def floor() -> None:
+            with attack_mode(model):
+                x = images.clone().requires_grad_(True)
+                for _ in range(steps):
+                    torch.autograd.grad(model.encode_image(x).sum(), x)
+
+        attacks = {"PGD keep=best": PGD(EPS, steps=steps), "APGD-CE": APGD(EPS, steps=steps, loss="ce")}
+        variants: dict[str, Callable[[], object]] = {"fwd+bwd": floor}
+        variants.update({name: (lambda a=attack: a(objective, images, seed=0)) for name, attack in attacks.items()})
+        timing = interleaved(variants, "fwd+bwd", settings.repeats, device=device)
         for name in attacks:
-            rows.append([label, name, f"{best[name]:.0f}", f"{best[name] / best['floor']:.2f}"])
-    threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    print(f"device {device} (threads {threads}); batch {args.batch}, {args.steps} steps, {args.restarts} restart(s), "
-          f"eps 4/255, best of {args.repeats}\n")
-    print(markdown_table(["model", "attack", "images·steps/s", "ratio to fwd+bwd"], rows))
-
-
-if __name__ == "__main__":
-    main()
+            row = throughput_row("attack-floor", f"{name} ({steps} steps) vs {steps}× bare forward + input-gradient "
+                                 "backward", timing, name, "fwd+bwd", batch * steps, model=label, batch=batch,
+                                 settings=settings, target=None, extra={})
+            rows.append(row)
+    return rows

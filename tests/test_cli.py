@@ -95,13 +95,24 @@ def test_demo(tmp_path):
     metrics = read_json(tmp_path / "metrics.json")
     assert set(metrics) == {"pretrained", "dpo"}
     before = metrics["pretrained"]
-    assert set(before) == {"clean", "typographic", "matching", "zeroshot-clean", "zeroshot-typographic"}
+    assert set(before) == {"clean", "typographic", "nonreading", "matching", "zeroshot-clean", "zeroshot-typographic",
+                           "zeroshot-nonreading"}
     assert all(before[s]["n"] == 48 for s in before)
     assert "written_label_rate" in before["typographic"] and "written_label_rate" not in before["clean"]
+    assert "written_label_rate" not in before["nonreading"]  # random letters are no class name
     # The shipped model's phenomenon shows even on 48 images: it reads, and a wrong word fools it.
     assert before["clean"]["accuracy"] > before["typographic"]["accuracy"]
     report = (tmp_path / "report.md").read_text()
     assert "| typographic" in report and "typographic_grid.png" in report and "typographic_grid_dpo.png" in report
+    effect = 100 * (before["nonreading"]["accuracy"] - before["typographic"]["accuracy"])
+    assert "| non-reading (random letters)" in report
+    line = next(row for row in report.splitlines() if row.startswith("| **reading effect** "))
+    assert line.split("|")[2].strip() == f"{effect:+.1f} pt"
+    assert (tmp_path / "report.html").is_file() and read_json(tmp_path / "report.json")["kind"] == "demo"
+    # vlalign report rebuilds the same body from the run's files
+    (tmp_path / "report.md").unlink()
+    run_ok(["report", tmp_path])
+    assert (tmp_path / "report.md").read_text().split("## Run")[0] == report.split("## Run")[0]
     for name in ("typographic_grid.png", "typographic_grid_dpo.png"):
         with Image.open(tmp_path / name) as grid:
             assert grid.format == "PNG" and grid.size[0] > 500

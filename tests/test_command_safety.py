@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
+import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import vlalign
 from vlalign.cli import main
 from vlalign.commands import common
 from vlalign.commands.common import check_device, check_output
@@ -51,7 +55,14 @@ def no_compute(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the output folder was checked")
 
-    monkeypatch.setattr(loading, "load_model", refuse)
+    # Import every module first, then replace each binding of load_model: a module first imported while the patch
+    # is active would otherwise keep `refuse` for the rest of the session and fail later, unrelated tests.
+    for info in pkgutil.walk_packages(vlalign.__path__, "vlalign."):
+        importlib.import_module(info.name)
+    original = loading.load_model
+    for module in [m for name, m in sys.modules.items() if name.startswith("vlalign")]:
+        if getattr(module, "load_model", None) is original:
+            monkeypatch.setattr(module, "load_model", refuse)
 
 
 # --- data loss: --out equal to, inside or around an input folder ------------------------------------------------

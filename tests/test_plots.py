@@ -40,8 +40,8 @@ def test_table1_legend_hides_no_bar(captured, tmp_path, tiny_mini_clip):
     from vlalign.experiments import typographic
 
     figures = captured(typographic, "save_figure")
-    methods = {m: {"clean": 0.93, "typographic": 0.2 + 0.05 * i, "clean_heldout": 0.9, "typographic_heldout": 0.15}
-               for i, m in enumerate(typographic.ROW_ORDER)}
+    methods = {m: {"clean": 0.93, "typographic": 0.2 + 0.05 * i, "clean_heldout": 0.9, "typographic_heldout": 0.15,
+                   "nonreading": 0.45} for i, m in enumerate(typographic.ROW_ORDER)}
     control = {"t": [0.0, 1.0], "clean": [0.9, 0.9], "typographic": [0.2, 0.3], "written_label_rate": [0.7, 0.6]}
     beta = {"beta": [0.1, 1.0], "kl_clean": [0.2, 0.1]}
     typographic._plots(methods, control, beta, HeadedCLIP(tiny_mini_clip, LinearHead(16)), tmp_path)
@@ -50,7 +50,7 @@ def test_table1_legend_hides_no_bar(captured, tmp_path, tiny_mini_clip):
     renderer = fig.canvas.get_renderer()
     legend = ax.get_legend().get_window_extent(renderer)
     bars = [p.get_window_extent(renderer) for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
-    assert len(bars) == 4 * len(typographic.ROW_ORDER)
+    assert len(bars) == 5 * len(typographic.ROW_ORDER)  # clean, typographic, non-reading; clean and typo held-out
     assert not any(overlaps(legend, bar) for bar in bars)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlalign.evaluation.retrieval import recall_at_k, top_k, top_k_images
+from vlalign.evaluation.retrieval import recall_at_k, top_k, top_k_both, top_k_images
 
 
 def _embeddings(n: int, d: int, seed: int) -> torch.Tensor:
@@ -198,3 +198,16 @@ def test_image_caption_recall_errors():
         retrieval_recall(images, texts, torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="largest k"):
         retrieval_recall(images, texts, owner, ks=(1, 5))
+
+
+@pytest.mark.parametrize("chunk_size, query_chunk_size", [(1, 1), (2, 5), (5, 2), (100, 100)])
+def test_both_directions_in_one_pass_match_two_top_k_calls(chunk_size, query_chunk_size):
+    # Integer-valued embeddings: ties everywhere, so the stable tie rule is exercised in both directions.
+    g = torch.Generator().manual_seed(11)
+    queries = torch.randint(-1, 2, (23, 3), generator=g).float()
+    keys = torch.randint(-1, 2, (9, 3), generator=g).float()
+    forward, backward = top_k_both(queries, keys, 4, 6, chunk_size, query_chunk_size)
+    assert torch.equal(forward, top_k(queries, keys, 4)[1])
+    assert torch.equal(backward, top_k(keys, queries, 6)[1])
+    with pytest.raises(ValueError, match="k must be in"):
+        top_k_both(queries, keys, 10, 2)

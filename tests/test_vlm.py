@@ -206,7 +206,7 @@ def test_save_and_load_round_trip(model, tmp_path):
     assert isinstance(load_vlm(tmp_path / "vlm"), MiniVLM)
 
 
-def test_load_errors_name_the_file(model, tmp_path):
+def test_load_errors_name_the_file(model, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="config.json: missing"):
         load_mini_vlm(tmp_path)
     model.save(tmp_path / "vlm")
@@ -219,6 +219,9 @@ def test_load_errors_name_the_file(model, tmp_path):
     (tmp_path / "vlm" / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="divisible by heads 5"):
         load_mini_vlm(tmp_path / "vlm")
+    import vlalign.models.vlm_loading as vlm_loading
+
+    monkeypatch.setattr(vlm_loading, "embedded_vlm_dir", lambda spec: tmp_path / "not_shipped")
     with pytest.raises(CheckpointError, match="not shipped in this version"):
         load_vlm("mini-vlm-large")
 

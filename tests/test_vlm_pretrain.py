@@ -12,6 +12,7 @@ import yaml
 from torch.utils.data import default_collate
 
 from vlalign.cli import main
+from vlalign.config import config_from_dict
 from vlalign.data.vqa import MiniCaptions, MiniVQA
 from vlalign.losses.language import language_modeling_loss
 from vlalign.models.loading import save_mini_clip
@@ -124,16 +125,18 @@ def tiny_tower(tmp_path):
 
 
 def _tiny_config(tower, **overrides) -> dict:
-    config = dict(tower=str(tower), hidden_size=32, layers=1, heads=2, intermediate_size=64, qa_items=30,
-                  caption_items=8, projector_steps=2, full_steps=3, batch_size=6, caption_batch_size=4,
-                  eval_questions=10, eval_captions=4, attack_questions=5, attack_steps=2, threads=1, workers=0,
-                  progress=False)
+    loop = dict(batch_size=6, checkpoint_every=2, log_every=1)
+    config = dict(tower=str(tower), model=dict(hidden_size=32, layers=1, heads=2, intermediate_size=64),
+                  data=dict(qa_items=30, caption_items=8, caption_batch_size=4),
+                  projector=dict(loop, steps=2), full=dict(loop, steps=3, seed=1),
+                  eval=dict(questions=10, captions=4, attack_questions=5, attack_steps=2),
+                  threads=1, workers=0, progress=False)
     config.update(overrides)
     return config
 
 
-def test_pipeline_writes_a_loadable_model_and_metrics(tiny_tower, tmp_path):
-    metrics = pretrain_vlm(PretrainVLMConfig(**_tiny_config(tiny_tower)), tmp_path / "out")
+def test_pipeline_writes_a_loadable_model_metrics_and_report(tiny_tower, tmp_path):
+    metrics = pretrain_vlm(config_from_dict(PretrainVLMConfig, _tiny_config(tiny_tower)), tmp_path / "out")
     model = load_mini_vlm(tmp_path / "out")
     assert torch.equal(model.vision.pos, load_tower_pos(tiny_tower))  # the tower stayed frozen
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -141,7 +144,51 @@ def test_pipeline_writes_a_loadable_model_and_metrics(tiny_tower, tmp_path):
     assert saved["robust"]["eps"] == "4/255" and saved["robust"]["n"] == 5
     assert {"data_and_features", "projector_step", "full_step", "pretraining_total", "evaluation"} <= set(saved["seconds"])
     assert metrics["cider"] == saved["cider"]
-    assert json.loads((tmp_path / "out" / "pretrain_config.json").read_text())["qa_items"] == 30
+    assert json.loads((tmp_path / "out" / "pretrain_config.json").read_text())["data"]["qa_items"] == 30
+    # each stage is a run of the one loop in its own folder, logging every step
+    for stage, steps in (("stage1_projector", 2), ("stage2_full", 3)):
+        assert len((tmp_path / "out" / stage / "metrics.csv").read_text().splitlines()) == 1 + steps
+        assert (tmp_path / "out" / stage / "state").is_dir()
+    assert "Mini VLM pretraining" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "stage2_full_curves.png").is_file()
+    # a finished run is neither trained nor evaluated again
+    again = pretrain_vlm(config_from_dict(PretrainVLMConfig, _tiny_config(tiny_tower)), tmp_path / "out")
+    assert again == saved
+
+
+def test_an_interrupted_pretraining_resumes_bit_identically(tiny_tower, tmp_path, monkeypatch):
+    config = config_from_dict(PretrainVLMConfig, _tiny_config(tiny_tower, eval=dict(questions=4, captions=2,
+                                                                                     attack_questions=0)))
+    pretrain_vlm(config, tmp_path / "a")
+    real = VLMPretrainMethod.forward
+    calls = []
+
+    def forward(self, batch):  # stop in stage 2 at its step 2 (after the checkpoint of step 2)
+        calls.append(self.stage)
+        if self.stage == "full" and batch["step"] == 2:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(VLMPretrainMethod, "forward", forward)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 2"):
+        pretrain_vlm(config, tmp_path / "b")
+    monkeypatch.setattr(VLMPretrainMethod, "forward", real)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    pretrain_vlm(config, tmp_path / "b")
+    a, b = load_mini_vlm(tmp_path / "a").state_dict(), load_mini_vlm(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    for stage in ("stage1_projector", "stage2_full"):
+        assert (tmp_path / "a" / stage / "metrics.csv").read_text() == (tmp_path / "b" / stage / "metrics.csv").read_text()
+
+
+def test_a_changed_stage_1_refuses_to_resume_stage_2(tiny_tower, tmp_path):
+    from vlalign.config import ConfigError
+
+    config = _tiny_config(tiny_tower, eval=dict(questions=4, captions=2, attack_questions=0))
+    pretrain_vlm(config_from_dict(PretrainVLMConfig, config), tmp_path / "a")
+    changed = dict(config, projector=dict(config["projector"], lr=0.5))
+    with pytest.raises(ConfigError, match="another config"):
+        pretrain_vlm(config_from_dict(PretrainVLMConfig, changed), tmp_path / "a")
 
 
 def load_tower_pos(folder):
@@ -151,16 +198,28 @@ def load_tower_pos(folder):
 
 
 def test_command_reads_yaml_and_overrides(tiny_tower, tmp_path, capsys):
-    config = _tiny_config("mini", attack_questions=0)
+    config = _tiny_config("mini", eval=dict(questions=10, captions=4, attack_questions=0))
     config.pop("progress")
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["pretrain-vlm", "--config", str(path), "--tower", str(tiny_tower), "--out", str(tmp_path / "cli")]) == 0
     assert "CIDEr-D" in capsys.readouterr().out
     assert json.loads((tmp_path / "cli" / "pretrain_config.json").read_text())["tower"] == str(tiny_tower)
-    path.write_text(yaml.safe_dump({**config, "eval_seed": 100}))
+    assert main(["report", str(tmp_path / "cli")]) == 0
+    path.write_text(yaml.safe_dump({**config, "eval": {"seed": 100}}))
     assert main(["pretrain-vlm", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
-    assert "eval_seed must differ from data_seed" in capsys.readouterr().err
-    path.write_text(yaml.safe_dump({**config, "qa_types": ["shape", "count"]}))
+    assert "eval.seed must differ from data.seed" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({**config, "data": {"qa_types": ["shape", "count"]}}))
     assert main(["pretrain-vlm", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
     assert "qa_types must list every question type" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({**config, "full": {"stepz": 3}}))
+    assert main(["pretrain-vlm", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
+    assert "full.stepz" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    from vlalign.config import load_config
+
+    for name, hidden in (("pretrain_vlm", 128), ("pretrain_vlm_large", 192)):
+        config = load_config(f"configs/{name}.yaml", PretrainVLMConfig)
+        assert config.model.hidden_size == hidden and config.full.steps >= 1000

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "vlalign.commands.data",
     "vlalign.commands.pretrain",
     "vlalign.commands.evaluate",
+    "vlalign.commands.probe",
     "vlalign.commands.demo",
     "vlalign.commands.train",
     "vlalign.commands.experiment",

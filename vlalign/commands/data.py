@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export = add_command(data_sub, "export", "write a mini-world split as images + metadata.jsonl",
                          "vlalign data export --split typographic --n 240 --seed 0 --out data/typo")
     export.add_argument("--split", default="typographic",
-                        help="pretrain, clean, typographic, matching, zeroshot-…, indomain-…; or retrieval (train, val "
+                        help="pretrain, clean, typographic, nonreading, matching, zeroshot-…, indomain-…; or retrieval (train, val "
                              "and test images of the retrieval world as a Karpathy-split dataset.json), retrieval-test, …; or vqa (VQAv2 format) or captions (COCO-captions "
                              "format) for generative VLMs")
     export.add_argument("--n", type=int, default=240, help="number of images (per part, for --split retrieval)")

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_argument(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--split", default="clean",
-                        help="clean, typographic, matching; zeroshot-… (held-out classes) or indomain-… prefixes")
+                        help="clean, typographic, nonreading (its control: random letters), matching; zeroshot-… "
+                             "(held-out classes) or indomain-… prefixes")
     source.add_argument("--data", type=Path, help="an image folder with metadata.jsonl instead of a split")
     parser.add_argument("--n", type=int, default=1200, help="images to generate for a split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated split")

@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "robust": "vlalign.experiments.robust:run_robust_experiment",
     "advlora": "vlalign.experiments.advlora:run_advlora_experiment",
     "advlora-select": "vlalign.experiments.advlora:run_advlora_selection",
+    "adpo": "vlalign.experiments.adpo:run_adpo_experiment",
 }
 MULTI_SEED: dict[str, str] = {
     "attribute": "vlalign.experiments.attribute.seeds:run_attribute_seeds",
@@ -46,6 +47,8 @@ SUMMARIES: dict[str, str] = {
     "advlora": "AdvLoRA vs full fine-tuning and LoRA, clean and adversarial, for retrieval: Recall@k clean, under "
                "PGD, FGSM and transfer, ablations, rank sweep, word + PGD (~25 min on 2 CPU cores)",
     "advlora-select": "choose the advlora experiment's learning rates on the val split (~10 min on 2 CPU cores)",
+    "adpo": "AdPO (DPO/IPO/KTO/SimPO, scheduled and no λ) vs TeCoA and FARE on mini-vlm, transferred into "
+            "mini-vlm-large (~2.5 h on 2 shared CPU cores, extrapolated)",
 }
 
 

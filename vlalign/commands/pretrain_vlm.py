@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          example="vlalign pretrain-vlm --config configs/pretrain_vlm.yaml --out runs/mini-vlm")
     parser.add_argument("--config", type=Path, required=True, help="YAML file (see configs/pretrain_vlm.yaml)")
     parser.add_argument("--tower", default=None, help="override the config's MiniCLIP tower ('mini' or a folder)")
-    parser.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
-    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--device", default=None, help="override both stages' device (cpu, cuda)")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed (initial weights)")
+    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out and start over")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -26,16 +27,19 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.reporting.tables import markdown_table
 
     config = load_config(args.config, PretrainVLMConfig)
-    overrides = {k: v for k, v in (("tower", args.tower), ("device", args.device), ("seed", args.seed)) if v is not None}
+    overrides = {k: v for k, v in (("tower", args.tower), ("seed", args.seed)) if v is not None}
     config = dataclasses.replace(config, **overrides)
-    metrics = pretrain_vlm(config, args.out)
+    if args.device is not None:
+        config = config.with_device(args.device)
+    metrics = pretrain_vlm(config, args.out, overwrite=args.overwrite)
     rows = [[kind, f"{value:.3f}"] for kind, value in metrics["exact_match"].items()]
     rows.append(["CIDEr-D (captions)", f"{metrics['cider']:.3f}"])
     if "robust" in metrics:
         robust = metrics["robust"]
         rows += [[f"{kind} under {robust['attack']} at {robust['eps']}", f"{value:.3f}"]
                  for kind, value in robust["accuracy"].items()]
-    rows.append(["pretraining seconds", f"{metrics['seconds']['pretraining_total']:.0f}"])
+    if metrics["seconds"].get("pretraining_total") is not None:
+        rows.append(["pretraining seconds", f"{metrics['seconds']['pretraining_total']:.0f}"])
     print(markdown_table(["metric (fresh images)", "value"], rows))
     print(f"model written to {args.out}")
     return 0

@@ -13,13 +13,18 @@ from vlalign.commands.common import add_command
 BUILDERS: dict[str, str] = {
     "train": "vlalign.reporting.training:training_report",
     "pretrain": "vlalign.reporting.training:training_report",
+    "pretrain-vlm": "vlalign.reporting.training:vlm_pretraining_report",
     "eval": "vlalign.commands.report:_eval_report",
     "robust-eval": "vlalign.commands.report:_robust_eval_report",
     "control": "vlalign.experiments.control:report_from_run",
     "experiment-robust": "vlalign.experiments.robust:report_from_run",
     "experiment-advlora": "vlalign.experiments.advlora:report_from_run",
     "experiment-advlora-select": "vlalign.experiments.advlora:selection_report_from_run",
+    "experiment-adpo": "vlalign.experiments.adpo:report_from_run",
+    "experiment-typographic": "vlalign.experiments.typographic:report_from_run",
+    "demo": "vlalign.experiments.demo:report_from_run",
     "experiment-attribute": "vlalign.experiments.attribute.run:report_from_run",
+    "probe": "vlalign.reporting.probe:report_from_run",
     "experiment-attribute-seeds": "vlalign.experiments.attribute.seeds:report_from_run",
 }
 

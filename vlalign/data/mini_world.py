@@ -8,7 +8,11 @@ Splits (``sample(split, n, seed)``):
 - ``pretrain``: captioned images; ``word_prob`` of them carry the object's own name, and ``word_only_prob`` of
   those show only the word, so a model pretrained on them learns to read.
 - ``clean``: the object only.   ``typographic``: a *different* class name written.   ``matching``: the
-  object's own name written.
+  object's own name written.   ``nonreading``: the non-reading control of ``typographic``: the same scene, and
+  the same box, font, size, position and colours as the typographic word, but random letters of the same length
+  that spell no class name and no word of the vocabulary. A model that ignores what words say scores the same on
+  both; the difference (control − typographic accuracy) is the *reading effect*, and what the control still
+  loses against ``clean`` is occlusion and clutter.
 - a ``zeroshot-`` prefix restricts any test split to the held-out classes (never used for preference
   training); an ``indomain-`` prefix to the others.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -25,7 +30,7 @@ from PIL import Image
 from vlalign.data.canvas import COLOURS, background as _background, draw_distractors, paint_shape
 from vlalign.data.image_set import ImageSet
 from vlalign.data.shapes import SHAPE_NAMES
-from vlalign.data.typographic import WordStyle, draw_word
+from vlalign.data.typographic import WordStyle, draw_word, layout_word, nonsense_letters, paint_word
 
 HELDOUT_CLASSES: tuple[str, ...] = ("moon", "diamond", "hexagon", "bolt")
 INDOMAIN_CLASSES: tuple[str, ...] = tuple(c for c in SHAPE_NAMES if c not in HELDOUT_CLASSES)
@@ -41,7 +46,10 @@ _WORD_ONLY_TEMPLATES = ("the word {word}", "a photo of a {word}", "a sign that s
 
 _STREAM_PRETRAIN = 1
 _STREAM_TEST = 2
-_KIND_CODES = {"clean": 11, "typographic": 12, "matching": 13}
+#: Seeds each test image's choices. The non-reading control shares the typographic split's code, so it picks the
+#: same class name to lay out; its letters come from their own stream (``_LETTERS_CODE``).
+_KIND_CODES = {"clean": 11, "typographic": 12, "matching": 13, "nonreading": 12}
+_LETTERS_CODE = 14
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,13 @@ class MiniWorld:
         self.config = config or WorldConfig()
 
     def render(self, stream: int, seed: int, index: int, label: int, word: str | None, word_only: bool,
-               word_seed: int = 0) -> tuple[np.ndarray, str, str, str]:
-        """Render one image; returns (uint8 HxWx3, colour name, size name, shape name)."""
+               word_seed: int = 0, nonreading: bool = False) -> tuple[np.ndarray, str, str, str, str | None]:
+        """Render one image; returns (uint8 HxWx3, colour name, size name, shape name, text written or None).
+
+        With ``nonreading``, ``word`` is laid out exactly as it would be but random letters are written in its box
+        (see :func:`~vlalign.data.typographic.nonsense_letters`), so the image differs from the one with the word
+        only inside the word's box.
+        """
         cfg = self.config
         size = cfg.image_size
         rng = np.random.default_rng([stream, seed, index])
@@ -110,9 +123,14 @@ class MiniWorld:
             img = paint_shape(img, rng, shape, colour_name, cx, cy, radius, angle)
         pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
         draw_distractors(pil, rng, cfg.min_distractors, cfg.max_distractors)
+        text = word
         if word is not None:
-            draw_word(pil, word, np.random.default_rng([stream, seed, index, 7, word_seed]), cfg.word_style)
-        return np.asarray(pil), colour_name, size_name, shape
+            layout = layout_word(pil, word, np.random.default_rng([stream, seed, index, 7, word_seed]), cfg.word_style)
+            if nonreading:
+                text = nonsense_letters(layout, np.random.default_rng([stream, seed, index, _LETTERS_CODE]),
+                                        forbidden_words())
+            paint_word(pil, layout, text)
+        return np.asarray(pil), colour_name, size_name, shape, text
 
     def sample(self, split: str, n: int, seed: int = 0, classes: tuple[str, ...] | None = None,
                start: int = 0, workers: int = 1, word_classes: tuple[str, ...] | None = None) -> ImageSet:
@@ -148,16 +166,20 @@ class MiniWorld:
                 if choice.random() < cfg.word_prob:
                     word = SHAPE_NAMES[label]
                     word_only = choice.random() < cfg.word_only_prob
-            elif kind == "typographic":
+            elif kind in ("typographic", "nonreading"):
                 others = [c for c in word_pool if c != label]
                 if not others:
                     raise ValueError(f"word_classes {word_classes} leave no other class to write on {SHAPE_NAMES[label]!r}")
                 word = SHAPE_NAMES[others[int(choice.integers(len(others)))]]
             elif kind == "matching":
                 word = SHAPE_NAMES[label]
-            image, colour, size_name, shape = self.render(stream, seed, i, label, word, word_only)
+            image, colour, size_name, shape, text = self.render(stream, seed, i, label, word, word_only,
+                                                                nonreading=kind == "nonreading")
             images[row] = image
             labels[row] = label
+            if kind == "nonreading":  # no class name is written; the caption says which letters are
+                captions.append(_caption(choice, shape, colour, size_name, None, False) + f" and the letters {text}")
+                continue
             if word is not None:
                 written[row] = SHAPE_NAMES.index(word)
             captions.append(_caption(choice, shape, colour, size_name, word, word_only))
@@ -196,6 +218,12 @@ def vocabulary() -> list[str]:
              *SHAPE_NAMES, *COLOURS, "small large"]
     words = {w for t in texts for w in split_words(t.replace("{", " ").replace("}", " "))}
     return sorted(words - {"colour", "shape", "size", "word"} | {"word"})
+
+
+@lru_cache(maxsize=1)
+def forbidden_words() -> frozenset[str]:
+    """Words the non-reading control must never spell: the class names and the whole mini-world vocabulary."""
+    return frozenset(vocabulary()) | frozenset(SHAPE_NAMES)
 
 
 def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, word: str | None, word_only: bool) -> str:

@@ -88,12 +88,34 @@ def _font_for(word: str, picked: str) -> str:
     return next(name for name in FONT_NAMES if not missing_glyphs(name, word))
 
 
-def draw_word(image: Image.Image, word: str, rng: np.random.Generator, style: WordStyle = WordStyle()) -> Image.Image:
-    """Draw ``word`` once onto ``image`` (modified in place and returned), fully inside its borders.
+@dataclass(frozen=True)
+class WordLayout:
+    """Where and how a word is drawn: font and size, text origin, ink box, backing box and colours.
 
-    Raises ValueError (see :func:`check_drawable`) for a word that cannot be written. An image too small to hold
-    the word at the smallest legible size (:data:`MIN_FONT_PIXELS`) gets it cut off at the border, with a
-    :class:`WordClippedWarning`.
+    ``box`` = (x0, y0, x1, y1), exclusive on the right and bottom, holds every pixel drawing the word changes.
+    """
+
+    word: str
+    font_name: str
+    size: int
+    origin: tuple[int, int]
+    ink: tuple[int, int, int, int]
+    box_colour: tuple[int, int, int] | None
+    text_colour: tuple[int, int, int]
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        left, top, right, bottom = self.ink
+        if self.box_colour is not None:  # the backing rectangle is drawn 2 pixels around the ink, both ends inclusive
+            return left - 2, top - 2, right + 2, bottom + 2
+        return left, top, right, bottom
+
+
+def layout_word(image: Image.Image, word: str, rng: np.random.Generator, style: WordStyle = WordStyle()) -> WordLayout:
+    """Choose font, size, position, backing box and colours for ``word`` on ``image`` (nothing is drawn).
+
+    Draws from ``rng`` exactly as :func:`draw_word` does. Raises ValueError (see :func:`check_drawable`) for a
+    word that cannot be written; warns with :class:`WordClippedWarning` when the word cannot fit ``image``.
     """
     check_drawable(word)
     width, height = image.size
@@ -111,22 +133,105 @@ def draw_word(image: Image.Image, word: str, rng: np.random.Generator, style: Wo
     if text_w > width or text_h > height:
         warnings.warn(WordClippedWarning(
             f"{word!r} does not fit a {width}x{height} image even at the smallest font size ({MIN_FONT_PIXELS} px, "
-            f"{text_w}x{text_h} pixels): it is cut off at the border"), stacklevel=2)
+            f"{text_w}x{text_h} pixels): it is cut off at the border"), stacklevel=3)
     # Where the word fits but its margin does not, the clamp keeps it inside; elsewhere it changes nothing.
     x = int(rng.integers(2, max(3, width - text_w - 1)))
     y = int(rng.integers(2, max(3, height - text_h - 1)))
     x = (min(x, width - text_w) if text_w <= width else x) - left
     y = (min(y, height - text_h) if text_h <= height else y) - top
-    draw = ImageDraw.Draw(image)
+    ink = (x + left, y + top, x + right, y + bottom)
+    box_colour = None
     if rng.random() < style.box_prob:
         box_colour = _random_colour(rng)
-        draw.rectangle((x + left - 2, y + top - 2, x + right + 1, y + bottom + 1), fill=box_colour)
         backdrop = _luminance(box_colour)
     else:
-        region = np.asarray(image.crop((x + left, y + top, x + right, y + bottom)))
+        region = np.asarray(image.crop(ink))
         backdrop = float(region.reshape(-1, region.shape[-1])[:, :3].mean(0) @ [0.299, 0.587, 0.114]) if region.size else 128.0
-    draw.text((x, y), word, font=font, fill=_contrasting_colour(rng, backdrop, style.min_contrast))
+    text_colour = _contrasting_colour(rng, backdrop, style.min_contrast)
+    return WordLayout(word, font_name, size, (x, y), ink, box_colour, text_colour)
+
+
+def paint_word(image: Image.Image, layout: WordLayout, text: str | None = None) -> Image.Image:
+    """Draw ``layout`` onto ``image`` (in place; returned). ``text`` replaces the laid-out word: it is centred on
+    the word's ink box in the same font, and must fit inside it (see :func:`nonsense_letters`)."""
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = layout.ink
+    if layout.box_colour is not None:
+        draw.rectangle((left - 2, top - 2, right + 1, bottom + 1), fill=layout.box_colour)
+    origin = layout.origin
+    if text is not None and text != layout.word:
+        font = load_font(layout.font_name, layout.size)
+        l2, t2, r2, b2 = font.getbbox(text)
+        if r2 - l2 > right - left or b2 - t2 > bottom - top:
+            raise ValueError(f"{text!r} does not fit inside the box of {layout.word!r} ({right - left}x{bottom - top} "
+                             f"pixels) at size {layout.size}")
+        origin = (left + (right - left - (r2 - l2)) // 2 - l2, top + (bottom - top - (b2 - t2)) // 2 - t2)
+    draw.text(origin, layout.word if text is None else text, font=load_font(layout.font_name, layout.size),
+              fill=layout.text_colour)
     return image
+
+
+def draw_word(image: Image.Image, word: str, rng: np.random.Generator, style: WordStyle = WordStyle()) -> Image.Image:
+    """Draw ``word`` once onto ``image`` (modified in place and returned), fully inside its borders.
+
+    Raises ValueError (see :func:`check_drawable`) for a word that cannot be written. An image too small to hold
+    the word at the smallest legible size (:data:`MIN_FONT_PIXELS`) gets it cut off at the border, with a
+    :class:`WordClippedWarning`.
+    """
+    return paint_word(image, layout_word(image, word, rng, style))
+
+
+#: The letters the non-reading control writes: lowercase, as the class names are written.
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@lru_cache(maxsize=512)
+def _letter_extents(font_name: str, size: int) -> dict[str, tuple[int, int, float]]:
+    """Each letter's ink top, ink bottom and advance width in ``font_name`` at ``size``."""
+    font = load_font(font_name, size)
+    return {c: (font.getbbox(c)[1], font.getbbox(c)[3], font.getlength(c)) for c in LETTERS}
+
+
+def nonsense_letters(layout: WordLayout, rng: np.random.Generator, forbidden: frozenset[str] | set[str],
+                     tries: int = 200) -> str:
+    """Random lowercase letters, as many as ``layout.word`` has, that fit inside its ink box in its font and size,
+    and that neither are nor contain a ``forbidden`` word of three letters or more, nor are one of shorter ones
+    (class names, the model's vocabulary).
+
+    The non-reading control writes them in place of a class name: same scene, box, font, size and colours, no
+    meaning. Letters are drawn uniformly from those that fit the word's height (a word without ascenders gets
+    none), and whole draws are rejected until the text fits the word's width; if ``tries`` draws do not, the
+    widest letter of a draw is swapped for a narrower one until it does (200 more draws). Narrow letters are thus slightly
+    favoured over wide ones.
+    """
+    font = load_font(layout.font_name, layout.size)
+    left, top, right, bottom = font.getbbox(layout.word)
+    extents = _letter_extents(layout.font_name, layout.size)
+    allowed = [c for c in LETTERS if extents[c][0] >= top and extents[c][1] <= bottom] or list(LETTERS)
+    width = {c: extents[c][2] for c in allowed}
+    long_words = [w for w in forbidden if len(w) >= 3]
+
+    def fits(text: str) -> bool:
+        l2, t2, r2, b2 = font.getbbox(text)
+        return r2 - l2 <= right - left and b2 - t2 <= bottom - top
+
+    def meaningless(text: str) -> bool:
+        return text not in forbidden and not any(w in text for w in long_words)
+
+    for attempt in range(tries + 200):
+        letters = [allowed[int(i)] for i in rng.integers(len(allowed), size=len(layout.word))]
+        if attempt >= tries:  # narrow the draw until it fits
+            while not fits("".join(letters)):
+                widest = max(range(len(letters)), key=lambda k: width[letters[k]])
+                narrower = [c for c in allowed if width[c] < width[letters[widest]]]
+                if not narrower:
+                    break
+                letters[widest] = narrower[int(rng.integers(len(narrower)))]
+        text = "".join(letters)
+        if meaningless(text) and fits(text):
+            return text
+    raise ValueError(f"no {len(layout.word)} random letters fit the box of {layout.word!r} "
+                     f"({layout.font_name}, {layout.size} px)")
 
 
 def typographic_attack(

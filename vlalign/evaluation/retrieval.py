@@ -30,15 +30,51 @@ def _check_pair(queries: torch.Tensor, keys: torch.Tensor) -> None:
 
 def _first_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the positions of the first ``k`` entries of the stable descending sort of ``scores`` (ties:
-    lower position first), in that order. Linear time per row: a full sort of every chunk was 10x slower."""
+    lower position first), in that order. Linear time per row: a full sort of every chunk was 10x slower.
+
+    ``topk`` picks the right set unless the (k+1)-th largest value equals the k-th: then it chose among equal
+    values, and only those rows (rare with real-valued embeddings) go through the exact tie rule, which costs
+    ~10 topk's.
+    """
+    extra = min(k + 1, scores.shape[1])
+    values, positions = scores.topk(extra, dim=1)
+    if extra > k:
+        ambiguous = values[:, k] == values[:, k - 1]
+        positions = positions[:, :k]
+        if bool(ambiguous.any()):
+            rows = ambiguous.nonzero()[:, 0]
+            positions = positions.clone()
+            positions[rows] = _first_k_positions_with_ties(scores[rows], k)
+    positions = positions.sort(dim=1).values  # ascending positions, so the stable sort below keeps ties in order
+    order = scores.gather(1, positions).sort(dim=1, descending=True, stable=True).indices
+    return positions.gather(1, order)
+
+
+def _first_k_positions_with_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` positions of the stable descending sort, by an explicit tie rule -> ``[Q, k]`` (any order)."""
     threshold = scores.topk(k, dim=1).values[:, -1:]
     above = scores > threshold
     tied = scores == threshold
     # All entries above the k-th value are in; the remaining places go to the earliest entries equal to it.
     chosen = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
-    positions = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # row-major: ascending positions per row
-    order = scores.gather(1, positions).sort(dim=1, descending=True, stable=True).indices
-    return positions.gather(1, order)
+    return chosen.nonzero()[:, 1].view(scores.shape[0], k)  # row-major: ascending positions per row
+
+
+def _merge(best_scores: torch.Tensor, best_index: torch.Tensor, scores: torch.Tensor, start: int, k: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a running top-k (``best_*``, ``[Q, ≤k]``) with the scores of the next gallery items ``start …``.
+
+    The kept entries precede the new ones and have lower indices, so position order is index order and the
+    stable tie rule carries over.
+    """
+    scores = torch.cat([best_scores, scores], dim=1)
+    keep = _first_k_positions(scores, min(k, scores.shape[1]))
+    # Positions below `kept` point into the running top-k, the others into the new items (no [Q, N] index).
+    kept = best_index.shape[1]
+    index = keep - kept + start
+    if kept:
+        index = torch.where(keep < kept, best_index.gather(1, keep.clamp(max=kept - 1)), index)
+    return scores.gather(1, keep), index
 
 
 @torch.no_grad()
@@ -66,13 +102,49 @@ def top_k(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size: int = 4
         for start in range(0, keys.shape[0], chunk_size):
             chunk = keys[start: start + chunk_size].to(device=q.device, dtype=dtype)
             # The kept entries precede the new chunk and have lower indices, so position order is index order.
-            scores = torch.cat([best_scores, q @ chunk.t()], dim=1)
-            index = torch.cat([best_index, torch.arange(start, start + chunk.shape[0], device=q.device).expand(q.shape[0], -1)], dim=1)
-            keep = _first_k_positions(scores, min(k, scores.shape[1]))
-            best_scores, best_index = scores.gather(1, keep), index.gather(1, keep)
+            best_scores, best_index = _merge(best_scores, best_index, q @ chunk.t(), start, k)
         all_scores.append(best_scores)
         all_index.append(best_index)
     return torch.cat(all_scores), torch.cat(all_index)
+
+
+@torch.no_grad()
+def top_k_both(queries: torch.Tensor, keys: torch.Tensor, k_queries: int, k_keys: int, chunk_size: int = 4096,
+               query_chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k in both directions from one pass over the score blocks -> (indices ``[Q, k_queries]`` of each
+    query's best keys, indices ``[K, k_keys]`` of each key's best queries).
+
+    The same rankings as :func:`top_k` called twice (stable descending, lower index first on ties), for half
+    the matrix products: each ``query_chunk_size × chunk_size`` block of scores updates the queries' running
+    top-k and, transposed, the keys' running top-k. Never forms the full matrix.
+    """
+    _check_pair(queries, keys)
+    if not 1 <= k_queries <= keys.shape[0] or not 1 <= k_keys <= queries.shape[0]:
+        raise ValueError(f"k must be in [1, {keys.shape[0]}] and [1, {queries.shape[0]}] (the gallery sizes), got "
+                         f"{k_queries} and {k_keys}")
+    if chunk_size < 1 or query_chunk_size < 1:
+        raise ValueError(f"chunk_size and query_chunk_size must be >= 1, got {chunk_size} and {query_chunk_size}")
+    if not (bool(torch.isfinite(queries).all()) and bool(torch.isfinite(keys).all())):
+        raise ValueError("embeddings contain NaN or infinite values")
+    dtype = torch.float64 if torch.float64 in (queries.dtype, keys.dtype) else torch.float32
+    device = queries.device
+    key_scores = [torch.empty((0, 0), dtype=dtype, device=device) for _ in range(0, keys.shape[0], chunk_size)]
+    key_index = [torch.empty((0, 0), dtype=torch.long, device=device) for _ in key_scores]
+    query_index = []
+    for q_start in range(0, queries.shape[0], query_chunk_size):
+        q = queries[q_start: q_start + query_chunk_size].to(dtype)
+        best_scores = torch.empty((q.shape[0], 0), dtype=dtype, device=device)
+        best_index = torch.empty((q.shape[0], 0), dtype=torch.long, device=device)
+        for c, start in enumerate(range(0, keys.shape[0], chunk_size)):
+            chunk = keys[start: start + chunk_size].to(device=device, dtype=dtype)
+            block = q @ chunk.t()
+            best_scores, best_index = _merge(best_scores, best_index, block, start, k_queries)
+            if key_scores[c].shape[0] == 0:
+                key_scores[c] = torch.empty((chunk.shape[0], 0), dtype=dtype, device=device)
+                key_index[c] = torch.empty((chunk.shape[0], 0), dtype=torch.long, device=device)
+            key_scores[c], key_index[c] = _merge(key_scores[c], key_index[c], block.t().contiguous(), q_start, k_keys)
+        query_index.append(best_index)
+    return torch.cat(query_index), torch.cat(key_index)
 
 
 def top_k_images(text_embeddings: torch.Tensor, image_embeddings: torch.Tensor, k: int = 10,
@@ -99,13 +171,6 @@ def recall_from_ranking(ranked: torch.Tensor, relevant: torch.Tensor, ks: Sequen
     return {k: float(relevant[:, :k].any(dim=1).double().mean()) for k in ks}
 
 
-def _recall(queries: torch.Tensor, keys: torch.Tensor, query_labels: torch.Tensor, key_labels: torch.Tensor,
-            ks: Sequence[int], chunk_size: int) -> dict[int, float]:
-    _, index = top_k(queries, keys, max(ks), chunk_size)
-    hit = key_labels.to(index.device)[index] == query_labels.to(index.device)[:, None]  # [Q, kmax]
-    return recall_from_ranking(index, hit, ks)
-
-
 def recall_at_k(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, image_labels: torch.Tensor,
                 text_labels: torch.Tensor, ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 4096) -> dict[str, float]:
     """Text->image and image->text Recall@k: the share of queries with a relevant item among their top k.
@@ -120,8 +185,10 @@ def recall_at_k(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, i
         raise ValueError(f"text_labels must have shape ({text_embeddings.shape[0]},), got {tuple(text_labels.shape)}")
     ks = _check_ks(ks, min(image_embeddings.shape[0], text_embeddings.shape[0]),
                    f"the number of images ({image_embeddings.shape[0]}) or texts")
-    t2i = _recall(text_embeddings, image_embeddings, text_labels, image_labels, ks, chunk_size)
-    i2t = _recall(image_embeddings, text_embeddings, image_labels, text_labels, ks, chunk_size)
+    t2i_index, i2t_index = top_k_both(text_embeddings, image_embeddings, ks[-1], ks[-1], chunk_size)
+    image_labels, text_labels = image_labels.to(t2i_index.device), text_labels.to(t2i_index.device)
+    t2i = recall_from_ranking(t2i_index, image_labels[t2i_index] == text_labels[:, None], ks)
+    i2t = recall_from_ranking(i2t_index, text_labels[i2t_index] == image_labels[:, None], ks)
     out = {f"text_to_image_R@{k}": v for k, v in t2i.items()}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     return out
@@ -157,9 +224,8 @@ def retrieval_recall(image_embeddings: torch.Tensor, text_embeddings: torch.Tens
     ks = _check_ks(ks, n_images, "the number of images")
     kmax = ks[-1]
     owner = text_to_image.long()
-    _, t2i_index = top_k(text_embeddings, image_embeddings, kmax, chunk_size, query_chunk_size)
+    t2i_index, i2t_index = top_k_both(text_embeddings, image_embeddings, kmax, kmax, chunk_size, query_chunk_size)
     t2i = recall_from_ranking(t2i_index, t2i_index == owner.to(t2i_index.device)[:, None], ks)
-    _, i2t_index = top_k(image_embeddings, text_embeddings, kmax, chunk_size, query_chunk_size)
     i2t_hits = owner.to(i2t_index.device)[i2t_index] == torch.arange(n_images, device=i2t_index.device)[:, None]
     i2t = recall_from_ranking(i2t_index, i2t_hits, ks)
     return recall_summary(i2t, t2i)

@@ -10,18 +10,20 @@ from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
 
-#: metrics.json key -> mini-world split
+#: metrics.json key -> mini-world split. ``nonreading`` is the typographic split's control: the same scenes and
+#: word boxes with random letters, so ``nonreading − typographic`` is the reading effect.
 TABLE1_SPLITS = {
     "clean": "indomain-clean", "typographic": "indomain-typographic",
     "clean_heldout": "zeroshot-clean", "typographic_heldout": "zeroshot-typographic",
+    "nonreading": "indomain-nonreading", "nonreading_heldout": "zeroshot-nonreading",
 }
 
 
 @torch.no_grad()
 def evaluate_typographic(model: ContrastiveModel, reference: ContrastiveModel | None, n: int, seed: int,
                          world: MiniWorld | None = None, kl_direction: str = "policy_ref") -> dict[str, float]:
-    """Clean / typographic accuracy on in-domain and held-out classes, written-label rates, and the KL of the
-    model's zero-shot policy from ``reference``'s on clean images of all classes (``kl_clean``)."""
+    """Clean / typographic / non-reading-control accuracy on in-domain and held-out classes, written-label rates,
+    and the KL of the model's zero-shot policy from ``reference``'s on clean images of all classes (``kl_clean``)."""
     world = world or MiniWorld()
     class_emb = class_text_embeddings(model, world.classnames)
     metrics: dict[str, float] = {}

@@ -21,11 +21,12 @@ from vlalign.reporting.tables import markdown_table  # noqa: E402
 
 
 def control_sweep(model: HeadedCLIP, world: MiniWorld, ts: Sequence[float], n: int, seed: int) -> dict:
-    """Clean accuracy, typographic accuracy and written-label rate for every t."""
+    """Clean, typographic and non-reading-control accuracy and the written-label rate for every t."""
     sweep = sweep_head_power(model, {"clean": world.sample("clean", n, seed),
-                                     "typographic": world.sample("typographic", n, seed)}, ts)
+                                     "typographic": world.sample("typographic", n, seed),
+                                     "nonreading": world.sample("nonreading", n, seed)}, ts)
     return {"t": sweep["t"], "clean": sweep["clean"], "typographic": sweep["typographic"],
-            "written_label_rate": sweep["typographic_written_label_rate"]}
+            "written_label_rate": sweep["typographic_written_label_rate"], "nonreading": sweep["nonreading"]}
 
 
 def plot_frontier(control: dict, path: Path) -> Path:
@@ -33,8 +34,9 @@ def plot_frontier(control: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     for key, label in (("clean", "clean accuracy"), ("typographic", "typographic accuracy"),
-                       ("written_label_rate", "written-label rate")):
-        ax.plot(control["t"], control[key], marker="o", markersize=3, label=label)
+                       ("nonreading", "non-reading control accuracy"), ("written_label_rate", "written-label rate")):
+        if key in control:  # sweeps from before the non-reading control lack it
+            ax.plot(control["t"], control[key], marker="o", markersize=3, label=label)
     ax.axvline(0, color="gray", lw=0.8, ls=":")
     ax.axvline(1, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("t  (W_t = U Σ^t Vᵀ; 0 = pretrained, 1 = trained head)")
@@ -89,7 +91,11 @@ def write_control_report(model: HeadedCLIP, world: MiniWorld, ts: Sequence[float
 def _table(control: dict) -> str:
     rows = [[t, c, ty, w] for t, c, ty, w in zip(control["t"], control["clean"], control["typographic"],
                                                     control["written_label_rate"])]
-    return markdown_table(["t", "clean acc", "typographic acc", "written-label rate"], rows)
+    headers = ["t", "clean acc", "typographic acc", "written-label rate"]
+    if "nonreading" in control:  # runs from before the non-reading control have no such column
+        rows = [row + [nr, nr - row[2]] for row, nr in zip(rows, control["nonreading"])]
+        headers += ["non-reading acc", "reading effect"]
+    return markdown_table(headers, rows)
 
 
 def control_report(control: dict) -> str:

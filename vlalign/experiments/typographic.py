@@ -1,14 +1,17 @@
 """Table 1 of the contrastive-PO paper in the mini world (``vlalign experiment typographic``).
 
 Rows: the pretrained MiniCLIP, cross-entropy fine-tuning, PAINT, Materzynska et al., Defense-Prefix, and DPO /
-IPO / KTO on the full image tower. Columns: clean and typographic accuracy on the eight in-domain classes used for
-preference training and on the four held-out classes never seen there, plus the KL of each model's clean-image
-policy from the pretrained one. Also: BMA vs EMA for the PO methods (Table 5), the Σ^t sweep of a linear-head DPO
+IPO / KTO on the full image tower. Columns: clean, typographic and non-reading-control accuracy on the eight
+in-domain classes used for preference training and on the four held-out classes never seen there, plus the KL of
+each model's clean-image policy from the pretrained one. The non-reading control writes random letters in the
+typographic words' boxes, so control − typographic (the *reading effect*) is what reading the word costs, apart
+from occlusion. The pretrained model's linear object probe on frozen typographic features is reported too. Also: BMA vs EMA for the PO methods (Table 5), the Σ^t sweep of a linear-head DPO
 run (Fig. 2) and a β sweep of KL_clean (Fig. 5b).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,13 +25,15 @@ import torch  # noqa: E402
 from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld  # noqa: E402
 from vlalign.data.preference import typographic_preference_data  # noqa: E402
 from vlalign.evaluation.control import is_monotonic  # noqa: E402
+from vlalign.evaluation.probe import object_probe  # noqa: E402
 from vlalign.evaluation.typographic import evaluate_typographic  # noqa: E402
 from vlalign.evaluation.zero_shot import zero_shot_evaluate  # noqa: E402
 from vlalign.experiments.control import control_sweep, plot_frontier, plot_singular_values  # noqa: E402
 from vlalign.models.base import ContrastiveModel  # noqa: E402
-from vlalign.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from vlalign.io import atomic_write_json  # noqa: E402
 from vlalign.models.loading import load_model  # noqa: E402
 from vlalign.reporting.figures import save_figure  # noqa: E402
+from vlalign.reporting.run_report import run_info, write_report  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
 from vlalign.training.methods.baselines import train_defense_prefix, train_materzynska  # noqa: E402
 from vlalign.training.methods.preference import PreferenceConfig, train_preference  # noqa: E402
@@ -55,11 +60,13 @@ class TypographicSizes:
     head_batch_size: int = 128
     betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
     control_t: tuple[float, ...] = tuple(x / 2 for x in range(-8, 9))
+    probe_train: int = 2400
+    probe_test: int = 1200
 
     @classmethod
     def quick(cls) -> "TypographicSizes":
         return cls(n_pref=96, n_reg=96, n_eval=48, n_val=48, steps=4, head_steps=10, batch_size=16, head_batch_size=32,
-                   betas=(0.5, 2.0), control_t=(-1.0, 0.0, 1.0))
+                   betas=(0.5, 2.0), control_t=(-1.0, 0.0, 1.0), probe_train=96, probe_test=48)
 
 
 #: Per-method settings. IPO and KTO use the paper's (β, λ). For DPO the paper's β=1 saturates early here: the
@@ -88,6 +95,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
     """Train every method on the same preference data, evaluate on fresh seeds, write the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
     sizes = TypographicSizes.quick() if quick else TypographicSizes()
     torch.manual_seed(seed)
     world = MiniWorld()
@@ -111,6 +119,12 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         atomic_write_json(out / "metrics.partial.json", {"methods": methods, "seconds": seconds})
 
     record("pretrained", reference)
+    probe_seeds = (7100 + seed, 7200 + seed)
+    probe = timed("linear_probe", lambda: object_probe(reference, world, n_train=sizes.probe_train,
+                                                       n_test=sizes.probe_test, train_seed=probe_seeds[0],
+                                                       test_seed=probe_seeds[1]))
+    linear_probe = {**{split: row["probe"] for split, row in probe.items()}, "n_train": sizes.probe_train,
+                    "n_test": sizes.probe_test, "train_seed": probe_seeds[0], "test_seed": probe_seeds[1]}
     train = TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed, averaging="bma",
                         extra_averaging=["ema"])
     ce = timed("ce", lambda: train_preference(reference, pref, reg, PreferenceConfig(method="ce", trainable="full"),
@@ -141,18 +155,30 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         beta_sweep["typographic"].append(row["typographic"])
 
     summary = _summary(methods, control)
-    metrics = {"methods": {m: methods[m] for m in ROW_ORDER}, "control": control,
+    metrics = {"methods": {m: methods[m] for m in ROW_ORDER}, "control": control, "linear_probe": linear_probe,
                "bma_vs_ema": {m: {"bma": methods[m], "ema": ema[m]} for m in PO_METHODS},
                "beta_sweep": beta_sweep, "paint_alpha": painted.alpha,
                "head_dpo": {"orthogonality_error": head.head.orthogonality_error(), **evaluate(head)},
                "summary": summary, "seconds": seconds,
-               "settings": {"sizes": asdict(sizes), "po": PO_SETTINGS, "full_lr": FULL_LR, "seed": seed, "eval_seed": eval_seed}}
+               "settings": {"sizes": asdict(sizes), "po": PO_SETTINGS, "full_lr": FULL_LR, "seed": seed,
+                            "eval_seed": eval_seed, "quick": quick}}
     atomic_write_json(out / "metrics.json", metrics)
     (out / "metrics.partial.json").unlink(missing_ok=True)
     _plots(methods, control, beta_sweep, head, out)
-    atomic_write_bytes(out / "report.md", _report(metrics, sizes).encode())
+    write_report(out, "experiment-typographic", _report(metrics),
+                 run_info(command=_command(quick, seed), seconds=time.perf_counter() - began))
     print(_methods_table(methods))
+    print(_methods_table(methods, "_heldout"))
     return metrics
+
+
+def _command(quick: bool, seed: int) -> str:
+    return f"vlalign experiment typographic --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}"
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished run folder, from its ``metrics.json``."""
+    return _report(json.loads((Path(run_dir) / "metrics.json").read_text()))
 
 
 def _summary(methods: dict, control: dict) -> dict:
@@ -170,28 +196,50 @@ def _summary(methods: dict, control: dict) -> dict:
         "kl_ratio_to_ce": po["kl_clean"] / max(methods["ce"]["kl_clean"], 1e-12),
         "margin_over_best_baseline": po["typographic"] - methods[best_base]["typographic"],
         "written_label_rate_monotonic_in_t": is_monotonic(control["written_label_rate"]),
+        "reading_effect": reading_effect(po), "reading_effect_heldout": reading_effect(po, "_heldout"),
+        "reading_effect_pretrained": reading_effect(pre),
+        "reading_effect_pretrained_heldout": reading_effect(pre, "_heldout"),
     }
 
 
-def _methods_table(methods: dict) -> str:
-    rows = [[ROW_NAMES[m], percent(methods[m]["clean"]), percent(methods[m]["typographic"]),
-             percent(methods[m]["clean_heldout"]), percent(methods[m]["typographic_heldout"]),
-             f"{methods[m]['kl_clean']:.4f}"] for m in ROW_ORDER]
-    return markdown_table(["method", "clean (in-domain)", "typographic (in-domain)", "clean (held-out)",
-                           "typographic (held-out)", "KL_clean"], rows)
+def reading_effect(row: dict, suffix: str = "") -> float:
+    """Non-reading control accuracy − typographic accuracy: what reading the written word costs, beyond the
+    occlusion and clutter the control shares with the typographic images."""
+    return row[f"nonreading{suffix}"] - row[f"typographic{suffix}"]
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _methods_table(methods: dict, suffix: str = "") -> str:
+    """One row per method on the in-domain (``suffix`` "") or held-out (``"_heldout"``) classes: clean,
+    typographic and non-reading accuracy, the gap to clean and the reading effect beside it (in points)."""
+    rows = []
+    for m in ROW_ORDER:
+        row = methods[m]
+        cells = [ROW_NAMES[m], percent(row[f"clean{suffix}"]), percent(row[f"typographic{suffix}"]),
+                 percent(row[f"nonreading{suffix}"]), _points(row[f"clean{suffix}"] - row[f"typographic{suffix}"]),
+                 _points(reading_effect(row, suffix))]
+        rows.append(cells + ([f"{row['kl_clean']:.4f}"] if not suffix else []))
+    where = "held-out" if suffix else "in-domain"
+    headers = ["method", f"clean ({where})", f"typographic ({where})", f"non-reading ({where})",
+               "gap to clean (pt)", "reading effect (pt)"]
+    return markdown_table(headers + (["KL_clean"] if not suffix else []), rows)
 
 
 def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     xs = range(len(ROW_ORDER))
-    for offset, key, label in ((-0.3, "clean", "clean"), (-0.1, "typographic", "typographic"),
-                               (0.1, "clean_heldout", "clean, held-out"), (0.3, "typographic_heldout", "typographic, held-out")):
-        ax.bar([x + offset for x in xs], [methods[m][key] for m in ROW_ORDER], width=0.2, label=label)
+    for offset, key, label in ((-0.32, "clean", "clean"), (-0.16, "typographic", "typographic"),
+                               (0.0, "nonreading", "non-reading control"),
+                               (0.16, "clean_heldout", "clean, held-out"), (0.32, "typographic_heldout", "typographic, held-out")):
+        ax.bar([x + offset for x in xs], [methods[m][key] for m in ROW_ORDER], width=0.16, label=label)
     ax.set_xticks(list(xs), [ROW_NAMES[m] for m in ROW_ORDER], rotation=20)
     ax.set_ylabel("zero-shot accuracy")
     ax.set_ylim(0, 1)
     # Above the axes: inside, any placement covers bars (every method has one near 0.9 and one near 0.2).
-    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.set_title("Table 1 in the mini world: zero-shot accuracy per method", pad=24)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -209,27 +257,42 @@ def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> N
     plt.close(fig)
 
 
-def _report(metrics: dict, sizes: TypographicSizes) -> str:
+def _report(metrics: dict) -> str:
     methods, s = metrics["methods"], metrics["summary"]
+    sizes = TypographicSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in metrics["settings"]["sizes"].items()})
+    probe = metrics["linear_probe"]
     ema_rows = [[ROW_NAMES[m], percent(metrics["bma_vs_ema"][m]["bma"]["clean"]), percent(metrics["bma_vs_ema"][m]["ema"]["clean"]),
                  percent(metrics["bma_vs_ema"][m]["bma"]["typographic"]), percent(metrics["bma_vs_ema"][m]["ema"]["typographic"]),
                  percent(metrics["bma_vs_ema"][m]["bma"]["typographic_heldout"]), percent(metrics["bma_vs_ema"][m]["ema"]["typographic_heldout"])]
                 for m in PO_METHODS]
     control = metrics["control"]
-    control_rows = [[t, percent(c), percent(ty), percent(w)] for t, c, ty, w in
-                    zip(control["t"], control["clean"], control["typographic"], control["written_label_rate"])]
+    control_rows = [[t, percent(c), percent(ty), percent(w), percent(nr), _points(nr - ty)] for t, c, ty, w, nr in
+                    zip(control["t"], control["clean"], control["typographic"], control["written_label_rate"],
+                        control["nonreading"])]
     beta_rows = [[b, f"{k:.4f}", percent(t)] for b, k, t in zip(metrics["beta_sweep"]["beta"], metrics["beta_sweep"]["kl_clean"],
                                                               metrics["beta_sweep"]["typographic"])]
+    quick = " **Quick sizes: a smoke run, not a result.**" if metrics["settings"].get("quick") else ""
     return f"""# Typographic attacks: contrastive-PO Table 1 in the mini world
 
-Reproduce: `vlalign experiment typographic --out DIR` (seed {metrics['settings']['seed']}). Preference data: {sizes.n_pref}
+Reproduce: `{_command(metrics['settings'].get('quick', False), metrics['settings']['seed'])}`.{quick} Preference data: {sizes.n_pref}
 typographic images of the 8 in-domain classes (words also from those classes) with (true class ≻ written class);
 regularization: {sizes.n_reg} clean in-domain images. Evaluation: {sizes.n_eval} fresh images per split (seed
 {metrics['settings']['eval_seed']}), classification among all 12 classes; held-out = moon, diamond, hexagon, bolt,
 never seen in preference training. Full image tower, {sizes.steps} steps of batch {sizes.batch_size}, Adamax, warm-up
 10% + cosine, BMA (γ=0.7). PAINT α = {metrics['paint_alpha']} (chosen on a validation split).
 
+Non-reading control: the typographic images' scenes, with random letters (no class name, no word of the
+vocabulary, as long as the class name) in the same boxes, fonts, sizes and colours. **Reading effect** = control −
+typographic accuracy: what the model loses because of what the word *says*; the rest of the gap to clean is
+occlusion and clutter.
+
+In-domain classes (those of the preference data):
+
 {_methods_table(methods)}
+
+Held-out classes (moon, diamond, hexagon, bolt):
+
+{_methods_table(methods, "_heldout")}
 
 ![Table 1](table1.png)
 
@@ -237,7 +300,16 @@ Best PO method: **{ROW_NAMES[s['best_po']]}** — typographic {percent(methods[s
 {percent(methods[s['best_po']]['clean'])} (gap {100 * s['clean_minus_typographic']:.1f} points; held-out gap
 {100 * s['clean_minus_typographic_heldout']:.1f}); clean drop {100 * s['clean_drop']:.1f} points (held-out
 {100 * s['clean_drop_heldout']:.1f}); KL_clean {s['kl_ratio_to_ce']:.2f}× CE's; {100 * s['margin_over_best_baseline']:+.1f}
-points typographic over the best baseline ({ROW_NAMES[s['best_baseline']]}).
+points typographic over the best baseline ({ROW_NAMES[s['best_baseline']]}). Reading effect: {_points(s['reading_effect'])}
+points in-domain, {_points(s['reading_effect_heldout'])} held-out (pretrained: {_points(s['reading_effect_pretrained'])}
+and {_points(s['reading_effect_pretrained_heldout'])}).
+
+## Linear probe of the object (pretrained model)
+
+A multinomial logistic regression on the pretrained model's frozen image embeddings, trained on {probe['n_train']}
+images (seed {probe['train_seed']}) and tested on {probe['n_test']} others (seed {probe['test_seed']}), 12 classes:
+typographic {percent(probe['typographic'])}, clean {percent(probe['clean'])}, non-reading control
+{percent(probe['nonreading'])}. (`vlalign probe --model mini --out DIR` measures the same for any model.)
 
 ## BMA vs EMA (Table 5)
 
@@ -248,7 +320,7 @@ points typographic over the best baseline ({ROW_NAMES[s['best_baseline']]}).
 ‖WᵀW − I‖_F = {metrics['head_dpo']['orthogonality_error']:.3f}. Written-label rate monotonic in t:
 {s['written_label_rate_monotonic_in_t']}.
 
-{markdown_table(["t", "clean", "typographic", "written-label rate"], control_rows)}
+{markdown_table(["t", "clean", "typographic", "written-label rate", "non-reading", "reading effect (pt)"], control_rows)}
 
 ![frontier](frontier.png) ![singular values](singular_values.png)
 

@@ -73,3 +73,21 @@ def training_report(run_dir: str | Path) -> str:
     if config:
         lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def vlm_pretraining_report(run_dir: str | Path) -> str:
+    """The Markdown report of ``vlalign pretrain-vlm``: results on fresh images, each stage's curves, the config."""
+    run_dir = Path(run_dir)
+    config_path, metrics_path = run_dir / "pretrain_config.json", run_dir / "metrics.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    lines = ["# Mini VLM pretraining", ""]
+    if metrics:
+        lines += ["## Results (fresh images)", "", metrics_table(metrics), ""]
+    for stage in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "metrics.csv").is_file()):
+        curves = training_curves(stage / "metrics.csv", run_dir / f"{stage.name}_curves.png", stage.name)
+        if curves is not None:
+            lines += [f"## {stage.name}: loss terms and learning rate", "", f"![{stage.name}]({curves.name})", ""]
+    if config:
+        lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -230,7 +230,7 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
     history: list[dict[str, float]] = []
     skipped: dict[str, int] = {}  # per stream, since this call started
     method.train()
-    bar = tqdm(range(start, train.steps), desc=type(method).__name__, initial=start, total=train.steps,
+    bar = tqdm(range(start, train.steps), desc=method.label, initial=start, total=train.steps,
                disable=not (progress and processes.is_main))
     step = start
     try:

@@ -51,6 +51,11 @@ class Method(nn.Module, ABC):
     #: Loop settings this method trains with unless the config says otherwise (optimizer, lr, betas, ...).
     default_train: ClassVar[dict[str, Any]] = {}
 
+    @property
+    def label(self) -> str:
+        """A short name for progress bars and messages (e.g. ``dpo/full``); the class name by default."""
+        return type(self).__name__
+
     @abstractmethod
     def streams(self) -> dict[str, Stream]:
         """The named training datasets; one batch of each per step."""

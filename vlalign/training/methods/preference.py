@@ -123,6 +123,10 @@ class ContrastivePreference(Method):
                     param.requires_grad_(True)
         self.frozen: dict[str, torch.Tensor] = {}
 
+    @property
+    def label(self) -> str:
+        return f"{self.config.method}/{self.config.trainable}"
+
     # ---------------------------------------------------------------------------------------------- contract
     def streams(self) -> dict[str, Stream]:
         streams = {"pref": self._stream(self.pref_data)}

@@ -97,6 +97,10 @@ class RobustFinetune(Method):
                           random_start=True, keep="last")
         self.frozen: dict[str, torch.Tensor] = {}
 
+    @property
+    def label(self) -> str:
+        return self.config.method
+
     def streams(self) -> dict[str, Stream]:
         return {"train": Stream(self.data, collate=collate_for(self.data))}
 

@@ -68,7 +68,7 @@ class VLMPretrainMethod(Method):
     progress: bool = True
 
     default_train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-3, "betas": (0.9, 0.98),
-                                               "weight_decay": 0.0, "warmup_fraction": 0.05, "grad_clip": 1.0}
+                                               "weight_decay": 0.0}
 
     def __init__(self, model: GenerativeVLM, datasets: dict[str, Dataset], stage: str = "full",
                  cache_features: bool = True, cache_batch_size: int = 256,

@@ -1,0 +1,1 @@
+"""Speed and memory measurements of vlalign against baselines and peers; run with ``python -m benchmarks``."""

@@ -1,0 +1,95 @@
+"""AdPO step vs FARE step on the same image tower and batch, through the one loop.
+
+Run: ``python benchmarks/bench_adpo.py [--vlm mini-vlm | DIR] [--batch 32] [--steps 8] [--images 64]
+[--threads 1]``.
+
+Without ``--vlm`` (or with a VLM that is not shipped) the VLM is built from ``configs/pretrain_vlm.yaml``'s model
+section on the shipped MiniCLIP tower with a random projector and decoder: the compute of a step does not depend
+on the decoder's training. FARE trains the MiniCLIP's tower with PGD-10 at 4/255 (``RobustFinetune``); AdPO trains
+the same tower inside the VLM. The table gives seconds per optimizer step (the loop only, after a warm-up step),
+AdPO's one-off pair precomputation per image (PGD-10 on the reference, two greedy generations, two reference
+scorings), and the ratios. Numbers are wall-clock: run on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from vlalign.config import load_config
+from vlalign.data.datasets import TensorImageDataset
+from vlalign.data.mini_world import MiniWorld
+from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary
+from vlalign.models.loading import load_model
+from vlalign.models.mini_vlm import mini_vlm_from_clip
+from vlalign.reporting.tables import markdown_table
+from vlalign.training.loop import fit
+from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
+from vlalign.training.methods.robust import RobustConfig, RobustFinetune
+from vlalign.training.train_config import TrainConfig
+
+
+def build_vlm(spec: str | None):
+    clip = load_model("mini")
+    if spec:
+        from vlalign.models.vlm_loading import load_vlm
+
+        return clip, load_vlm(spec)
+    from vlalign.pipelines.pretrain_vlm import PretrainVLMConfig
+
+    shape = load_config("configs/pretrain_vlm.yaml", PretrainVLMConfig).model
+    torch.manual_seed(0)
+    return clip, mini_vlm_from_clip(clip, vlm_vocabulary(), hidden_size=shape.hidden_size, layers=shape.layers,
+                                    heads=shape.heads, intermediate_size=shape.intermediate_size,
+                                    token_merge=shape.token_merge, feature_layer=shape.feature_layer).eval()
+
+
+def timed_fit(method, loop: TrainConfig) -> float:
+    """Seconds per step of ``loop.steps`` steps after one warm-up step (a separate fit of one step)."""
+    fit(copy.deepcopy(method), TrainConfig(**{**loop.__dict__, "steps": 1}), progress=False)
+    began = time.perf_counter()
+    fit(method, loop, progress=False)
+    return (time.perf_counter() - began) / loop.steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vlm", default=None, help="a VLM spec (default: built from configs/pretrain_vlm.yaml)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--images", type=int, default=64, help="AdPO training images (pairs precomputed once)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clip, vlm = build_vlm(args.vlm)
+    loop = TrainConfig(steps=args.steps, batch_size=args.batch, lr=3e-4, weight_decay=1e-4, log_every=args.steps)
+
+    images = MiniWorld().sample("clean", max(args.images, args.batch), 10000)
+    fare = RobustFinetune(clip, TensorImageDataset(images.images, label=images.labels), images.classnames,
+                          RobustConfig(method="fare", eps="4/255", attack_steps=10))
+    fare_step = timed_fit(fare, loop)
+
+    n_captions = max(1, args.images // 5)
+    data = PromptedImages(MiniVQA(args.images - n_captions, 500), MiniCaptions(n_captions, 500))
+    method = AdPO(copy.deepcopy(vlm), data, AdPOConfig(loss="dpo", eps="4/255", attack_steps=10))
+    method.progress = False
+    began = time.perf_counter()
+    method.prepare(torch.device("cpu"))
+    precompute = (time.perf_counter() - began) / len(data)
+    adpo_step = timed_fit(method, loop)
+
+    rows = [["FARE step (PGD-10 + update, MiniCLIP tower)", f"{fare_step:.3f}", "1.00"],
+            ["AdPO step (policy pass on x and x_adv, 3 scorings, update)", f"{adpo_step:.3f}",
+             f"{adpo_step / fare_step:.2f}"],
+            [f"AdPO pairs per batch of {args.batch} (one-off: PGD-10, 2 generations, 2 reference scorings)",
+             f"{precompute * args.batch:.3f}", f"{precompute * args.batch / fare_step:.2f}"]]
+    print(f"batch {args.batch}, {args.steps} timed steps, {args.threads} thread(s), VLM "
+          f"{args.vlm or 'built from configs/pretrain_vlm.yaml'}")
+    print(markdown_table(["what", "seconds", "× FARE step"], rows))
+
+
+if __name__ == "__main__":
+    main()

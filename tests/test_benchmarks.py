@@ -1,0 +1,131 @@
+"""The benchmark runner's smoke test (``python -m benchmarks --quick``) and the FLOPs / MFU arithmetic the GPU rows
+report, checked against hand computations and against torch's FLOP counter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.flops import VisionShape, counted_flops, mfu, peak_bf16_flops, training_step_flops, vision_forward_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ROW_KEYS = {"benchmark", "compared", "variant", "baseline", "model", "batch", "threads", "device", "unit",
+            "variant_value", "baseline_value", "ratio", "spread", "rounds", "target", "met", "peak_mib", "growth_mib",
+            "extra", "skipped"}
+
+
+def _tiny_config():
+    from transformers import CLIPConfig
+
+    return CLIPConfig(text_config=dict(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=8, bos_token_id=0,
+                                       eos_token_id=1, pad_token_id=1),
+                      vision_config=dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2), projection_dim=8)
+
+
+def test_quick_run_prints_tables_and_writes_json(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "po,retrieval,pgd", "--out",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "## po" in done.stdout and "ratio (median)" in done.stdout
+    for name in ("po", "retrieval", "pgd"):
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["benchmark"] == name and result["environment"]["quick"] is True
+        assert len(result["loadavg_before"]) == 3 and len(result["loadavg_after"]) == 3
+        assert "--quick" in result["command"]
+        assert result["rows"]
+        for row in result["rows"]:
+            assert set(row) == ROW_KEYS
+            if row["skipped"]:  # torchattacks is a bench-only extra
+                assert name == "pgd" and "torchattacks" in row["skipped"]
+                continue
+            assert row["variant_value"] > 0 and row["baseline_value"] > 0 and row["rounds"] == 2
+            low, high = row["spread"]
+            assert low <= row["ratio"] <= high
+            assert row["threads"] == 1 and row["device"] == "cpu"
+            assert all(v > 0 for v in row["peak_mib"].values())
+    po = json.loads((tmp_path / "po.json").read_text())["rows"]
+    assert [r["target"] for r in po] == ["≤ 1.10×", ""] and po[0]["met"] in (True, False)
+    retrieval = json.loads((tmp_path / "retrieval.json").read_text())["rows"][0]
+    assert retrieval["extra"]["mR_vlalign"] == pytest.approx(retrieval["extra"]["mR_full_matrix"], abs=0.02)
+    pgd = json.loads((tmp_path / "pgd.json").read_text())["rows"]
+    if not pgd[0]["skipped"]:  # from one fixed start, the two libraries' PGD images are identical
+        assert pgd[0]["extra"]["max_abs_difference"] == 0.0
+
+
+def test_unknown_benchmark_is_a_one_line_error():
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "unknown benchmark(s) ['nope']" in done.stderr
+
+
+def test_vision_flops_by_hand_and_by_torchs_counter():
+    shape = VisionShape.from_config(_tiny_config())
+    assert (shape.tokens, shape.hidden, shape.intermediate) == (5, 16, 32)
+    # By hand, one 16 px image, patch 8 (4 patches + class token), width 16, MLP 32, one layer, projection 8:
+    patches = 2 * 4 * (3 * 8 * 8) * 16                        # 24,576
+    layer = 2 * 5 * 16 * 48 + 2 * 2 * 25 * 16 + 2 * 5 * 16 * 16 + 4 * 5 * 16 * 32   # 7,680 + 1,600 + 2,560 + 10,240
+    assert vision_forward_flops(shape) == patches + layer + 2 * 16 * 8 == 46_912
+    assert training_step_flops(shape, 4) == 3 * 4 * 46_912
+    from transformers import CLIPModel
+
+    model = CLIPModel._from_config(_tiny_config(), attn_implementation="eager").eval()
+    with torch.no_grad():
+        counted = counted_flops(lambda: model.get_image_features(pixel_values=torch.rand(2, 3, 16, 16)))
+    assert counted == 2 * 46_912
+
+
+def test_mfu_of_the_issue_anchor():
+    """ViT-B/32 at 224 px: 8.82 GFLOP per image forward, by hand; the issue's CE anchor (6,979 images/s on an H200,
+    989.4 TFLOP/s bf16) is then 18.7% MFU, which the issue reports as 18.5%."""
+    from transformers import CLIPConfig
+
+    shape = VisionShape.from_config(CLIPConfig())
+    per_layer = 2 * 50 * 768 * 2304 + 2 * 2 * 2500 * 768 + 2 * 50 * 768 * 768 + 4 * 50 * 768 * 3072
+    assert per_layer == 715_468_800
+    assert vision_forward_flops(shape) == 2 * 49 * 3072 * 768 + 12 * per_layer + 2 * 768 * 512 == 8_817_623_040
+    value = mfu(training_step_flops(shape, 256), 256 / 6979, peak_bf16_flops("NVIDIA H200"))
+    assert value == pytest.approx(3 * 8_817_623_040 * 6979 / 989.4e12, rel=1e-12)
+    assert value == pytest.approx(0.185, abs=0.003)
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_bf16_flops("some laptop") is None
+    with pytest.raises(ValueError):
+        mfu(1.0, 0.0, 1.0)
+
+
+def test_gpu_rows_run_on_a_cpu_with_a_tiny_clip():
+    """The GPU path's code (PO/CE steps under bf16 autocast, fused AdamW, SDPA, PGD-10) on a tiny CLIP on the CPU:
+    it runs and reports what it should; the timings mean nothing here."""
+    from benchmarks.bench_gpu import SETUPS, clip_config, measure
+    from benchmarks.common import Settings
+
+    rows = measure(Settings(quick=True, device="cpu", repeats=1), setups=(SETUPS[2],))
+    step, pgd = rows
+    assert step.variant == "PO step" and step.baseline == "CE step" and step.variant_value > 0
+    assert step.extra["fused_adamw"] is True and step.extra["attention"] == "sdpa"
+    expected = training_step_flops(VisionShape.from_config(clip_config(quick=True)), 8) / 1e9
+    assert step.extra["step_model_GFLOP"] == pytest.approx(expected)
+    assert pgd.unit == "images/s" and pgd.variant_value > 0
+
+
+def test_interleaved_ratios_are_per_round_and_peak_memory_sees_an_allocation():
+    from benchmarks.common import PeakMemory, interleaved
+
+    calls = []
+    timing = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "b", repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # one warm-up each, then A B A B A B
+    assert timing.ratios["b"] == [1.0, 1.0, 1.0]
+    assert timing.ratios["a"] == [a / b for a, b in zip(timing.seconds["a"], timing.seconds["b"])]
+    with PeakMemory() as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block += 1
+    del block
+    assert memory.growth >= 48 and memory.peak >= memory.start + memory.growth - 1e-6

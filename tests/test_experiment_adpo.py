@@ -1,0 +1,82 @@
+"""``vlalign experiment adpo --quick`` end to end on tiny models built from configs (no shipped asset), the
+metrics.json shape of the issue, the report and its rebuild, and the full run's settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlalign.cli import main
+from vlalign.experiments import adpo
+from vlalign.training.methods.adpo import AdPOConfig
+from vlalign.training.train_config import TrainConfig
+
+ROW_KEYS = {"clean", "cider", "robust", "targeted_success", "step_seconds"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("adpo") / "run"
+    assert main(["experiment", "adpo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_run_writes_the_issues_metrics_shape(quick_run):
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    assert list(metrics["methods"]) == list(adpo.ROWS) and list(metrics["transfer"]) == list(adpo.ROWS)
+    for table in ("methods", "transfer"):
+        for row, values in metrics[table].items():
+            assert ROW_KEYS <= set(values), (table, row)
+            assert set(values["robust"]) == {"2/255", "4/255"} and set(values["targeted_success"]) == {"4/255"}
+            fractions = [values["clean"], *values["robust"].values(), *values["targeted_success"].values()]
+            assert all(0.0 <= v <= 1.0 for v in fractions)
+            # the worst case over clean and attacked cannot beat the attacked questions' clean accuracy
+            assert values["robust"]["4/255"] <= values["attacked_clean"] + 1e-9
+            assert (values["step_seconds"] is None) == (row == "original")
+    assert metrics["methods"]["adpo_dpo"]["precompute_seconds"] > 0
+    assert metrics["methods"]["adpo_ipo"]["precompute_seconds"] is None  # the pairs are shared, computed once
+    assert metrics["targets"]["best_adpo"] in adpo.ADPO_ROWS
+    assert metrics["settings"]["quick"] is True
+
+
+def test_quick_run_report_and_rebuild(quick_run):
+    text = (quick_run / "report.md").read_text()
+    assert "AdPO (SimPO)" in text and "Transferred into the second VLM" in text and "--quick" in text
+    assert (quick_run / "clean_vs_robust.png").stat().st_size > 1000
+    assert json.loads((quick_run / "report.json").read_text())["kind"] == "experiment-adpo"
+    (quick_run / "report.md").unlink()
+    assert main(["report", str(quick_run)]) == 0
+    assert "## Targets" in (quick_run / "report.md").read_text()
+    for row in ("tecoa", "fare", "adpo_dpo", "adpo_no_la"):
+        assert (quick_run / "runs" / row / "metrics.csv").is_file()
+
+
+def test_full_settings_build_valid_configs():
+    loop = TrainConfig(**adpo.FULL["train"])
+    assert loop.steps >= 100 and adpo.FULL["eps"] == "4/255" and adpo.FULL["attack_steps"] == 10
+    for row, fields in adpo.ADPO_ROWS.items():
+        config = AdPOConfig(**fields, eps=adpo.FULL["eps"], schedule_steps=loop.steps)
+        assert config.attack_steps == 10
+    assert AdPOConfig(**adpo.ADPO_ROWS["adpo_no_la"]).la_weight == 0
+    scheduled = AdPOConfig(**adpo.ADPO_ROWS["adpo_scheduled"], schedule_steps=loop.steps)
+    assert scheduled.la_at(0) == 2.0 and abs(scheduled.la_at(loop.steps - 1) - 0.5) < 1e-9
+
+
+def test_partial_runs_merge_settings_and_score_targets_without_transfer():
+    merged = adpo._merged(adpo.FULL, {"train": {"steps": 40}, "transfer_vlm": None})
+    assert merged["train"]["steps"] == 40 and merged["train"]["batch_size"] == 32 and merged["transfer_vlm"] is None
+    with pytest.raises(ValueError, match="unknown AdPO experiment setting"):
+        adpo._merged(adpo.FULL, {"trian": {}})
+    row = lambda clean, robust, seconds: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": seconds}  # noqa: E731
+    methods = {"original": row(0.9, 0.05, None), "fare": row(0.8, 0.30, 2.0),
+               "adpo_dpo": {**row(0.85, 0.40, 1.0), "precompute_seconds": 20.0}, "adpo_ipo": row(0.9, 0.35, 1.0)}
+    targets = adpo._targets(methods, {}, steps=10)
+    assert targets["best_adpo"] == "adpo_dpo" and targets["met_robust_and_clean"]
+    assert abs(targets["robust_vs_fare"] - 0.10) < 1e-12 and abs(targets["clean_vs_fare"] - 0.05) < 1e-12
+    assert targets["transfer_retention"] is None
+    assert targets["step_cost_vs_fare"] == 0.5 and targets["step_cost_vs_fare_amortized"] == (1.0 + 2.0) / 2.0
+    transfer = {"original": row(0.9, 0.05, None), "adpo_dpo": row(0.8, 0.32, 1.0)}
+    assert abs(adpo._targets(methods, transfer, 10)["transfer_retention"] - 0.27 / 0.35) < 1e-12

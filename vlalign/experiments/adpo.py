@@ -1,0 +1,428 @@
+"""AdPO in the mini world (``vlalign experiment adpo``): preference-optimized vision encoders beside TeCoA and FARE,
+on a generative VLM and transferred into a second one.
+
+Rows (``metrics.json`` ``methods``): ``original`` (the VLM as shipped); ``tecoa`` and ``fare`` (the MiniCLIP tower
+fine-tuned by :class:`~vlalign.training.methods.robust.RobustFinetune` at the same ε, its image tower put into the
+VLM); ``adpo_dpo``, ``adpo_ipo``, ``adpo_kto``, ``adpo_simpo`` (AdPO with each preference loss, λ = 1);
+``adpo_scheduled`` (DPO, λ cosine from 2 to 0.5: the paper's open question 2) and ``adpo_no_la`` (DPO, λ = 0).
+``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's encoder put in unchanged.
+
+Columns: clean exact match on fresh questions, CIDEr-D on fresh captions, accuracy under untargeted APGD-CE at
+2/255 and 4/255 (per sample the worst of clean and attacked, as :func:`robust_evaluate_vlm` scores it), targeted
+APGD success at 4/255 (a wrong answer of the same type), and training seconds per optimizer step (the loop only;
+AdPO's one-off pair precomputation is reported beside it, ``precompute_seconds``). All trainings use the same
+loop settings (steps, batch, AdamW, lr) and ε. ``--quick`` builds two tiny random VLMs on a tiny tower from configs
+(no shipped asset needed): every part runs, nothing is meant to be accurate or robust.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlalign.attacks.threat_model import parse_eps
+from vlalign.data.datasets import TensorImageDataset
+from vlalign.data.mini_world import MiniWorld, vocabulary
+from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary, wrong_answers
+from vlalign.evaluation.captioning import cider_d
+from vlalign.evaluation.vlm_robust import robust_evaluate_vlm, targeted_success
+from vlalign.evaluation.vqa import exact_match, generate_answers
+from vlalign.io import atomic_write_json
+from vlalign.models.loading import load_model
+from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
+from vlalign.models.mini_vlm import MiniVLM, mini_vlm_from_clip
+from vlalign.models.vlm_loading import load_vlm
+from vlalign.reporting.figures import save_figure
+from vlalign.reporting.run_report import run_info, write_report
+from vlalign.reporting.tables import markdown_table, percent
+from vlalign.training.loop import fit
+from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
+from vlalign.training.methods.robust import RobustConfig, RobustFinetune
+from vlalign.training.train_config import TrainConfig
+
+ROWS = ("original", "tecoa", "fare", "adpo_dpo", "adpo_ipo", "adpo_kto", "adpo_simpo", "adpo_scheduled", "adpo_no_la")
+#: AdPO rows -> their config fields (beside eps and attack steps).
+ADPO_ROWS: dict[str, dict[str, Any]] = {
+    "adpo_dpo": {"loss": "dpo"}, "adpo_ipo": {"loss": "ipo"}, "adpo_kto": {"loss": "kto"},
+    "adpo_simpo": {"loss": "simpo"},
+    "adpo_scheduled": {"loss": "dpo", "la_schedule": "cosine", "la_weight_start": 2.0, "la_weight": 0.5},
+    "adpo_no_la": {"loss": "dpo", "la_weight": 0.0},
+}
+EVAL_EPS = ("2/255", "4/255")
+TARGETED_EPS = "4/255"
+
+#: The full run. The loop settings are FARE's of ``vlalign experiment robust`` at batch 32.
+FULL: dict[str, Any] = {
+    "vlm": "mini-vlm", "transfer_vlm": "mini-vlm-large", "clip": "mini",
+    "eps": "4/255", "attack_steps": 10,
+    "train": {"steps": 150, "batch_size": 32, "lr": 3e-4, "weight_decay": 1e-4, "warmup_fraction": 0.1,
+              "checkpoint_every": 50, "log_every": 5},
+    "data": {"questions": 1600, "captions": 400, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
+    "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
+             "steps": 20, "steps_check": True},
+    "max_new_tokens": 24,
+}
+#: A smoke run on tiny random models.
+QUICK: dict[str, Any] = {
+    **FULL, "vlm": "tiny", "transfer_vlm": "tiny-large", "clip": "tiny", "attack_steps": 2,
+    "train": {**FULL["train"], "steps": 2, "batch_size": 4, "checkpoint_every": 2, "log_every": 1},
+    "data": {"questions": 6, "captions": 2, "seed": 500, "robust_images": 8, "robust_seed": 10000},
+    "eval": {"questions": 8, "captions": 4, "seed": 4343, "attack_questions": 8, "targeted": 4, "steps": 2,
+             "steps_check": False},
+    "max_new_tokens": 6,
+}
+#: The tiny tower of ``--quick`` (32-pixel images, one block).
+TINY_TOWER = dict(image_size=32, stem_channels=(8, 16, 32), vision_width=32, vision_layers=1, vision_heads=2,
+                  text_width=32, text_layers=1, text_heads=2, embed_dim=16)
+
+
+def tiny_models(seed: int = 0) -> tuple[MiniCLIP, MiniVLM, MiniVLM]:
+    """``--quick``'s models, built from configs: a random tiny MiniCLIP and two different random VLMs on its tower."""
+    torch.manual_seed(seed)
+    clip = MiniCLIP(MiniCLIPConfig(**TINY_TOWER, vocab=vocabulary()))
+    torch.manual_seed(seed + 1)
+    small = mini_vlm_from_clip(clip, vlm_vocabulary(), hidden_size=32, layers=1, heads=2, intermediate_size=64)
+    torch.manual_seed(seed + 2)
+    large = mini_vlm_from_clip(clip, vlm_vocabulary(), hidden_size=48, layers=2, heads=2, intermediate_size=96)
+    return clip.eval(), small.eval(), large.eval()
+
+
+def _models(settings: dict, seed: int) -> tuple[MiniCLIP, MiniVLM, MiniVLM | None]:
+    if settings["clip"] == "tiny":
+        clip, vlm, large = tiny_models(seed)
+        return clip, vlm, large if settings["transfer_vlm"] else None
+    clip = load_model(settings["clip"])
+    vlm = load_vlm(settings["vlm"])
+    large = load_vlm(settings["transfer_vlm"]) if settings["transfer_vlm"] else None
+    if not isinstance(clip, MiniCLIP) or not isinstance(vlm, MiniVLM) or not isinstance(large, (MiniVLM, type(None))):
+        raise ValueError("the AdPO experiment needs a MiniCLIP and two MiniVLMs on its tower")
+    return clip, vlm, large
+
+
+def _loop(settings: dict, seed: int) -> TrainConfig:
+    return TrainConfig(**settings["train"], seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+class EvalSet:
+    """The fresh evaluation questions and captions, rendered once for every row."""
+
+    def __init__(self, spec: dict) -> None:
+        questions = MiniVQA(spec["questions"], spec["seed"])
+        items = [questions[i] for i in range(len(questions))]
+        self.pixels = torch.stack([item["pixels"] for item in items])
+        self.prompts = [item["prompt"] for item in items]
+        self.answers = [item["answer"] for item in items]
+        self.types = [item["question_type"] for item in items]
+        self.targets = wrong_answers(self.types, self.answers, spec["seed"])
+        captions = MiniCaptions(spec["captions"], spec["seed"])
+        caption_items = [captions[i] for i in range(len(captions))]
+        self.caption_pixels = torch.stack([c["pixels"] for c in caption_items])
+        self.caption_prompts = [c["prompt"] for c in caption_items]
+        self.references = [captions.references(i) for i in range(len(captions))]
+        self.spec = spec
+
+
+def evaluate_row(model: MiniVLM, data: EvalSet, progress: bool = False) -> dict:
+    """Clean exact match, CIDEr-D, APGD-CE accuracy at 2/255 and 4/255 (worst case per sample), targeted success at
+    4/255, the gradient-masking warnings."""
+    spec = data.spec
+    model = model.eval()
+    k = min(spec["attack_questions"], len(data.prompts))
+    robust = robust_evaluate_vlm(model, data.pixels[:k], data.prompts[:k], [[a] for a in data.answers[:k]], "vqa",
+                                 "apgd-ce", [parse_eps(e) for e in EVAL_EPS], steps=spec["steps"], seed=spec["seed"],
+                                 question_types=data.types[:k], steps_check=spec["steps_check"], progress=progress)
+    with torch.no_grad():
+        answers = generate_answers(model, data.pixels, data.prompts)
+        clean = sum(exact_match(a, b) for a, b in zip(answers, data.answers)) / len(answers)
+        captions = generate_answers(model, data.caption_pixels, data.caption_prompts, max_new_tokens=24)
+    cider, _ = cider_d(captions, data.references)
+    t = min(spec["targeted"], len(data.prompts))
+    success, _ = targeted_success(model, data.pixels[:t], data.prompts[:t], data.targets[:t], "apgd-ce",
+                                  parse_eps(TARGETED_EPS), steps=spec["steps"], seed=spec["seed"])
+    metrics = robust.metrics()
+    return {"clean": clean, "cider": cider,
+            "robust": {e: metrics["worst_case"][e] for e in EVAL_EPS},
+            "targeted_success": {TARGETED_EPS: success},
+            "attacked_clean": metrics["clean"], "warnings": metrics["warnings"]}
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def train_robust_tower(method: str, clip: MiniCLIP, settings: dict, seed: int, out: Path, progress: bool
+                       ) -> tuple[MiniCLIP, dict]:
+    """TeCoA or FARE on the MiniCLIP through the one loop, at the experiment's ε; returns the model and timing."""
+    spec = settings["data"]
+    images = MiniWorld().sample("clean", spec["robust_images"], spec["robust_seed"])
+    data = TensorImageDataset(images.images, label=images.labels)
+    finetune = RobustFinetune(clip, data, images.classnames, RobustConfig(method=method, eps=settings["eps"],
+                                                                         attack_steps=settings["attack_steps"]))
+    loop = _loop(settings, seed)
+    result = fit(finetune, loop, out, run_config={"experiment": "adpo", "row": method}, progress=progress)
+    trained = loop.steps - result.start_step
+    timing = {"step_seconds": result.seconds / trained if trained else None, "steps": loop.steps}
+    return result.model, _kept_timing(out, timing, result.already_finished)
+
+
+def _kept_timing(out: Path, timing: dict, already_finished: bool) -> dict:
+    """A row's timing, written beside its run; a finished run that is loaded, not trained, reports the timing it
+    recorded when it was trained (a resumed run times only the steps it trained)."""
+    path = out / "timing.json"
+    if already_finished and path.is_file():
+        return json.loads(path.read_text())
+    atomic_write_json(path, timing)
+    return timing
+
+
+def adpo_data(settings: dict) -> PromptedImages:
+    """AdPO's label-free training images with prompts: mini-world questions and caption requests."""
+    spec = settings["data"]
+    return PromptedImages(MiniVQA(spec["questions"], spec["seed"]), MiniCaptions(spec["captions"], spec["seed"]))
+
+
+def train_adpo(row: str, vlm: MiniVLM, data: PromptedImages, settings: dict, seed: int, out: Path,
+               progress: bool, pairs: dict | None = None) -> tuple[MiniVLM, dict, dict]:
+    """One AdPO row on a copy of ``vlm``. ``pairs`` (another row's ``method.frozen``) is reused: every row attacks
+    the same reference model on the same images, so their pairs are identical and computed once."""
+    loop = _loop(settings, seed)
+    fields = dict(ADPO_ROWS[row], eps=settings["eps"], attack_steps=settings["attack_steps"],
+                  max_new_tokens=settings["max_new_tokens"], attack_seed=seed)
+    if fields.get("la_schedule", "constant") != "constant":
+        fields["schedule_steps"] = loop.steps
+    method = AdPO(copy.deepcopy(vlm), data, AdPOConfig(**fields))
+    method.progress = progress
+    began = time.perf_counter()
+    if pairs is not None:
+        method.frozen = pairs
+    method.prepare(torch.device(loop.device))
+    precompute = time.perf_counter() - began
+    result = fit(method, loop, out, run_config={"experiment": "adpo", "row": row}, progress=progress)
+    trained = loop.steps - result.start_step
+    timing = {"step_seconds": result.seconds / trained if trained else None, "steps": loop.steps,
+              "precompute_seconds": None if pairs is not None else precompute}
+    return result.model, _kept_timing(out, timing, result.already_finished), method.frozen
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def _merged(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if key not in out:
+            raise ValueError(f"unknown AdPO experiment setting {key!r}; expected one of {sorted(out)}")
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out[key], dict) else value
+    return out
+
+
+def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,
+                        rows: tuple[str, ...] | list[str] | None = None, overrides: dict | None = None) -> dict:
+    """Train every row, evaluate it in both VLMs, write ``metrics.json``, the report and its plots.
+
+    Python API only (a partial measurement; the command runs everything): ``rows`` picks a subset (``original``
+    and ``fare`` are always kept: the targets compare against them), ``overrides`` changes settings of
+    :data:`FULL` / :data:`QUICK` (nested dicts merge; ``transfer_vlm: None`` skips the transfer rows)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    settings = _merged(QUICK if quick else FULL, overrides or {})
+    chosen = [r for r in ROWS if rows is None or r in rows or r in ("original", "fare")]
+    unknown = sorted(set(rows or ()) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS)}")
+    clip, vlm, large = _models(settings, seed)
+    evaluation = EvalSet(settings["eval"])
+    data = adpo_data(settings)
+    methods: dict[str, dict] = {}
+    transfer: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    towers: dict[str, torch.nn.Module] = {"original": vlm.vision}
+    timings: dict[str, dict] = {"original": {"step_seconds": None}}
+    pairs = None
+    for row in chosen[1:]:
+        start = time.perf_counter()
+        if row in ("tecoa", "fare"):
+            tuned, timings[row] = train_robust_tower(row, clip, settings, seed, out / "runs" / row, progress)
+            towers[row] = tuned.visual
+        else:
+            trained, timings[row], pairs = train_adpo(row, vlm, data, settings, seed, out / "runs" / row, progress, pairs)
+            towers[row] = trained.vision
+        seconds[f"train_{row}"] = time.perf_counter() - start
+        if progress:
+            print(f"{row}: trained in {seconds[f'train_{row}']:.0f} s", flush=True)
+    for row in chosen:
+        start = time.perf_counter()
+        for target, table in ((vlm, methods), (large, transfer)):
+            if target is None:
+                continue
+            model = copy.deepcopy(target).with_vision_tower(towers[row]) if row != "original" else target
+            table[row] = {**evaluate_row(model, evaluation), "step_seconds": timings[row]["step_seconds"]}
+            if "precompute_seconds" in timings[row]:
+                table[row]["precompute_seconds"] = timings[row]["precompute_seconds"]
+        seconds[f"eval_{row}"] = time.perf_counter() - start
+        if progress:
+            print(f"{row}: evaluated in {seconds[f'eval_{row}']:.0f} s", flush=True)
+    metrics = {"methods": methods, "transfer": transfer, "targets": _targets(methods, transfer, settings["train"]["steps"]),
+               "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
+                            "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
+                            "loop": asdict(_loop(settings, seed)),
+                            "seconds": {**seconds, "total": time.perf_counter() - began}}}
+    atomic_write_json(out / "metrics.json", metrics)
+    write_report(out, "experiment-adpo", report_from_run(out),
+                 run_info(command=_command(quick, seed, rows, overrides), seconds=time.perf_counter() - began))
+    if progress:
+        print(_table(methods))
+    return metrics
+
+
+def _best_adpo(methods: dict) -> str | None:
+    trained = [r for r in ADPO_ROWS if r in methods]
+    return max(trained, key=lambda r: (methods[r]["robust"]["4/255"], methods[r]["clean"])) if trained else None
+
+
+def _targets(methods: dict, transfer: dict, steps: int) -> dict:
+    """The issue's targets, measured: AdPO vs FARE, transfer retention, step cost."""
+    best = _best_adpo(methods)
+    if best is None:
+        return {"best_adpo": None}
+    fare = methods["fare"]
+    gain = methods[best]["robust"]["4/255"] - methods["original"]["robust"]["4/255"]
+    transferred_gain = (transfer[best]["robust"]["4/255"] - transfer["original"]["robust"]["4/255"]
+                        if best in transfer else None)
+    ratio = amortized = None
+    if methods[best]["step_seconds"] and fare["step_seconds"]:
+        ratio = methods[best]["step_seconds"] / fare["step_seconds"]
+        steps = max(1, steps)
+        precompute = max((methods[r].get("precompute_seconds") or 0.0) for r in ADPO_ROWS if r in methods)
+        amortized = (methods[best]["step_seconds"] + precompute / steps) / fare["step_seconds"]
+    return {
+        "best_adpo": best,
+        "robust_vs_fare": methods[best]["robust"]["4/255"] - fare["robust"]["4/255"],
+        "clean_vs_fare": methods[best]["clean"] - fare["clean"],
+        "met_robust_and_clean": (methods[best]["robust"]["4/255"] >= fare["robust"]["4/255"] + 0.03
+                                 and methods[best]["clean"] >= fare["clean"] - 0.01),
+        "transfer_retention": transferred_gain / gain if gain > 0 and transferred_gain is not None else None,
+        "step_cost_vs_fare": ratio,
+        #: with the one-off pair precomputation spread over the run's steps
+        "step_cost_vs_fare_amortized": amortized,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+NAMES = {"original": "original encoder", "tecoa": "TeCoA", "fare": "FARE", "adpo_dpo": "AdPO (DPO)",
+         "adpo_ipo": "AdPO (IPO)", "adpo_kto": "AdPO (KTO)", "adpo_simpo": "AdPO (SimPO)",
+         "adpo_scheduled": "AdPO (DPO, scheduled λ)", "adpo_no_la": "AdPO (DPO, λ = 0)"}
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _table(rows: dict) -> str:
+    body = [[NAMES.get(r, r), percent(v["clean"]), f"{v['cider']:.3f}", percent(v["robust"]["2/255"]),
+             percent(v["robust"]["4/255"]), percent(v["targeted_success"][TARGETED_EPS]), _seconds(v["step_seconds"])]
+            for r, v in rows.items()]
+    return markdown_table(["encoder", "clean exact match", "CIDEr-D", "APGD 2/255", "APGD 4/255",
+                           "targeted success 4/255", "s / step"], body)
+
+
+def _plot(metrics: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in (("methods", "the trained VLM"), ("transfer", "transferred into the second VLM"))
+              if metrics[k]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for row, values in metrics[key].items():
+            marker = "o" if row.startswith("adpo") else ("s" if row in ("tecoa", "fare") else "*")
+            ax.scatter(values["clean"], values["robust"]["4/255"], s=70 if marker != "*" else 160, marker=marker,
+                       color=f"C{ROWS.index(row)}", label=NAMES.get(row, row))
+        ax.set_title(f"Clean vs APGD 4/255 accuracy: {title}", fontsize=10)
+        ax.set_xlabel("clean exact match")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact match under APGD-CE, ε = 4/255")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished run folder (rebuilt by ``vlalign report``)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    settings = metrics["settings"]
+    figure = _plot(metrics, run_dir / "clean_vs_robust.png")
+    loop = settings["loop"]
+    lines = [
+        "# AdPO: preference-optimized vision encoders for a generative VLM",
+        "",
+        f"{'**Smoke run (--quick) on tiny random models: the numbers mean nothing.** ' if settings['quick'] else ''}"
+        f"Every encoder is trained at ε = {settings['eps']} with ℓ∞ PGD-{settings['attack_steps']} for "
+        f"{loop['steps']} steps of batch {loop['batch_size']} (AdamW, lr {loop['lr']}, seed {settings['seed']}); "
+        f"TeCoA and FARE on the MiniCLIP ({settings['clip']}), AdPO on the VLM ({settings['vlm']}) from "
+        f"{settings['data']['questions']} questions and {settings['data']['captions']} caption prompts (labels unused). "
+        f"Evaluation on fresh images (seed {settings['eval']['seed']}): exact match on "
+        f"{settings['eval']['questions']} questions, CIDEr-D on {settings['eval']['captions']} captions, APGD-CE "
+        f"({settings['eval']['steps']} steps) on the first {settings['eval']['attack_questions']} questions, targeted "
+        f"APGD on the first {settings['eval']['targeted']}.",
+        "",
+        f"## In the trained VLM ({settings['vlm']})",
+        "",
+        _table(metrics["methods"]),
+        "",
+        *([f"## Transferred into the second VLM ({settings['transfer_vlm']}), decoder untouched", "",
+           _table(metrics["transfer"]), ""] if metrics["transfer"] else ["No transfer rows in this run.", ""]),
+        f"![clean vs robust]({figure.name})",
+        "",
+        "## Targets",
+        "",
+        *_target_lines(metrics),
+        "",
+        "## Gradient-masking checks",
+        "",
+    ]
+    warned = [(key, row, w) for key in ("methods", "transfer") for row, v in metrics[key].items() for w in v["warnings"]]
+    lines += [f"- ⚠ {key}/{row}: {w}" for key, row, w in warned] or ["No warnings for any row."]
+    total = settings["seconds"]["total"]
+    lines += ["", f"Run time: {total:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _target_lines(metrics: dict) -> list[str]:
+    targets = metrics["targets"]
+    if targets.get("best_adpo") is None:
+        return ["No AdPO row in this run."]
+    precompute = max((v.get("precompute_seconds") or 0.0) for v in metrics["methods"].values())
+    retention = targets["transfer_retention"]
+    ratio, amortized = targets["step_cost_vs_fare"], targets.get("step_cost_vs_fare_amortized")
+    return [
+        f"- Best AdPO variant (by APGD 4/255): **{NAMES[targets['best_adpo']]}**; robust accuracy at 4/255 vs FARE: "
+        f"{100 * targets['robust_vs_fare']:+.1f} points (target ≥ +3), clean vs FARE "
+        f"{100 * targets['clean_vs_fare']:+.1f} points (target ≥ −1): "
+        f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**.",
+        "- Transfer keeps " + (f"**{100 * retention:.0f}%**" if retention is not None else
+                               "— (no transfer rows, or no robustness gain to keep)")
+        + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
+        "- AdPO step / FARE step (same encoder, batch and loop): " + (f"**{ratio:.2f}×**" if ratio else "—")
+        + " (target ≤ 2.5×). AdPO's pairs (PGD on the reference, y_w, y_l, reference log-probs) are computed once "
+        f"before training ({precompute:.1f} s, shared by every AdPO row); spread over one row's steps the ratio is "
+        + (f"{amortized:.2f}×" if amortized else "—") + ". Step times are wall-clock on a machine shared with other "
+        "jobs.",
+    ]
+
+
+def _command(quick: bool, seed: int, rows=None, overrides=None) -> str:
+    if rows is not None or overrides:
+        return (f"python -c \"from vlalign.experiments.adpo import run_adpo_experiment; run_adpo_experiment('DIR', "
+                f"quick={quick}, seed={seed}, rows={list(rows) if rows is not None else None}, overrides={overrides!r})\"")
+    return f"vlalign experiment adpo --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}"
