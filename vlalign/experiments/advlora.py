@@ -6,8 +6,8 @@ retrieval-world training images through the one loop (:func:`vlalign.training.lo
 (5,000 captions, a seed no pretraining or selection run has seen):
 
 - ``full_clean`` / ``full_adversarial``: the whole image tower, clean or ℓ∞ PGD-3 adversarial training;
-- ``lora_clean`` / ``lora_adversarial``: plain LoRA (peft's init, fixed scale) on the image tower's attention
-  projections, clean or adversarial;
+- ``lora_clean`` / ``lora_adversarial``: plain LoRA (peft's init, fixed scale) on the image tower's stem
+  convolutions and attention projections (:data:`STEM_AND_ATTENTION`, rank 4), clean or adversarial;
 - ``advlora``: LoRA with the three AdvLoRA parts (clustering init, parameter alignment, adaptive α), adversarial;
 - ``advlora_no_cluster_init``, ``advlora_no_alignment``, ``advlora_no_adaptive_alpha``: AdvLoRA minus one part.
   Without clustering init the alignment penalty is taken against the initial product (``alignment_target:
@@ -455,6 +455,12 @@ def _recall_table(metrics: dict[str, Any], condition: str) -> str:
     return markdown_table(["row", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mR"], rows)
 
 
+def _placement(targets: list[str] | None) -> str:
+    if targets is None:
+        return "attention projections (the backend's default)"
+    return "layers " + ", ".join(f"`{t}`" for t in targets)
+
+
 def _pt(value: float) -> str:
     return f"{100 * value:+.1f} pt"
 
@@ -468,7 +474,7 @@ def _report(metrics: dict[str, Any]) -> str:
         f"Every row starts from `{s['model']}` and fine-tunes on {s['train_images']} fresh retrieval-world images "
         f"(seed {s['train_seed']}) for {s['train']['steps']} steps of batch {s['train']['batch_size']} through the "
         f"one loop; adversarial rows train on ℓ∞ PGD-{s['train_attack_steps']} at ε = {s['eps']}. LoRA rows adapt "
-        f"the image tower's attention projections at rank {s['rank']}. Learning rates (chosen on val by "
+        f"the image tower's {_placement(s.get('image_targets'))} at rank {s['rank']}. Learning rates (chosen on val by "
         f"`vlalign experiment advlora-select`): " + ", ".join(f"{k} {v:g}" for k, v in s["lr"].items()) + ". "
         f"Test gallery: {s['test_images']} images, {5 * s['test_images']} captions (seed {s['test_seed']}). "
         f"Attacks at ε = {s['eps']}: white-box PGD-{s['eval_steps']}, FGSM, and PGD-{s['eval_steps']} transferred "
