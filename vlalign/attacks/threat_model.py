@@ -31,6 +31,22 @@ def parse_eps(text: str | float) -> float:
     return value
 
 
+class LinfTrainingAttack:
+    """For run configs with an ℓ∞ training attack given as strings ``eps`` and ``attack_step_size``: their parsed
+    values, the step defaulting to ε/4. (A plain mixin: a dataclass does not take its annotations as fields.)"""
+
+    eps: str
+    attack_step_size: str | None
+
+    @property
+    def epsilon(self) -> float:
+        return parse_eps(self.eps)
+
+    @property
+    def step_size(self) -> float:
+        return parse_eps(self.attack_step_size) if self.attack_step_size is not None else self.epsilon / 4
+
+
 def check_counts(**counts: int) -> None:
     """Raise a ValueError naming the first count (steps, restarts, queries, …) that is below 1."""
     for name, value in counts.items():

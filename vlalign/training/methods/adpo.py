@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from vlalign.attacks.objectives import EmbeddingObjective
 from vlalign.attacks.pgd import PGD
-from vlalign.attacks.threat_model import parse_eps
+from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
 from vlalign.config import check_range, option
 from vlalign.losses import preference as po
 from vlalign.losses.language import language_modeling_loss
@@ -73,7 +73,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
-class AdPOConfig:
+class AdPOConfig(LinfTrainingAttack):
     """The AdPO objective, its training attack and the λ of the adversarial LM term."""
 
     loss: Literal["dpo", "ipo", "kto", "simpo"] = option("dpo", "preference loss over sequence log-probs: dpo, ipo, "
@@ -109,14 +109,6 @@ class AdPOConfig:
         parse_eps(self.eps)
         if self.attack_step_size is not None:
             parse_eps(self.attack_step_size)
-
-    @property
-    def epsilon(self) -> float:
-        return parse_eps(self.eps)
-
-    @property
-    def step_size(self) -> float:
-        return parse_eps(self.attack_step_size) if self.attack_step_size is not None else self.epsilon / 4
 
     def la_at(self, step: int) -> float:
         """λ at optimizer step ``step``."""

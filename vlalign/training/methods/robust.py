@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from vlalign.attacks.objectives import EmbeddingObjective, LogitObjective
 from vlalign.attacks.pgd import PGD
-from vlalign.attacks.threat_model import parse_eps
+from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
 from vlalign.config import check_range, option
 from vlalign.data.datasets import collate_for
 from vlalign.models.base import ContrastiveModel
@@ -50,7 +50,7 @@ def fare_loss(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
 
 
 @dataclass
-class RobustConfig:
+class RobustConfig(LinfTrainingAttack):
     """The robust fine-tuning objective and its training attack."""
 
     method: Literal["tecoa", "fare"] = option("tecoa", "tecoa: adversarial CE on zero-shot logits; fare: "
@@ -68,14 +68,6 @@ class RobustConfig:
         check_range("attack_steps", self.attack_steps, 1)
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ValueError(f"templates must be a non-empty list of strings containing '{{}}', got {self.templates!r}")
-
-    @property
-    def epsilon(self) -> float:
-        return parse_eps(self.eps)
-
-    @property
-    def step_size(self) -> float:
-        return parse_eps(self.attack_step_size) if self.attack_step_size is not None else self.epsilon / 4
 
 
 class RobustFinetune(Method):
