@@ -299,16 +299,22 @@ def _row_metrics(facts: dict[str, Any]) -> dict[str, Any]:
             "lr": facts["lr"], "rank": facts["rank"]}
 
 
-def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
-    """Train and evaluate the eight rows, the rank sweep and the compound attack; write ``metrics.json``, the
-    plots and the report into ``out``. Returns the metrics (recalls as fractions)."""
+def _set_up(out: str | Path, quick: bool, seed: int, workers: int | None,
+            splits: tuple[str, ...]) -> tuple[Path, AdvLoRAExperiment, int, dict[str, RetrievalSet]]:
+    """The output folder (created), the experiment's config, the number of workers and the rendered ``splits``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
     config = experiment_config(quick, seed)
     workers = default_workers(quick) if workers is None else workers
     check_range("workers", workers, 1)
-    sets = build_sets(config, ("train", "test"))
+    return out, config, workers, build_sets(config, splits)
+
+
+def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
+    """Train and evaluate the eight rows, the rank sweep and the compound attack; write ``metrics.json``, the
+    plots and the report into ``out``. Returns the metrics (recalls as fractions)."""
+    began = time.perf_counter()
+    out, config, workers, sets = _set_up(out, quick, seed, workers, ("train", "test"))
     rendered = time.perf_counter() - began
     # Longest first, so that two workers finish together: adversarial rows, then the sweep, then clean rows.
     order = ["full_adversarial", "advlora", "advlora_no_cluster_init", "advlora_no_alignment",
@@ -548,13 +554,8 @@ def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, w
     """Choose each family's learning rate on the **val** split: train the adversarial row of each family
     (full, LoRA, AdvLoRA) at every rate of ``lr_grid`` and keep the one with the highest val mR under PGD-10
     (ties: the lower rate). Writes ``metrics.json`` and a report; the test gallery is never touched."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    config = experiment_config(quick, seed)
-    workers = default_workers(quick) if workers is None else workers
-    check_range("workers", workers, 1)
-    sets = build_sets(config, ("train", "val"))
+    out, config, workers, sets = _set_up(out, quick, seed, workers, ("train", "val"))
     # A family with a single rate has nothing to choose: it is not trained here.
     rows = [row for row in SELECTION_ROWS if len(config.lr_grid[family(row)]) > 1]
     jobs = [("select", row, None, lr) for row in rows for lr in config.lr_grid[family(row)]]
