@@ -4,7 +4,7 @@ Run: ``python benchmarks/bench_adpo.py [--vlm mini-vlm | DIR] [--batch 32] [--st
 [--threads 1]``.
 
 Without ``--vlm`` (or with a VLM that is not shipped) the VLM is built from ``configs/pretrain_vlm.yaml``'s model
-section on the shipped MiniCLIP tower with a random projector and decoder: the compute of a step does not depend
+section on the `mini-v1` MiniCLIP tower (the shipped VLMs' tower) with a random projector and decoder: the compute of a step does not depend
 on the decoder's training. FARE trains the MiniCLIP's tower with PGD-10 at 4/255 (``RobustFinetune``); AdPO trains
 the same tower inside the VLM. The table gives seconds per optimizer step (the loop only, after a warm-up step),
 AdPO's one-off pair precomputation per image (PGD-10 on the reference, two greedy generations, two reference
@@ -33,7 +33,7 @@ from vlalign.training.train_config import TrainConfig
 
 
 def build_vlm(spec: str | None):
-    clip = load_model("mini")
+    clip = load_model("mini-v1")  # the tower the shipped mini VLMs read
     if spec:
         from vlalign.models.vlm_loading import load_vlm
 

@@ -58,6 +58,9 @@ def test_shipped_pretrain_config_loads():
     assert isinstance(config.model, ModelShape)
     assert config.model.stem_channels == [32, 64, 128]
     assert config.world.word_style.max_size == 0.38
+    assert config.init == "mini-v1" and config.world.other_word_prob == 0.8 and config.world.letters_prob == 0.5
+    first = load_config(Path(__file__).parents[1] / "configs" / "pretrain_mini_v1.yaml", PretrainConfig)
+    assert first.init is None and first.world.other_word_prob == 0 and first.train.steps == 9000
     assert config.train.lr == 0.001 and isinstance(config.train.lr, float)
 
 

@@ -140,6 +140,33 @@ def test_pretrain_words_are_the_own_class(world):
     assert torch.equal(images.written[has_word], images.labels[has_word])
 
 
+def test_pretraining_knobs_do_not_change_a_world_that_leaves_them_off():
+    plain = MiniWorld().sample("pretrain", 40, seed=3)
+    off = MiniWorld(WorldConfig(other_word_prob=0.0, letters_prob=0.0)).sample("pretrain", 40, seed=3)
+    assert torch.equal(plain.images, off.images) and plain.captions == off.captions
+
+
+def test_other_words_are_captioned_with_both_object_and_word():
+    images = MiniWorld(WorldConfig(word_prob=1.0, word_only_prob=0.0, other_word_prob=1.0)).sample("pretrain", 48, 5)
+    assert (images.written >= 0).all() and (images.written != images.labels).all()
+    for label, written, caption in zip(images.labels.tolist(), images.written.tolist(), images.captions):
+        words = caption.split()
+        assert SHAPE_NAMES[label] in words and SHAPE_NAMES[written] in words, caption
+        assert ("word" in words or "text" in words), caption
+
+
+def test_letters_occlude_without_meaning_and_the_caption_names_the_object():
+    config = WorldConfig(word_prob=0.0, letters_prob=1.0)
+    images = MiniWorld(config).sample("pretrain", 36, seed=6)
+    plain = MiniWorld(WorldConfig(word_prob=0.0)).sample("pretrain", 36, seed=6)
+    assert (images.written == -1).all()
+    changed = (images.images != plain.images).flatten(1).any(1)
+    assert changed.all()  # a box of letters on every image
+    vocab = set(vocabulary())
+    for label, caption in zip(images.labels.tolist(), images.captions):
+        assert SHAPE_NAMES[label] in caption.split() and "word" not in caption and set(caption.split()) <= vocab
+
+
 def test_vocabulary_covers_every_caption_and_prompt(world):
     vocab = set(vocabulary())
     from vlalign.models.tokenizer import split_words
@@ -171,6 +198,8 @@ def test_negative_n_is_rejected(world):
 @pytest.mark.parametrize("kwargs, message", [
     ({"image_size": 8}, "image_size must be >= 16"),
     ({"word_prob": 1.5}, "word_prob must be in"),
+    ({"other_word_prob": -0.1}, "other_word_prob must be in"),
+    ({"letters_prob": 2.0}, "letters_prob must be in"),
     ({"min_radius": 30.0}, "min_radius"),
     ({"min_distractors": 3, "max_distractors": 1}, "min_distractors"),
 ])

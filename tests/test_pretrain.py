@@ -47,7 +47,8 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_end_to_end_outputs(uninterrupted):
     assert OUTPUTS <= {p.name for p in uninterrupted.iterdir()}
     metrics = read_metrics(uninterrupted)
-    assert set(metrics) == {"clean_accuracy", "typographic_accuracy", "matching_accuracy", "written_label_rate"}
+    assert set(metrics) == {"clean_accuracy", "typographic_accuracy", "matching_accuracy", "nonreading_accuracy",
+                            "written_label_rate", "linear_probe"}
     assert all(0 <= v <= 1 for v in metrics.values())
     # The written checkpoint is a MiniCLIP of the configured shape, loadable by the same path users take.
     model = load_model(str(uninterrupted))
@@ -220,3 +221,42 @@ def test_metrics_log_resumes_without_duplicate_rows(tmp_path):
     # A fresh (non-resumed) run starts a new file.
     MetricsLogger(tmp_path).log(0, loss=3.0)
     assert [r["loss"] for r in read_csv(tmp_path / "metrics.csv")] == ["3.0"]
+
+
+def test_continued_pretraining_starts_from_the_init_model(tmp_path):
+    """``init`` continues from a saved MiniCLIP: step 0 trains those weights, not fresh ones."""
+    from vlalign.models.loading import save_mini_clip
+    from vlalign.pipelines.pretrain import initial_model
+
+    torch.manual_seed(11)
+    start = build_mini_clip(tiny_config())
+    save_mini_clip(start, tmp_path / "start")
+    config = tiny_config(init=str(tmp_path / "start"), world={**TINY["world"], "other_word_prob": 0.5, "letters_prob": 0.5})
+    loaded = initial_model(config)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), start.state_dict().values()))
+    out = tmp_path / "continued"
+    pretrain_mini_clip(replace_steps(config, 1), out, progress=False)
+    trained = load_model(str(out))
+    moved = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]
+    assert any(moved) and trained.config.stem_channels == start.config.stem_channels
+
+
+def replace_steps(config: PretrainConfig, steps: int) -> PretrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps))
+
+
+def test_init_must_read_the_worlds_captions(tmp_path):
+    from vlalign.models.loading import save_mini_clip
+    from vlalign.models.mini_clip import MiniCLIPConfig
+    from vlalign.pipelines.pretrain import initial_model
+
+    narrow = MiniCLIP(MiniCLIPConfig(image_size=32, stem_channels=(8, 16), vision_width=16, vision_layers=1,
+                                     vision_heads=2, text_width=16, text_layers=1, text_heads=2, embed_dim=8,
+                                     vocab=["a", "photo", "of"]))
+    save_mini_clip(narrow, tmp_path / "narrow")
+    with pytest.raises(ValueError, match=r"init: .*narrow.* does not know the words \[.*'circle'"):
+        initial_model(tiny_config(init=str(tmp_path / "narrow")))
+    with pytest.raises(ValueError, match="init: 'mini-people' .*does not know"):
+        initial_model(tiny_config(init="mini-people"))

@@ -54,11 +54,21 @@ _LETTERS_CODE = 14
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Knobs of the mini world. Sizes are in pixels of a square ``image_size`` image."""
+    """Knobs of the mini world. Sizes are in pixels of a square ``image_size`` image.
+
+    Pretraining words: ``word_prob`` of the pretraining images carry a word; ``word_only_prob`` of those show only
+    the word (captioned by the word alone: the model learns to read). Of the others, ``other_word_prob`` carry
+    *another* class's name, captioned with both the object and the word ("a red star with the word circle"), as web
+    captions of images with text often name both; the rest carry the object's own name. Of the images without a
+    word, ``letters_prob`` carry random letters in a word box, captioned by the object alone (occlusion that means
+    nothing). The test splits do not depend on these four knobs.
+    """
 
     image_size: int = 64
     word_prob: float = 0.5
     word_only_prob: float = 0.3
+    other_word_prob: float = 0.0
+    letters_prob: float = 0.0
     min_radius: float = 7.0
     max_radius: float = 22.0
     min_distractors: int = 2
@@ -69,7 +79,7 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
-        for name in ("word_prob", "word_only_prob"):
+        for name in ("word_prob", "word_only_prob", "other_word_prob", "letters_prob"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -162,10 +172,17 @@ class MiniWorld:
             label = class_ids[i % len(class_ids)]
             choice = np.random.default_rng([stream, seed, i, _KIND_CODES.get(kind, 0)])
             word, word_only = None, False
+            letters = False
             if kind == "pretrain":
                 if choice.random() < cfg.word_prob:
                     word = SHAPE_NAMES[label]
                     word_only = choice.random() < cfg.word_only_prob
+                    # the extra draws happen only when a knob is on, so worlds without them keep their images
+                    if not word_only and cfg.other_word_prob and choice.random() < cfg.other_word_prob:
+                        others = [c for c in range(len(SHAPE_NAMES)) if c != label]
+                        word = SHAPE_NAMES[others[int(choice.integers(len(others)))]]
+                elif cfg.letters_prob and choice.random() < cfg.letters_prob:
+                    word, letters = SHAPE_NAMES[label], True
             elif kind in ("typographic", "nonreading"):
                 others = [c for c in word_pool if c != label]
                 if not others:
@@ -174,15 +191,20 @@ class MiniWorld:
             elif kind == "matching":
                 word = SHAPE_NAMES[label]
             image, colour, size_name, shape, text = self.render(stream, seed, i, label, word, word_only,
-                                                                nonreading=kind == "nonreading")
+                                                                nonreading=kind == "nonreading" or letters)
             images[row] = image
             labels[row] = label
+            if letters:  # meaningless letters: the caption names the object only
+                captions.append(_caption(choice, shape, colour, size_name, None, False))
+                continue
             if kind == "nonreading":  # no class name is written; the caption says which letters are
                 captions.append(_caption(choice, shape, colour, size_name, None, False) + f" and the letters {text}")
                 continue
             if word is not None:
                 written[row] = SHAPE_NAMES.index(word)
-            captions.append(_caption(choice, shape, colour, size_name, word, word_only))
+            # a pretraining image with another class's name written gets a caption that names both
+            other_word = kind == "pretrain" and word is not None and word != shape
+            captions.append(_caption(choice, shape, colour, size_name, word, word_only, name_word=other_word))
         return ImageSet(
             images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
             labels=torch.from_numpy(labels),
@@ -226,12 +248,15 @@ def forbidden_words() -> frozenset[str]:
     return frozenset(vocabulary()) | frozenset(SHAPE_NAMES)
 
 
-def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, word: str | None, word_only: bool) -> str:
+def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, word: str | None, word_only: bool,
+             name_word: bool = False) -> str:
+    """A caption of one mini-world image; with ``name_word`` a written word is always mentioned."""
     if word_only:
         return _WORD_ONLY_TEMPLATES[int(rng.integers(len(_WORD_ONLY_TEMPLATES)))].format(word=word)
     text = _OBJECT_TEMPLATES[int(rng.integers(len(_OBJECT_TEMPLATES)))].format(colour=colour, shape=shape, size=size)
     if word is not None:
-        text += _WITH_WORD_SUFFIX[int(rng.integers(len(_WITH_WORD_SUFFIX)))].format(word=word)
+        suffixes = _WITH_WORD_SUFFIX[:-1] if name_word else _WITH_WORD_SUFFIX
+        text += suffixes[int(rng.integers(len(suffixes)))].format(word=word)
     return text
 
 

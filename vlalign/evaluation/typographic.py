@@ -41,10 +41,11 @@ def evaluate_typographic(model: ContrastiveModel, reference: ContrastiveModel | 
 
 
 def evaluate_typographic_phenomena(model: ContrastiveModel, world: MiniWorld, n: int, seed: int) -> dict[str, float]:
-    """Clean, typographic and matching-text accuracy and the written-label rate on fresh test images."""
+    """Clean, typographic, matching-text and non-reading-control accuracy and the written-label rate on fresh test
+    images."""
     class_emb = class_text_embeddings(model, world.classnames)
     results = {}
-    for split in ("clean", "typographic", "matching"):
+    for split in ("clean", "typographic", "matching", "nonreading"):
         result = zero_shot_evaluate(model, world.sample(split, n, seed), class_emb)
         results[f"{split}_accuracy"] = result.accuracy
         if split == "typographic":

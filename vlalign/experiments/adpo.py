@@ -59,7 +59,7 @@ TARGETED_EPS = "4/255"
 
 #: The full run. The loop settings are FARE's of ``vlalign experiment robust`` at batch 32.
 FULL: dict[str, Any] = {
-    "vlm": "mini-vlm", "transfer_vlm": "mini-vlm-large", "clip": "mini",
+    "vlm": "mini-vlm", "transfer_vlm": "mini-vlm-large", "clip": "mini-v1",
     "eps": "4/255", "attack_steps": 10,
     "train": {"steps": 150, "batch_size": 32, "lr": 3e-4, "weight_decay": 1e-4, "warmup_fraction": 0.1,
               "checkpoint_every": 50, "log_every": 5},

@@ -25,6 +25,11 @@ def embedded_mini_dir() -> Path:
     return Path(str(resources.files("vlalign") / "assets" / "mini"))
 
 
+def embedded_mini_v1_dir() -> Path:
+    """Folder of the first shipped MiniCLIP (``mini-v1``): the image tower the shipped mini VLMs were pretrained on."""
+    return Path(str(resources.files("vlalign") / "assets" / "mini_v1"))
+
+
 def embedded_people_dir() -> Path:
     """Folder of the people-world MiniCLIP shipped inside the package (``mini-people``)."""
     return Path(str(resources.files("vlalign") / "assets" / "mini_people"))
@@ -36,7 +41,7 @@ def embedded_retrieval_dir() -> Path:
 
 
 #: Names of the MiniCLIPs shipped inside the package -> their folder.
-EMBEDDED_MODELS = {"mini": embedded_mini_dir, "mini-people": embedded_people_dir,
+EMBEDDED_MODELS = {"mini": embedded_mini_dir, "mini-v1": embedded_mini_v1_dir, "mini-people": embedded_people_dir,
                    "mini-retrieval": embedded_retrieval_dir}
 
 

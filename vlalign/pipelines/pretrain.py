@@ -27,6 +27,7 @@ from vlalign.data.retrieval_world import RetrievalWorld, RetrievalWorldConfig, r
 from vlalign.data.scene_captions import longest_caption_words
 from vlalign.data.shapes import SHAPE_NAMES
 from vlalign.evaluation.people import evaluate_people_pretraining
+from vlalign.evaluation.probe import object_probe
 from vlalign.evaluation.retrieval_eval import evaluate_retrieval
 from vlalign.evaluation.typographic import evaluate_typographic_phenomena
 from vlalign.io import atomic_write_json
@@ -79,7 +80,9 @@ class PretrainConfig:
     world: WorldConfig = option(help="the shapes world's knobs", factory=WorldConfig)
     people: PeopleConfig = option(help="the people world's knobs", factory=PeopleConfig)
     retrieval: RetrievalWorldConfig = option(help="the retrieval world's knobs", factory=RetrievalWorldConfig)
-    model: ModelShape = option(help="MiniCLIP architecture", factory=ModelShape)
+    init: str | None = option(None, "continue pretraining from this MiniCLIP (an embedded name such as 'mini-v1', or a "
+                                    "MiniCLIP folder) instead of fresh weights; 'model' is then ignored")
+    model: ModelShape = option(help="MiniCLIP architecture (of fresh weights; see init)", factory=ModelShape)
     train: TrainConfig = option(help="loop settings", factory=_pretrain_loop)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,23 @@ def build_mini_clip(config: PretrainConfig) -> MiniCLIP:
     ))
 
 
+def initial_model(config: PretrainConfig) -> MiniCLIP:
+    """Fresh weights per ``config.model``, or the MiniCLIP named by ``config.init``, checked to read every word of
+    the world's captions (a word outside its vocabulary would silently become ``<unk>``)."""
+    if config.init is None:
+        return build_mini_clip(config)
+    from vlalign.models.loading import load_model
+
+    model = load_model(config.init)
+    if not isinstance(model, MiniCLIP):
+        raise ValueError(f"init: {config.init!r} is a {type(model).__name__}; continued pretraining needs a MiniCLIP")
+    fresh = build_mini_clip(config)
+    missing = sorted(set(fresh.config.vocab) - set(model.config.vocab))
+    if missing:
+        raise ValueError(f"init: {config.init!r} does not know the words {missing} of the {config.world_kind} world's captions")
+    return model
+
+
 def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
     """The captioned pretraining images of the config's world and its final evaluation."""
     if config.world_kind == "retrieval":
@@ -118,7 +138,18 @@ def _pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniC
         return data, lambda model: evaluate_people_pretraining(model, people, config.eval_images, config.eval_seed)
     world = MiniWorld(config.world)
     data = world.sample("pretrain", config.n_images, config.seed, workers=config.workers)
-    return data, lambda model: evaluate_typographic_phenomena(model, world, config.eval_images, config.eval_seed)
+    return data, lambda model: evaluate_shapes_pretraining(model, world, config.eval_images, config.eval_seed)
+
+
+def evaluate_shapes_pretraining(model: MiniCLIP, world: MiniWorld, n: int, seed: int) -> dict[str, float]:
+    """The final evaluation of a mini-world MiniCLIP: zero-shot accuracy on clean, typographic, matching and
+    non-reading-control images (``n`` each, ``seed``), the written-label rate, and ``linear_probe``: the object
+    probe's accuracy on frozen typographic features (trained on ``n`` images of seed ``7100 + seed``, tested on
+    ``n`` of seed ``7200 + seed``; see :func:`vlalign.evaluation.probe.object_probe`)."""
+    metrics = evaluate_typographic_phenomena(model, world, n, seed)
+    probe = object_probe(model, world, splits=("typographic",), n_train=n, n_test=n, train_seed=7100 + seed,
+                         test_seed=7200 + seed)
+    return {**metrics, "linear_probe": probe["typographic"]["probe"]}
 
 
 def _retrieval_pretraining_data(config: PretrainConfig) -> tuple[ImageSet, Callable[[MiniCLIP], dict]]:
@@ -145,7 +176,7 @@ def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, ove
     """Pretrain a MiniCLIP per ``config`` through :func:`fit` (checkpoints in ``out/state``; resumes)."""
     data, evaluate = _pretraining_data(config)
     torch.manual_seed(config.seed)  # the initial weights
-    model = build_mini_clip(config)
+    model = initial_model(config)
     method = ContrastivePretraining(model, TensorImageDataset(data.images, caption=data.captions))
     run = {k: v for k, v in config_to_dict(config).items() if k not in ("train", "workers", "eval_images", "eval_seed")}
     result = fit(method, config.train, out, run_config={"pretrain": run}, progress=progress, overwrite=overwrite)
