@@ -38,3 +38,21 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     (tmp_path / "report.md").unlink()
     rebuild(tmp_path)
     assert (tmp_path / "report.md").read_text().split("## Run")[0] == report.split("## Run")[0]
+
+
+def test_summary_figures_on_the_measured_table():
+    """Hand-worked on the 2026-12-06 run: IPO has the most typographic accuracy but loses 2.5 clean points, so the
+    best PO method is DPO; it closes (0.778 − 0.402) / (0.950 − 0.402) = 68.6% of the gap."""
+    from vlalign.experiments.typographic import best_po_method, gap_closed, monotone_on
+
+    methods = {"pretrained": {"clean": 0.950, "typographic": 0.402, "clean_heldout": 0.935, "typographic_heldout": 0.252},
+               "dpo": {"clean": 0.955, "typographic": 0.778, "clean_heldout": 0.917, "typographic_heldout": 0.628},
+               "ipo": {"clean": 0.925, "typographic": 0.782}, "kto": {"clean": 0.957, "typographic": 0.748}}
+    assert best_po_method(methods) == "dpo"
+    assert best_po_method(methods, clean_tolerance=0.03) == "ipo"
+    assert abs(gap_closed(methods["dpo"], methods["pretrained"]) - 0.376 / 0.548) < 1e-12
+    assert abs(gap_closed(methods["dpo"], methods["pretrained"], "_heldout") - 0.376 / 0.683) < 1e-12
+    control = {"t": [-4.0, -2.0, -1.0, 0.0, 3.0, 4.0], "written_label_rate": [0.68, 0.76, 0.70, 0.47, 0.067, 0.08]}
+    assert monotone_on(control)  # the rise below t = -2 and above t = 3 lies outside the range
+    assert not monotone_on({**control, "written_label_rate": [0.68, 0.76, 0.70, 0.72, 0.067, 0.08]})
+    assert monotone_on({**control, "written_label_rate": [0.68, 0.76, 0.70, 0.705, 0.067, 0.08]})  # within 0.01

@@ -181,13 +181,45 @@ def report_from_run(run_dir: str | Path) -> str:
     return _report(json.loads((Path(run_dir) / "metrics.json").read_text()))
 
 
+#: Issue 13's target range of the Σ^t sweep, and how far a step may go the wrong way and still count as monotone.
+MONOTONE_T_RANGE = (-2.0, 3.0)
+MONOTONE_TOLERANCE = 0.01
+#: The best PO method is the most typographic-robust one that keeps clean accuracy within this of the pretrained.
+CLEAN_TOLERANCE = 0.01
+
+
+def best_po_method(methods: dict, clean_tolerance: float = CLEAN_TOLERANCE) -> str:
+    """The PO method with the highest in-domain typographic accuracy among those whose in-domain clean accuracy is
+    within ``clean_tolerance`` of the pretrained model's (all PO methods if none is)."""
+    floor = methods["pretrained"]["clean"] - clean_tolerance
+    keeping = [m for m in PO_METHODS if methods[m]["clean"] >= floor] or list(PO_METHODS)
+    return max(keeping, key=lambda m: methods[m]["typographic"])
+
+
+def gap_closed(row: dict, pretrained: dict, suffix: str = "") -> float:
+    """The fraction of the pretrained model's gap to clean (clean − typographic) that ``row`` closes:
+    (typographic_row − typographic_pretrained) / (clean_pretrained − typographic_pretrained)."""
+    gap = pretrained[f"clean{suffix}"] - pretrained[f"typographic{suffix}"]
+    return (row[f"typographic{suffix}"] - pretrained[f"typographic{suffix}"]) / gap if gap > 0 else float("nan")
+
+
+def monotone_on(control: dict, key: str = "written_label_rate", t_range: tuple[float, float] = MONOTONE_T_RANGE,
+                tolerance: float = MONOTONE_TOLERANCE) -> bool:
+    """Whether ``control[key]`` is monotone (each step within ``tolerance``) over the sweep's t in ``t_range``."""
+    values = [v for t, v in zip(control["t"], control[key]) if t_range[0] <= t <= t_range[1]]
+    return is_monotonic(values, tolerance)
+
+
 def _summary(methods: dict, control: dict) -> dict:
-    best_po = max(PO_METHODS, key=lambda m: methods[m]["typographic"])
+    best_po = best_po_method(methods)
     baselines = ("ce", "paint", "materzynska", "defense_prefix")
     best_base = max(baselines, key=lambda m: methods[m]["typographic"])
     po, pre = methods[best_po], methods["pretrained"]
     return {
         "best_po": best_po, "best_baseline": best_base,
+        "gap_closed": gap_closed(po, pre), "gap_closed_heldout": gap_closed(po, pre, "_heldout"),
+        "written_label_rate_monotonic_on_target_range": monotone_on(control),
+        "monotone_t_range": list(MONOTONE_T_RANGE),
         "typographic_gain": po["typographic"] - pre["typographic"],
         "clean_drop": pre["clean"] - po["clean"],
         "clean_minus_typographic": po["clean"] - po["typographic"],
@@ -259,6 +291,8 @@ def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> N
 
 def _report(metrics: dict) -> str:
     methods, s = metrics["methods"], metrics["summary"]
+    if "gap_closed" not in s:  # a run written before the best PO method had to keep clean accuracy: summarize anew
+        s = _summary(methods, metrics["control"])
     sizes = TypographicSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in metrics["settings"]["sizes"].items()})
     probe = metrics["linear_probe"]
     ema_rows = [[ROW_NAMES[m], percent(metrics["bma_vs_ema"][m]["bma"]["clean"]), percent(metrics["bma_vs_ema"][m]["ema"]["clean"]),
@@ -296,7 +330,9 @@ Held-out classes (moon, diamond, hexagon, bolt):
 
 ![Table 1](table1.png)
 
-Best PO method: **{ROW_NAMES[s['best_po']]}** — typographic {percent(methods[s['best_po']]['typographic'])} vs clean
+Best PO method (the most typographic-robust within {100 * CLEAN_TOLERANCE:.0f} point of the pretrained clean accuracy):
+**{ROW_NAMES[s['best_po']]}**, closing {100 * s['gap_closed']:.1f}% of the gap to clean ({100 * s['gap_closed_heldout']:.1f}%
+held-out) — typographic {percent(methods[s['best_po']]['typographic'])} vs clean
 {percent(methods[s['best_po']]['clean'])} (gap {100 * s['clean_minus_typographic']:.1f} points; held-out gap
 {100 * s['clean_minus_typographic_heldout']:.1f}); clean drop {100 * s['clean_drop']:.1f} points (held-out
 {100 * s['clean_drop_heldout']:.1f}); KL_clean {s['kl_ratio_to_ce']:.2f}× CE's; {100 * s['margin_over_best_baseline']:+.1f}
@@ -317,8 +353,9 @@ typographic {percent(probe['typographic'])}, clean {percent(probe['clean'])}, no
 
 ## Σ^t control of a linear-head DPO run (Fig. 2)
 
-‖WᵀW − I‖_F = {metrics['head_dpo']['orthogonality_error']:.3f}. Written-label rate monotonic in t:
-{s['written_label_rate_monotonic_in_t']}.
+‖WᵀW − I‖_F = {metrics['head_dpo']['orthogonality_error']:.3f}. Written-label rate monotonic in t over the whole sweep:
+{s['written_label_rate_monotonic_in_t']}; over t ∈ [{s['monotone_t_range'][0]:g}, {s['monotone_t_range'][1]:g}] (each step within
+{MONOTONE_TOLERANCE:g}): {s['written_label_rate_monotonic_on_target_range']}.
 
 {markdown_table(["t", "clean", "typographic", "written-label rate", "non-reading", "reading effect (pt)"], control_rows)}
 
