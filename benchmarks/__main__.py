@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _registry() -> dict[str, tuple[Callable[[Settings], list[Row]], str]]:
-    from benchmarks import bench_attacks, bench_data, bench_engine, bench_eval, bench_gpu, bench_po
+    from benchmarks import bench_adpo, bench_attacks, bench_data, bench_engine, bench_eval, bench_gpu, bench_po
 
     return {
         "po": (bench_po.run_po, "full-tower DPO step vs plain CE step and vs a naive DPO step"),
@@ -43,12 +43,13 @@ def _registry() -> dict[str, tuple[Callable[[Settings], list[Row]], str]]:
         "parallel": (bench_engine.run_parallel, "2 processes x 1 thread vs 1 process x 2 threads"),
         "memory": (bench_engine.run_memory, "peak memory: 20,000-image folder vs 2,000"),
         "data": (bench_data.run, "mini-world generation: worker pool vs one process"),
+        "adpo": (bench_adpo.run_adpo, "AdPO step vs FARE step on the same image tower and batch"),
         "gpu": (bench_gpu.run, "GPU: CLIP ViT-B/32 PO/CE step img/s and MFU, PGD-10 img/s (needs --device cuda)"),
     }
 
 
 CPU_DEFAULT = ("po", "head", "pgd", "apgd", "attack-floor", "zero-shot", "retrieval", "loop", "parallel", "memory",
-               "data")
+               "data", "adpo")
 CUDA_DEFAULT = ("gpu",)
 
 

@@ -1,6 +1,7 @@
 """AdPO step vs FARE step on the same image tower and batch, through the one loop.
 
-Run: ``python benchmarks/bench_adpo.py [--vlm mini-vlm | DIR] [--batch 32] [--steps 8] [--images 64]
+``python -m benchmarks --only adpo`` gives the interleaved row (see :func:`run_adpo`); standalone, with options:
+``python -m benchmarks.bench_adpo [--vlm mini-vlm | DIR] [--batch 32] [--steps 8] [--images 64]
 [--threads 1]``.
 
 Without ``--vlm`` (or with a VLM that is not shipped) the VLM is built from ``configs/pretrain_vlm.yaml``'s model
@@ -19,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks.common import PeakMemory, Row, Settings, time_row, timing_from_rounds
 from vlalign.config import load_config
 from vlalign.data.datasets import TensorImageDataset
 from vlalign.data.mini_world import MiniWorld
@@ -55,6 +57,43 @@ def timed_fit(method, loop: TrainConfig) -> float:
     return (time.perf_counter() - began) / loop.steps
 
 
+def build_methods(vlm_spec: str | None, batch: int, n_images: int) -> tuple[RobustFinetune, AdPO, float]:
+    """FARE on the MiniCLIP tower and AdPO on the VLM (its pairs precomputed), and the precomputation's seconds
+    per image."""
+    clip, vlm = build_vlm(vlm_spec)
+    images = MiniWorld().sample("clean", max(n_images, batch), 10000)
+    fare = RobustFinetune(clip, TensorImageDataset(images.images, label=images.labels), images.classnames,
+                          RobustConfig(method="fare", eps="4/255", attack_steps=10))
+    n_captions = max(1, n_images // 5)
+    data = PromptedImages(MiniVQA(n_images - n_captions, 500), MiniCaptions(n_captions, 500))
+    method = AdPO(copy.deepcopy(vlm), data, AdPOConfig(loss="dpo", eps="4/255", attack_steps=10))
+    method.progress = False
+    began = time.perf_counter()
+    method.prepare(torch.device("cpu"))
+    return fare, method, (time.perf_counter() - began) / len(data)
+
+
+def run_adpo(settings: Settings) -> list[Row]:
+    """The runner's ``adpo`` row: seconds per AdPO step vs per FARE step, interleaved round by round."""
+    batch, steps, n_images = settings.pick(32, 4), settings.pick(5, 1), settings.pick(64, 8)
+    fare, adpo, precompute = build_methods(None, batch, n_images)
+    loop = TrainConfig(steps=steps, batch_size=batch, lr=3e-4, weight_decay=1e-4, log_every=steps)
+    rounds, peaks, growth = [], {"FARE step": 0.0, "AdPO step": 0.0}, {"FARE step": 0.0, "AdPO step": 0.0}
+    for _ in range(settings.pick(settings.repeats, 2)):
+        measured = {}
+        for name, method in (("FARE step", fare), ("AdPO step", adpo)):
+            with PeakMemory() as memory:
+                measured[name] = timed_fit(copy.deepcopy(method), loop)  # fit leaves its model frozen
+            peaks[name], growth[name] = max(peaks[name], memory.peak), max(growth[name], memory.growth)
+        rounds.append(measured)
+    timing = timing_from_rounds(rounds, "FARE step", peaks, growth)
+    return [time_row("adpo", "AdPO step (policy on x and x_adv, 3 scorings, update) vs FARE step (PGD-10 + update), "
+                     "same tower and batch", timing, "AdPO step", "FARE step",
+                     model="mini-v1 tower; VLM built from configs/pretrain_vlm.yaml", batch=batch, settings=settings,
+                     target=2.5, extra={"pairs_seconds_per_batch": precompute * batch, "steps_per_measurement": steps,
+                                        "pairs_vs_fare_step": precompute * batch / timing.median("FARE step")})]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vlm", default=None, help="a VLM spec (default: built from configs/pretrain_vlm.yaml)")
@@ -64,21 +103,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    clip, vlm = build_vlm(args.vlm)
     loop = TrainConfig(steps=args.steps, batch_size=args.batch, lr=3e-4, weight_decay=1e-4, log_every=args.steps)
-
-    images = MiniWorld().sample("clean", max(args.images, args.batch), 10000)
-    fare = RobustFinetune(clip, TensorImageDataset(images.images, label=images.labels), images.classnames,
-                          RobustConfig(method="fare", eps="4/255", attack_steps=10))
+    fare, method, precompute = build_methods(args.vlm, args.batch, args.images)
     fare_step = timed_fit(fare, loop)
-
-    n_captions = max(1, args.images // 5)
-    data = PromptedImages(MiniVQA(args.images - n_captions, 500), MiniCaptions(n_captions, 500))
-    method = AdPO(copy.deepcopy(vlm), data, AdPOConfig(loss="dpo", eps="4/255", attack_steps=10))
-    method.progress = False
-    began = time.perf_counter()
-    method.prepare(torch.device("cpu"))
-    precompute = (time.perf_counter() - began) / len(data)
     adpo_step = timed_fit(method, loop)
 
     rows = [["FARE step (PGD-10 + update, MiniCLIP tower)", f"{fare_step:.3f}", "1.00"],

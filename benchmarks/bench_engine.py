@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import PeakMemory, Row, Settings, Timing, time_row
+from benchmarks.common import PeakMemory, Row, Settings, time_row, timing_from_rounds
 from vlalign.data.datasets import ImageFolderDataset, PreferenceView, TensorImageDataset
 from vlalign.data.folder import export_image_set
 from vlalign.data.mini_world import MiniWorld
@@ -190,13 +190,6 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _timing(rounds: list[dict[str, float]], baseline: str, peaks: dict[str, float], growth: dict[str, float]
-            ) -> Timing:
-    seconds = {name: [r[name] for r in rounds] for name in rounds[0]}
-    ratios = {name: [r[name] / r[baseline] for r in rounds] for name in rounds[0]}
-    return Timing(seconds, ratios, peaks, growth)
-
-
 def run_loop(settings: Settings) -> list[Row]:
     """fit vs the bare loop, interleaved round by round (each round: one bare measurement, one fit measurement)."""
     batch, steps = settings.pick(64, 8), settings.pick(10, 2)
@@ -208,7 +201,7 @@ def run_loop(settings: Settings) -> list[Row]:
                 measured[name] = function(batch, steps)
             peaks[name], growth[name] = max(peaks[name], memory.peak), max(growth[name], memory.growth)
         rounds.append(measured)
-    timing = _timing(rounds, "bare loop", peaks, growth)
+    timing = timing_from_rounds(rounds, "bare loop", peaks, growth)
     row = time_row("loop", "full-tower DPO step, median over a run: fit (data loader, finite check, logging, "
                    "schedule) vs a bare hand-written loop calling the same method", timing, "fit", "bare loop",
                    model="MiniCLIP (64 px, embedded)", batch=batch, settings=settings, target=1.03)
@@ -227,7 +220,7 @@ def run_parallel(settings: Settings) -> list[Row]:
     rows = []
     two = "2 processes x 1 thread"
     for baseline in ("1 process x 2 threads", "1 process x 1 thread"):
-        timing = _timing(rounds, baseline, peaks, {})
+        timing = timing_from_rounds(rounds, baseline, peaks, {})
         ratios = sorted(1 / r for r in timing.ratios[two])
         rows.append(Row("parallel", f"full-tower DPO step through fit: {two} (accelerate launch, gloo) vs {baseline}, "
                         "same global batch", two, baseline, "MiniCLIP (64 px, embedded)", batch, "1 or 2 per process",

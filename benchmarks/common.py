@@ -193,6 +193,14 @@ def interleaved(variants: dict[str, Callable[[], Any]], baseline: str, repeats: 
     return Timing(seconds, ratios, peaks, growth)
 
 
+def timing_from_rounds(rounds: list[dict[str, float]], baseline: str, peaks: dict[str, float],
+                       growth: dict[str, float]) -> Timing:
+    """A :class:`Timing` from rounds measured by the caller (each round: seconds per call of every variant)."""
+    seconds = {name: [r[name] for r in rounds] for name in rounds[0]}
+    ratios = {name: [r[name] / r[baseline] for r in rounds] for name in rounds[0]}
+    return Timing(seconds, ratios, peaks, growth)
+
+
 def time_row(benchmark: str, compared: str, timing: Timing, variant: str, baseline: str, *, model: str,
              batch: int | str, settings: Settings, per_call: str = "ms per step", target: float | None = None,
              target_text: str = "", extra: dict[str, Any] | None = None) -> Row:

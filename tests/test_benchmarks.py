@@ -129,3 +129,19 @@ def test_interleaved_ratios_are_per_round_and_peak_memory_sees_an_allocation():
         block += 1
     del block
     assert memory.growth >= 48 and memory.peak >= memory.start + memory.growth - 1e-6
+
+
+def test_adpo_row_times_both_steps_round_by_round(monkeypatch):
+    """The runner's ``adpo`` row (quick sizes): both steps timed in every round, the ratio is AdPO over FARE, and the
+    one-off pair precomputation is reported beside it."""
+    from benchmarks.bench_adpo import run_adpo
+    from benchmarks.common import Settings
+
+    monkeypatch.chdir(ROOT)  # the VLM is built from configs/pretrain_vlm.yaml
+    (row,) = run_adpo(Settings(quick=True))
+    assert (row.variant, row.baseline, row.rounds) == ("AdPO step", "FARE step", 2)
+    assert row.variant_value > 0 and row.baseline_value > 0
+    assert row.ratio == pytest.approx(row.variant_value / row.baseline_value, rel=0.5)  # median of per-round ratios
+    low, high = row.spread
+    assert low <= row.ratio <= high and row.target == "≤ 2.50×" and row.met == (row.ratio <= 2.5)
+    assert row.extra["pairs_seconds_per_batch"] > 0 and row.extra["steps_per_measurement"] == 1
