@@ -145,3 +145,14 @@ def test_adpo_row_times_both_steps_round_by_round(monkeypatch):
     low, high = row.spread
     assert low <= row.ratio <= high and row.target == "≤ 2.50×" and row.met == (row.ratio <= 2.5)
     assert row.extra["pairs_seconds_per_batch"] > 0 and row.extra["steps_per_measurement"] == 1
+
+
+def test_word_coverage_measures_fractions_and_restores_the_painter():
+    import vlalign.data.mini_world as mini_world
+    from benchmarks.word_coverage import visible_fractions
+
+    painter = mini_world.paint_shape
+    visible = visible_fractions(24, 7200)
+    assert mini_world.paint_shape is painter
+    assert visible.shape == (24,) and ((0 <= visible) & (visible <= 1)).all()
+    assert (visible < 1).any()  # some words do cover part of their object

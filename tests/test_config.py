@@ -249,3 +249,11 @@ def test_a_section_given_in_part_keeps_the_field_defaults_of_its_run():
     assert (run.train.steps, run.train.averaging) == (3, "bma")  # the preference run's default, not TrainConfig's
     robust = config_from_dict(RobustRun, {"method": "fare", "train": {"steps": 3}})
     assert (robust.train.steps, robust.train.checkpoint_every) == (3, 50)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "pretrain_mini_trials").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_pretraining_trial_configs_load(path):
+    config = load_config(path, PretrainConfig)
+    assert config.train.batch_size == 128 and config.seed == 0
+    assert (config.init == "mini-v1") == path.name.startswith("continue")

@@ -92,17 +92,23 @@ class PretrainConfig:
             raise ValueError(f"train.batch_size {self.train.batch_size} exceeds n_images {self.n_images}")
 
 
+def world_vocabulary(config: PretrainConfig) -> list[str]:
+    """Every word of the config's world's captions and prompts."""
+    return {"people": people_vocabulary, "retrieval": retrieval_vocabulary}.get(config.world_kind, vocabulary)()
+
+
 def build_mini_clip(config: PretrainConfig) -> MiniCLIP:
     """A freshly initialized MiniCLIP for this pretraining config (vocabulary and image size from its world)."""
     shape = config.model
     max_text_length = 16
+    vocab = world_vocabulary(config)
     if config.world_kind == "people":
-        image_size, vocab = config.people.image_size, people_vocabulary()
+        image_size = config.people.image_size
     elif config.world_kind == "retrieval":
-        image_size, vocab = config.retrieval.image_size, retrieval_vocabulary()
+        image_size = config.retrieval.image_size
         max_text_length = longest_caption_words(image_size) + 2  # <bos> … <eos>
     else:
-        image_size, vocab = config.world.image_size, vocabulary()
+        image_size = config.world.image_size
     return MiniCLIP(MiniCLIPConfig(
         image_size=image_size if shape.image_size is None else shape.image_size, stem_channels=tuple(shape.stem_channels), vision_width=shape.vision_width,
         vision_layers=shape.vision_layers, vision_heads=shape.vision_heads, text_width=shape.text_width,
@@ -121,8 +127,7 @@ def initial_model(config: PretrainConfig) -> MiniCLIP:
     model = load_model(config.init)
     if not isinstance(model, MiniCLIP):
         raise ValueError(f"init: {config.init!r} is a {type(model).__name__}; continued pretraining needs a MiniCLIP")
-    fresh = build_mini_clip(config)
-    missing = sorted(set(fresh.config.vocab) - set(model.config.vocab))
+    missing = sorted(set(world_vocabulary(config)) - set(model.config.vocab))
     if missing:
         raise ValueError(f"init: {config.init!r} does not know the words {missing} of the {config.world_kind} world's captions")
     return model
