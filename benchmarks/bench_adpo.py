@@ -5,11 +5,13 @@
 [--threads 1]``.
 
 Without ``--vlm`` (or with a VLM that is not shipped) the VLM is built from ``configs/pretrain_vlm.yaml``'s model
-section on the `mini-v1` MiniCLIP tower (the shipped VLMs' tower) with a random projector and decoder: the compute of a step does not depend
+section on the `mini` MiniCLIP tower (the shipped VLMs' tower) with a random projector and decoder: the compute of a step does not depend
 on the decoder's training. FARE trains the MiniCLIP's tower with PGD-10 at 4/255 (``RobustFinetune``); AdPO trains
-the same tower inside the VLM. The table gives seconds per optimizer step (the loop only, after a warm-up step),
-AdPO's one-off pair precomputation per image (PGD-10 on the reference, two greedy generations, two reference
-scorings), and the ratios. Numbers are wall-clock: run on an otherwise idle machine.
+the same tower inside the VLM, with pairs computed once on the reference (``attack_on: reference``) and with online
+pairs (``attack_on: policy``: PGD-10 on the current encoder, a greedy generation and a reference scoring inside
+every step). The table gives seconds per optimizer step (the loop only, after a warm-up step), the one-off pair
+precomputation per image of the first (PGD-10 on the reference, two greedy generations, two reference scorings),
+and the ratios. Numbers are wall-clock: run on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from vlalign.training.train_config import TrainConfig
 
 
 def build_vlm(spec: str | None):
-    clip = load_model("mini-v1")  # the tower the shipped mini VLMs read
+    clip = load_model("mini")  # the tower the shipped mini VLMs read
     if spec:
         from vlalign.models.vlm_loading import load_vlm
 
@@ -57,9 +59,9 @@ def timed_fit(method, loop: TrainConfig) -> float:
     return (time.perf_counter() - began) / loop.steps
 
 
-def build_methods(vlm_spec: str | None, batch: int, n_images: int) -> tuple[RobustFinetune, AdPO, float]:
-    """FARE on the MiniCLIP tower and AdPO on the VLM (its pairs precomputed), and the precomputation's seconds
-    per image."""
+def build_methods(vlm_spec: str | None, batch: int, n_images: int) -> tuple[RobustFinetune, AdPO, AdPO, float]:
+    """FARE on the MiniCLIP tower, AdPO on the VLM with pairs on the reference and with online pairs (each
+    prepared), and the reference pairs' precomputation in seconds per image."""
     clip, vlm = build_vlm(vlm_spec)
     images = MiniWorld().sample("clean", max(n_images, batch), 10000)
     fare = RobustFinetune(clip, TensorImageDataset(images.images, label=images.labels), images.classnames,
@@ -70,18 +72,23 @@ def build_methods(vlm_spec: str | None, batch: int, n_images: int) -> tuple[Robu
     method.progress = False
     began = time.perf_counter()
     method.prepare(torch.device("cpu"))
-    return fare, method, (time.perf_counter() - began) / len(data)
+    seconds = (time.perf_counter() - began) / len(data)
+    online = AdPO(copy.deepcopy(vlm), data, AdPOConfig(loss="dpo", eps="4/255", attack_steps=10, attack_on="policy"))
+    online.progress = False
+    online.prepare(torch.device("cpu"))
+    return fare, method, online, seconds
 
 
 def run_adpo(settings: Settings) -> list[Row]:
     """The runner's ``adpo`` row: seconds per AdPO step vs per FARE step, interleaved round by round."""
     batch, steps, n_images = settings.pick(32, 4), settings.pick(5, 1), settings.pick(64, 8)
-    fare, adpo, precompute = build_methods(None, batch, n_images)
+    fare, adpo, online, precompute = build_methods(None, batch, n_images)
     loop = TrainConfig(steps=steps, batch_size=batch, lr=3e-4, weight_decay=1e-4, log_every=steps)
-    rounds, peaks, growth = [], {"FARE step": 0.0, "AdPO step": 0.0}, {"FARE step": 0.0, "AdPO step": 0.0}
+    variants = (("FARE step", fare), ("AdPO step", adpo), ("AdPO online step", online))
+    rounds, peaks, growth = [], {name: 0.0 for name, _ in variants}, {name: 0.0 for name, _ in variants}
     for _ in range(settings.pick(settings.repeats, 2)):
         measured = {}
-        for name, method in (("FARE step", fare), ("AdPO step", adpo)):
+        for name, method in variants:
             with PeakMemory() as memory:
                 measured[name] = timed_fit(copy.deepcopy(method), loop)  # fit leaves its model frozen
             peaks[name], growth[name] = max(peaks[name], memory.peak), max(growth[name], memory.growth)
@@ -89,9 +96,13 @@ def run_adpo(settings: Settings) -> list[Row]:
     timing = timing_from_rounds(rounds, "FARE step", peaks, growth)
     return [time_row("adpo", "AdPO step (policy on x and x_adv, 3 scorings, update) vs FARE step (PGD-10 + update), "
                      "same tower and batch", timing, "AdPO step", "FARE step",
-                     model="mini-v1 tower; VLM built from configs/pretrain_vlm.yaml", batch=batch, settings=settings,
+                     model="mini tower; VLM built from configs/pretrain_vlm.yaml", batch=batch, settings=settings,
                      target=2.5, extra={"pairs_seconds_per_batch": precompute * batch, "steps_per_measurement": steps,
-                                        "pairs_vs_fare_step": precompute * batch / timing.median("FARE step")})]
+                                        "pairs_vs_fare_step": precompute * batch / timing.median("FARE step")}),
+            time_row("adpo", "AdPO step with online pairs (PGD-10 on the current encoder, y_l generated, reference "
+                     "scoring, then the step) vs FARE step, same tower and batch", timing, "AdPO online step",
+                     "FARE step", model="mini tower; VLM built from configs/pretrain_vlm.yaml", batch=batch,
+                     settings=settings, target=2.5, extra={"steps_per_measurement": steps})]
 
 
 def main() -> None:
@@ -104,13 +115,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loop = TrainConfig(steps=args.steps, batch_size=args.batch, lr=3e-4, weight_decay=1e-4, log_every=args.steps)
-    fare, method, precompute = build_methods(args.vlm, args.batch, args.images)
+    fare, method, online, precompute = build_methods(args.vlm, args.batch, args.images)
     fare_step = timed_fit(fare, loop)
     adpo_step = timed_fit(method, loop)
+    online_step = timed_fit(online, loop)
 
     rows = [["FARE step (PGD-10 + update, MiniCLIP tower)", f"{fare_step:.3f}", "1.00"],
             ["AdPO step (policy pass on x and x_adv, 3 scorings, update)", f"{adpo_step:.3f}",
              f"{adpo_step / fare_step:.2f}"],
+            ["AdPO step, online pairs (PGD-10 on the current encoder, 1 generation, reference scoring, step)",
+             f"{online_step:.3f}", f"{online_step / fare_step:.2f}"],
             [f"AdPO pairs per batch of {args.batch} (one-off: PGD-10, 2 generations, 2 reference scorings)",
              f"{precompute * args.batch:.3f}", f"{precompute * args.batch / fare_step:.2f}"]]
     print(f"batch {args.batch}, {args.steps} timed steps, {args.threads} thread(s), VLM "

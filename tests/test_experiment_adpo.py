@@ -80,3 +80,17 @@ def test_partial_runs_merge_settings_and_score_targets_without_transfer():
     assert targets["step_cost_vs_fare"] == 0.5 and targets["step_cost_vs_fare_amortized"] == (1.0 + 2.0) / 2.0
     transfer = {"original": row(0.9, 0.05, None), "adpo_dpo": row(0.8, 0.32, 1.0)}
     assert abs(adpo._targets(methods, transfer, 10)["transfer_retention"] - 0.27 / 0.35) < 1e-12
+
+
+def test_rows_spread_over_two_worker_processes_give_the_same_numbers(quick_run, tmp_path):
+    """The rows are independent: run in two spawned processes (one thread each) they score what the sequential run
+    scored (every fraction; only the timings differ)."""
+    rows = ["adpo_dpo", "adpo_dpo_reference"]
+    parallel = adpo.run_adpo_experiment(tmp_path / "parallel", quick=True, progress=False, rows=rows,
+                                        overrides={"workers": 2})
+    sequential = json.loads((quick_run / "metrics.json").read_text())
+    assert parallel["settings"]["workers"] == 2 and list(parallel["methods"]) == ["original", "fare", *rows]
+    for table in ("methods", "transfer"):
+        for row, values in parallel[table].items():
+            for key in ("clean", "cider", "robust", "targeted_success", "attacked_clean"):
+                assert values[key] == sequential[table][row][key], (table, row, key)

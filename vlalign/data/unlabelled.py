@@ -35,3 +35,17 @@ class UnlabelledImages(Dataset):
         path = self.paths[index]
         image = load_image(path, self.image_size, str(self.folder))
         return {"index": index, "pixels": torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()}
+
+
+class PromptedImageFolder(UnlabelledImages):
+    """An unlabelled image folder whose image ``i`` is asked ``prompts[i % len(prompts)]``: items ``{"index",
+    "pixels", "prompt"}``, AdPO's label-free training set on the user's own images."""
+
+    def __init__(self, folder: str | Path, image_size: int, prompts: list[str]) -> None:
+        super().__init__(folder, image_size)
+        if not prompts:
+            raise ValueError("PromptedImageFolder needs at least one prompt")
+        self.prompts = list(prompts)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**super().__getitem__(index), "prompt": self.prompts[index % len(self.prompts)]}

@@ -4,14 +4,19 @@ on a generative VLM and transferred into a second one.
 Rows (``metrics.json`` ``methods``): ``original`` (the VLM as shipped); ``tecoa`` and ``fare`` (the MiniCLIP tower
 fine-tuned by :class:`~vlalign.training.methods.robust.RobustFinetune` at the same ε, its image tower put into the
 VLM); ``adpo_dpo``, ``adpo_ipo``, ``adpo_kto``, ``adpo_simpo`` (AdPO with each preference loss, λ = 1);
-``adpo_scheduled`` (DPO, λ cosine from 2 to 0.5: the paper's open question 2) and ``adpo_no_la`` (DPO, λ = 0).
-``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's encoder put in unchanged.
+``adpo_scheduled`` (DPO, λ cosine from 2 to 0.5: the paper's open question 2) and ``adpo_no_la`` (DPO, λ = 0),
+all with online pairs (``attack_on: policy``, every step attacks the encoder being trained), and
+``adpo_dpo_reference`` (DPO with x_adv and y_l computed once on the frozen reference: the paper's description taken
+literally). ``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's encoder put in unchanged.
 
 Columns: clean exact match on fresh questions, CIDEr-D on fresh captions, accuracy under untargeted APGD-CE at
 2/255 and 4/255 (per sample the worst of clean and attacked, as :func:`robust_evaluate_vlm` scores it), targeted
 APGD success at 4/255 (a wrong answer of the same type), and training seconds per optimizer step (the loop only;
-AdPO's one-off pair precomputation is reported beside it, ``precompute_seconds``). All trainings use the same
-loop settings (steps, batch, AdamW, lr) and ε. ``--quick`` builds two tiny random VLMs on a tiny tower from configs
+AdPO's one-off precomputation — y_w and the reference's scores, plus x_adv and y_l for ``attack_on: reference`` —
+is reported beside it, ``precompute_seconds``). All trainings use the same
+loop settings (steps, batch, AdamW, lr) and ε. The rows are independent, so the full run spreads them over two
+processes (``workers``, one torch thread each: both cores of the 2-core machine); they score exactly what one process
+scores (tested). ``--quick`` builds two tiny random VLMs on a tiny tower from configs
 (no shipped asset needed): every part runs, nothing is meant to be accurate or robust.
 """
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from vlalign.attacks.threat_model import parse_eps
 from vlalign.data.datasets import TensorImageDataset
@@ -46,27 +52,35 @@ from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
 
-ROWS = ("original", "tecoa", "fare", "adpo_dpo", "adpo_ipo", "adpo_kto", "adpo_simpo", "adpo_scheduled", "adpo_no_la")
-#: AdPO rows -> their config fields (beside eps and attack steps).
+ROWS = ("original", "tecoa", "fare", "adpo_dpo", "adpo_ipo", "adpo_kto", "adpo_simpo", "adpo_scheduled", "adpo_no_la",
+        "adpo_dpo_reference")
+#: AdPO rows -> their config fields (beside eps, attack steps and the run's ``attack_on``, which a row may override).
 ADPO_ROWS: dict[str, dict[str, Any]] = {
     "adpo_dpo": {"loss": "dpo"}, "adpo_ipo": {"loss": "ipo"}, "adpo_kto": {"loss": "kto"},
     "adpo_simpo": {"loss": "simpo"},
     "adpo_scheduled": {"loss": "dpo", "la_schedule": "cosine", "la_weight_start": 2.0, "la_weight": 0.5},
     "adpo_no_la": {"loss": "dpo", "la_weight": 0.0},
+    # the paper's description taken literally: x_adv (the embedding attack) and y_l once, on the frozen reference
+    "adpo_dpo_reference": {"loss": "dpo", "attack_on": "reference", "attack_objective": "embedding"},
 }
 EVAL_EPS = ("2/255", "4/255")
 TARGETED_EPS = "4/255"
 
 #: The full run. The loop settings are FARE's of ``vlalign experiment robust`` at batch 32.
 FULL: dict[str, Any] = {
-    "vlm": "mini-vlm", "transfer_vlm": "mini-vlm-large", "clip": "mini-v1",
+    "vlm": "mini-vlm", "transfer_vlm": "mini-vlm-large", "clip": "mini",
     "eps": "4/255", "attack_steps": 10,
+    #: AdPO's training attack for every row that does not set its own (``AdPOConfig.attack_on`` and
+    #: ``attack_objective``): every step attacks the current model, maximizing the NLL of y_w
+    "attack_on": "policy", "attack_objective": "response",
     "train": {"steps": 150, "batch_size": 32, "lr": 3e-4, "weight_decay": 1e-4, "warmup_fraction": 0.1,
               "checkpoint_every": 50, "log_every": 5},
     "data": {"questions": 1600, "captions": 400, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
     "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
              "steps": 20, "steps_check": True},
     "max_new_tokens": 24,
+    #: processes the rows are spread over (one torch thread each): both cores of the 2-core machine
+    "workers": 2,
 }
 #: A smoke run on tiny random models.
 QUICK: dict[str, Any] = {
@@ -75,7 +89,7 @@ QUICK: dict[str, Any] = {
     "data": {"questions": 6, "captions": 2, "seed": 500, "robust_images": 8, "robust_seed": 10000},
     "eval": {"questions": 8, "captions": 4, "seed": 4343, "attack_questions": 8, "targeted": 4, "steps": 2,
              "steps_check": False},
-    "max_new_tokens": 6,
+    "max_new_tokens": 6, "workers": 1,
 }
 #: The tiny tower of ``--quick`` (32-pixel images, one block).
 TINY_TOWER = dict(image_size=32, stem_channels=(8, 16, 32), vision_width=32, vision_layers=1, vision_heads=2,
@@ -188,12 +202,14 @@ def adpo_data(settings: dict) -> PromptedImages:
 
 
 def train_adpo(row: str, vlm: MiniVLM, data: PromptedImages, settings: dict, seed: int, out: Path,
-               progress: bool, pairs: dict | None = None) -> tuple[MiniVLM, dict, dict]:
-    """One AdPO row on a copy of ``vlm``. ``pairs`` (another row's ``method.frozen``) is reused: every row attacks
-    the same reference model on the same images, so their pairs are identical and computed once."""
+               progress: bool, pairs: dict | None = None, fields: dict | None = None) -> tuple[MiniVLM, dict, dict]:
+    """One AdPO row on a copy of ``vlm``. ``pairs`` (``method.frozen`` of an earlier row with the same
+    ``attack_on`` and objective) is reused: those rows start from the same reference on the same images, so what
+    they precompute is identical and computed once. ``fields`` change the row's AdPO config (a variant)."""
     loop = _loop(settings, seed)
-    fields = dict(ADPO_ROWS[row], eps=settings["eps"], attack_steps=settings["attack_steps"],
-                  max_new_tokens=settings["max_new_tokens"], attack_seed=seed)
+    fields = {"eps": settings["eps"], "attack_steps": settings["attack_steps"], "attack_on": settings["attack_on"],
+              "attack_objective": settings["attack_objective"], "max_new_tokens": settings["max_new_tokens"],
+              "attack_seed": seed, **ADPO_ROWS[row], **(fields or {})}
     if fields.get("la_schedule", "constant") != "constant":
         fields["schedule_steps"] = loop.steps
     method = AdPO(copy.deepcopy(vlm), data, AdPOConfig(**fields))
@@ -221,6 +237,86 @@ def _merged(base: dict, overrides: dict) -> dict:
     return out
 
 
+#: Per process: the models, evaluation set, training data and AdPO pairs of the settings last used (rows run one
+#: after another in a process share them; each worker process of a parallel run builds its own once).
+_SHARED: dict[str, Any] = {}
+
+
+def _shared(settings: dict, seed: int) -> dict[str, Any]:
+    key = json.dumps([settings, seed], sort_keys=True, default=str)
+    if _SHARED.get("key") != key:
+        _SHARED.clear()
+        clip, vlm, large = _models(settings, seed)
+        _SHARED.update(key=key, clip=clip, vlm=vlm, large=large, evaluation=EvalSet(settings["eval"]),
+                       data=adpo_data(settings), pairs={})
+    return _SHARED
+
+
+def run_row(row: str, settings: dict, seed: int, out: Path, progress: bool = False,
+            fields: dict | None = None) -> dict[str, Any]:
+    """Train one row (or load it, if its run in ``out/runs/<row>`` finished) and evaluate it in both VLMs:
+    ``{"methods": {…}, "transfer": {…} (when there is a second VLM), "seconds": {"train_<row>", "eval_<row>"}}``.
+    ``fields`` change an AdPO row's config (a variant of it; its pairs are not shared with other rows)."""
+    shared = _shared(settings, seed)
+    vlm, large = shared["vlm"], shared["large"]
+    start = time.perf_counter()
+    if row == "original":
+        tower, timing = vlm.vision, {"step_seconds": None}
+    elif row in ("tecoa", "fare"):
+        tuned, timing = train_robust_tower(row, shared["clip"], settings, seed, out / "runs" / row, progress)
+        tower = tuned.visual
+    else:
+        config = {k: settings[k] for k in ("attack_on", "attack_objective")} | ADPO_ROWS[row] | (fields or {})
+        mode = (config["attack_on"], config["attack_objective"]) if not fields else None
+        trained, timing, pairs = train_adpo(row, vlm, shared["data"], settings, seed, out / "runs" / row, progress,
+                                            shared["pairs"].get(mode), fields)
+        if mode is not None:
+            shared["pairs"][mode] = pairs
+        tower = trained.vision
+    trained_at = time.perf_counter()
+    result: dict[str, Any] = {}
+    for target, table in ((vlm, "methods"), (large, "transfer")):
+        if target is None:
+            continue
+        model = copy.deepcopy(target).with_vision_tower(tower) if row != "original" else target
+        result[table] = {**evaluate_row(model, shared["evaluation"]), "step_seconds": timing["step_seconds"]}
+        if "precompute_seconds" in timing:
+            result[table]["precompute_seconds"] = timing["precompute_seconds"]
+    result["seconds"] = {f"train_{row}": trained_at - start, f"eval_{row}": time.perf_counter() - trained_at}
+    return result
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_rows(chosen: list[str], settings: dict, seed: int, out: Path, progress: bool) -> dict[str, dict]:
+    """Every row's :func:`run_row`, in this process or spread over ``settings["workers"]`` processes (one torch
+    thread each; the rows are independent, so the numbers do not depend on which process ran a row)."""
+    workers = min(settings["workers"], len(chosen))
+    if workers <= 1:
+        results = {}
+        for row in chosen:
+            results[row] = run_row(row, settings, seed, out, progress)
+            if progress:
+                print(f"{row}: trained in {results[row]['seconds'][f'train_{row}']:.0f} s, evaluated in "
+                      f"{results[row]['seconds'][f'eval_{row}']:.0f} s", flush=True)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # the longest rows first, so that the workers finish together
+    order = sorted(chosen, key=lambda r: (r not in ADPO_ROWS or "attack_on" in ADPO_ROWS[r], r == "original"))
+    results = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                             initargs=(1,)) as pool:
+        futures = {pool.submit(run_row, row, settings, seed, out): row for row in order}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"AdPO experiment rows ({workers} workers)",
+                           disable=not progress):
+            results[futures[future]] = future.result()
+    return results
+
+
 def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,
                         rows: tuple[str, ...] | list[str] | None = None, overrides: dict | None = None) -> dict:
     """Train every row, evaluate it in both VLMs, write ``metrics.json``, the report and its plots.
@@ -236,38 +332,10 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     unknown = sorted(set(rows or ()) - set(ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS)}")
-    clip, vlm, large = _models(settings, seed)
-    evaluation = EvalSet(settings["eval"])
-    data = adpo_data(settings)
-    methods: dict[str, dict] = {}
-    transfer: dict[str, dict] = {}
-    seconds: dict[str, float] = {}
-    towers: dict[str, torch.nn.Module] = {"original": vlm.vision}
-    timings: dict[str, dict] = {"original": {"step_seconds": None}}
-    pairs = None
-    for row in chosen[1:]:
-        start = time.perf_counter()
-        if row in ("tecoa", "fare"):
-            tuned, timings[row] = train_robust_tower(row, clip, settings, seed, out / "runs" / row, progress)
-            towers[row] = tuned.visual
-        else:
-            trained, timings[row], pairs = train_adpo(row, vlm, data, settings, seed, out / "runs" / row, progress, pairs)
-            towers[row] = trained.vision
-        seconds[f"train_{row}"] = time.perf_counter() - start
-        if progress:
-            print(f"{row}: trained in {seconds[f'train_{row}']:.0f} s", flush=True)
-    for row in chosen:
-        start = time.perf_counter()
-        for target, table in ((vlm, methods), (large, transfer)):
-            if target is None:
-                continue
-            model = copy.deepcopy(target).with_vision_tower(towers[row]) if row != "original" else target
-            table[row] = {**evaluate_row(model, evaluation), "step_seconds": timings[row]["step_seconds"]}
-            if "precompute_seconds" in timings[row]:
-                table[row]["precompute_seconds"] = timings[row]["precompute_seconds"]
-        seconds[f"eval_{row}"] = time.perf_counter() - start
-        if progress:
-            print(f"{row}: evaluated in {seconds[f'eval_{row}']:.0f} s", flush=True)
+    results = _run_rows(chosen, settings, seed, out, progress)
+    methods = {row: results[row]["methods"] for row in chosen}
+    transfer = {row: results[row]["transfer"] for row in chosen if "transfer" in results[row]}
+    seconds = {k: v for row in chosen for k, v in results[row]["seconds"].items()}
     metrics = {"methods": methods, "transfer": transfer, "targets": _targets(methods, transfer, settings["train"]["steps"]),
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
@@ -318,7 +386,8 @@ def _targets(methods: dict, transfer: dict, steps: int) -> dict:
 
 NAMES = {"original": "original encoder", "tecoa": "TeCoA", "fare": "FARE", "adpo_dpo": "AdPO (DPO)",
          "adpo_ipo": "AdPO (IPO)", "adpo_kto": "AdPO (KTO)", "adpo_simpo": "AdPO (SimPO)",
-         "adpo_scheduled": "AdPO (DPO, scheduled λ)", "adpo_no_la": "AdPO (DPO, λ = 0)"}
+         "adpo_scheduled": "AdPO (DPO, scheduled λ)", "adpo_no_la": "AdPO (DPO, λ = 0)",
+         "adpo_dpo_reference": "AdPO (DPO, pairs once on the reference)"}
 
 
 def _seconds(value: float | None) -> str:
@@ -400,6 +469,7 @@ def report_from_run(run_dir: str | Path) -> str:
 
 def _target_lines(metrics: dict) -> list[str]:
     targets = metrics["targets"]
+    workers = metrics["settings"].get("workers", 1)
     if targets.get("best_adpo") is None:
         return ["No AdPO row in this run."]
     precompute = max((v.get("precompute_seconds") or 0.0) for v in metrics["methods"].values())
@@ -414,10 +484,11 @@ def _target_lines(metrics: dict) -> list[str]:
                                "— (no transfer rows, or no robustness gain to keep)")
         + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
         "- AdPO step / FARE step (same encoder, batch and loop): " + (f"**{ratio:.2f}×**" if ratio else "—")
-        + " (target ≤ 2.5×). AdPO's pairs (PGD on the reference, y_w, y_l, reference log-probs) are computed once "
-        f"before training ({precompute:.1f} s, shared by every AdPO row); spread over one row's steps the ratio is "
-        + (f"{amortized:.2f}×" if amortized else "—") + ". Step times are wall-clock on a machine shared with other "
-        "jobs.",
+        + " (target ≤ 2.5×). What AdPO precomputes (y_w and its reference log-prob; with pairs on the reference "
+        "also PGD, y_l and its log-prob) is computed once before training (at most "
+        f"{precompute:.1f} s, shared by the rows of one attack mode); spread over one row's steps the ratio is "
+        + (f"{amortized:.2f}×" if amortized else "—") + ". Step times are wall-clock"
+        + (f", {workers} rows training at once in separate processes (one torch thread each)." if workers > 1 else "."),
     ]
 
 

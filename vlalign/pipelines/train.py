@@ -22,6 +22,8 @@ TRAINERS: dict[str, str] = {
     "dpo": _PO, "ipo": _PO, "kto": _PO, "cdpo": _PO, "hinge": _PO, "simpo": _PO, "ce": _PO,
     # Robust fine-tuning baselines (Schlarmann et al. 2024).
     "tecoa": _ROBUST, "fare": _ROBUST,
+    # Adversarial robustness of a generative VLM's vision encoder by preference optimization (AdPO).
+    "adpo": "vlalign.pipelines.adpo:AdPORun:train_adpo_run",
 }
 
 

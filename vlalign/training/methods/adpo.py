@@ -24,12 +24,21 @@ frozen, so π_ref differs from π_θ only in the vision encoder.
 
 Choices the paper leaves open (documented here, each a config field where it matters):
 
-1. *Which model the attack runs on, and when.* The reference model, once per image, before training. Then x_adv,
-   y_w, y_l and both reference log-probabilities are fixed per pair: they are computed once in ``prepare``, in
-   fixed batches (:func:`vlalign.training.frozen.precompute`), and a training step never runs the reference, the
-   attack or a generation. Each image's random start depends on (seed, image index) alone.
-2. *Who generates y_w and y_l.* The reference (initial) model, greedily (``max_new_tokens`` tokens at most), so
-   each pair is what the undefended model says on the clean and the attacked image.
+1. *Which model the attack runs on, and when* (``attack_on``). ``reference`` (default; the paper's description):
+   the reference model, once per image, before training. Then x_adv, y_w, y_l and both reference log-probabilities
+   are fixed per pair: they are computed once in ``prepare``, in fixed batches, and a training step never runs the
+   reference, the attack or a generation. Each image's random start depends on (seed, image index) alone.
+   ``policy`` (online pairs, "adversarial training" proper): every step attacks the *current* encoder, PGD-10
+   maximizing ‖φ_θ(x + δ) − φ_ref(x)‖₂² (FARE's inner problem, on the features the decoder reads), y_l = the
+   current model's greedy response to x_adv, and φ_ref(x) and log π_ref(y_l|x_adv) come from the frozen reference
+   vision encoder's parameters (kept once, swapped in by ``torch.func.functional_call``; the decoder is shared, so
+   no second language model is held, and no per-image features are stored, which for LLaVA's 576 tokens × 1,024
+   would be 2.4 MB an image). y_w and log π_ref(y_w|x) are still computed once.
+   A fixed set of perturbations of the reference is soon learned away, while the evaluation attacks the trained
+   encoder; ``policy`` trains against that. Random starts depend on (seed, step, image index).
+2. *Who generates y_w and y_l.* y_w: the reference (initial) model, greedily (``max_new_tokens`` tokens at most),
+   on the clean image. y_l: the reference on its x_adv (``attack_on: reference``) or the current model on its
+   x_adv (``policy``): what the model being attacked says.
 3. *Pairs whose y_l equals y_w* (the attack did not change the answer) carry no preference; with y_w conditioned
    on x and y_l on x_adv they would push log π_θ(y_w|x_adv) *down*. They are left out of L_P (its mean is over the
    remaining pairs, 0 when none) and still count in L_A.
@@ -55,7 +64,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from vlalign.attacks.objectives import EmbeddingObjective
+from vlalign.attacks.objectives import EmbeddingObjective, ResponseObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
 from vlalign.config import check_range, option
@@ -70,6 +79,8 @@ from vlalign.training.sampling import item_seeds
 
 LOSSES = ("dpo", "ipo", "kto", "simpo")
 SCHEDULES = ("constant", "linear", "cosine")
+ATTACK_ON = ("reference", "policy")
+ATTACK_OBJECTIVES = ("embedding", "response")
 
 
 @dataclass
@@ -91,10 +102,23 @@ class AdPOConfig(LinfTrainingAttack):
     attack_step_size: str | None = option(None, "PGD step size (null: ε/4)")
     max_new_tokens: int = option(24, "longest greedy response y_w / y_l")
     attack_seed: int = option(0, "seed of the training attack's random starts (one per image)")
+    attack_on: Literal["reference", "policy"] = option(
+        "reference", "reference: x_adv, y_l and π_ref(y_l|x_adv) computed once on the frozen reference before "
+                     "training (the paper's description); policy: every step re-attacks the current encoder and "
+                     "y_l is the current model's answer on that x_adv (online pairs; a step costs an attack, "
+                     "a generation and a reference scoring)")
+    attack_objective: Literal["embedding", "response"] = option(
+        "embedding", "what the training attack maximizes: embedding, ‖φ(x+δ) − φ_ref(x)‖² on the features the decoder "
+                     "reads (the paper's attack on the vision encoder); response, −log p(y_w | x+δ, prompt) of the "
+                     "attacked model (the threat an answer-level evaluation uses)")
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if self.attack_on not in ATTACK_ON:
+            raise ValueError(f"attack_on must be one of {list(ATTACK_ON)}, got {self.attack_on!r}")
+        if self.attack_objective not in ATTACK_OBJECTIVES:
+            raise ValueError(f"attack_objective must be one of {list(ATTACK_OBJECTIVES)}, got {self.attack_objective!r}")
         if self.la_schedule not in SCHEDULES:
             raise ValueError(f"la_schedule must be one of {list(SCHEDULES)}, got {self.la_schedule!r}")
         for name in ("beta", "simpo_beta"):
@@ -209,44 +233,69 @@ class AdPO(Method):
         model = self.model
         x = batch["pixels"].to(device).float().div_(255.0)
         prompts = list(batch["prompt"])
-        objective = EmbeddingObjective.from_images(model, x)  # φ_ref(x): the model has not been updated
+        chosen = model.generate(x, prompts, self.config.max_new_tokens)
+        out = {"chosen": chosen, "prompts": prompts, "pixels": batch["pixels"].cpu(),
+               "reference_chosen": model.response_logprobs(x, prompts, chosen).total.float().cpu()}
+        if self.config.attack_on == "policy":
+            return out
+        if self.config.attack_objective == "response":
+            objective = ResponseObjective(model, prompts, chosen)
+        else:
+            objective = EmbeddingObjective.from_images(model, x)  # φ_ref(x): the model has not been updated
         with torch.enable_grad():
             x_adv = self.attack(objective, x, sample_seeds=item_seeds(seed, 0, batch["index"], salt=17)).adversarial
-        chosen = model.generate(x, prompts, self.config.max_new_tokens)
         rejected = model.generate(x_adv, prompts, self.config.max_new_tokens)
-        reference_chosen = model.response_logprobs(x, prompts, chosen).total.float()
-        reference_rejected = model.response_logprobs(x_adv, prompts, rejected).total.float()
-        return {"x_adv": x_adv.cpu(), "chosen": chosen, "rejected": rejected, "prompts": prompts,
-                "reference_chosen": reference_chosen.cpu(), "reference_rejected": reference_rejected.cpu(),
-                "pixels": batch["pixels"].cpu()}
+        out["reference_rejected"] = model.response_logprobs(x_adv, prompts, rejected).total.float().cpu()
+        return {**out, "x_adv": x_adv.cpu(), "rejected": rejected}
 
     def precompute_pairs(self, device: torch.device) -> None:
-        """x_adv, y_w, y_l and the reference's log π_ref(y_w|x), log π_ref(y_l|x_adv) of every item, once, in
-        consecutive fixed batches, by the model before any update (see the module docstring)."""
+        """What every step reuses, once, in consecutive fixed batches, by the model before any update: y_w and
+        log π_ref(y_w|x) of every item, and either x_adv, y_l and log π_ref(y_l|x_adv) (``attack_on: reference``)
+        or the reference vision parameters (``policy``); see the module docstring."""
         self.precompute_calls += 1
         loader = torch.utils.data.DataLoader(self.data, batch_size=self.precompute_batch_size, shuffle=False,
                                              collate_fn=default_collate)
         parts: list[dict[str, Any]] = []
         was_training = self.model.training
         self.model.eval()
+        what = "y_w, reference" if self.config.attack_on == "policy" else "attack, y_w, y_l, reference"
         try:
-            for batch in tqdm(loader, desc="AdPO pairs (attack, y_w, y_l, reference)", disable=not self.progress):
+            for batch in tqdm(loader, desc=f"AdPO pairs ({what})", disable=not self.progress):
                 parts.append(self._pairs(batch, device, self.config.attack_seed))
         finally:
             self.model.train(was_training)
-        frozen: dict[str, Any] = {}
+        frozen: dict[str, Any] = {"attack_on": self.config.attack_on, "attack_objective": self.config.attack_objective}
         for key in ("x_adv", "reference_chosen", "reference_rejected", "pixels"):
-            frozen[key] = torch.cat([p[key] for p in parts])
+            if key in parts[0]:
+                frozen[key] = torch.cat([p[key] for p in parts])
         for key in ("chosen", "rejected", "prompts"):
-            frozen[key] = [text for p in parts for text in p[key]]
-        frozen["differs"] = torch.tensor([w != lose for w, lose in zip(frozen["chosen"], frozen["rejected"])])
+            if key in parts[0]:
+                frozen[key] = [text for p in parts for text in p[key]]
+        if self.config.attack_on == "policy":
+            frozen["reference_vision"] = {k: v.detach().clone()
+                                          for k, v in self.model.vision_encoder.state_dict().items()}
+        else:
+            frozen["differs"] = torch.tensor([w != lose for w, lose in zip(frozen["chosen"], frozen["rejected"])])
         self.frozen = frozen
+
+    def reference_image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen reference's vision features of ``pixels`` (``attack_on: policy``): the model's own
+        ``image_features`` with the reference vision parameters swapped in for this call only."""
+        prefix = next(name for name, module in self.model.named_modules() if module is self.model.vision_encoder)
+        device = self.model.device
+        parameters = {f"model.{prefix}.{k}": v.to(device) for k, v in self.frozen["reference_vision"].items()}
+        return torch.func.functional_call(_ImageFeaturesOf(self.model), parameters, (pixels,), strict=False)
 
     def prepare(self, device: torch.device) -> None:
         """Move to ``device`` and compute the pairs unless they already are (a second ``fit`` on the same method,
         or a call before ``fit`` to time them apart, reuses them)."""
         self.to(device)
         self._set_trainable()  # again: finish() of an earlier fit turned gradients off
+        given = (self.frozen.get("attack_on"), self.frozen.get("attack_objective")) if self.frozen else None
+        wanted = (self.config.attack_on, self.config.attack_objective)
+        if given is not None and given != wanted and (given[0], wanted[0]) != ("policy", "policy"):
+            raise ValueError(f"the given pairs were computed for attack_on {given[0]!r} with the {given[1]!r} "
+                             f"objective, this run needs attack_on {wanted[0]!r} with the {wanted[1]!r} objective")
         if not self.frozen:
             self.precompute_pairs(device)
 
@@ -264,6 +313,24 @@ class AdPO(Method):
         self.model.vision_encoder.train(mode)
         return self
 
+    def _online_pairs(self, x: torch.Tensor, prompts: list[str], chosen: list[str], index: torch.Tensor,
+                      batch: dict[str, Any]) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """``attack_on: policy``: x_adv by PGD on the current model (away from φ_ref(x), or away from y_w), y_l = the
+        current model's greedy response to it, log π_ref(y_l|x_adv) with the reference vision parameters."""
+        if self.config.attack_objective == "response":
+            objective = ResponseObjective(self.model, prompts, chosen)
+        else:
+            with torch.no_grad():
+                target = self.reference_image_features(x).flatten(1).float()  # φ_ref(x), as encode_image flattens
+            objective = EmbeddingObjective(self.model, target, normalize=False)
+        seeds = item_seeds(batch["seed"], batch["step"], index, salt=17)
+        x_adv = self.attack(objective, x, sample_seeds=seeds).adversarial.detach()
+        with torch.no_grad():
+            rejected = self.model.generate(x_adv, prompts, self.config.max_new_tokens)
+            reference = self.model.response_logprobs(None, prompts, rejected,
+                                                     image_features=self.reference_image_features(x_adv))
+        return x_adv, rejected, reference.total.float()
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if not self.frozen:
             raise RuntimeError("prepare() must run before the first step: the AdPO pairs are not computed")
@@ -272,10 +339,17 @@ class AdPO(Method):
         device = self.model.device
         frozen = self.frozen
         x = frozen["pixels"][index].to(device).float().div_(255.0)
-        x_adv = frozen["x_adv"][index].to(device)
         prompts = [frozen["prompts"][i] for i in rows]
         chosen = [frozen["chosen"][i] for i in rows]
-        rejected = [frozen["rejected"][i] for i in rows]
+        reference_chosen = frozen["reference_chosen"][index].to(device)
+        if self.config.attack_on == "policy":
+            x_adv, rejected, reference_rejected = self._online_pairs(x, prompts, chosen, index, batch)
+            differs = torch.tensor([w != lose for w, lose in zip(chosen, rejected)], device=device)
+        else:
+            x_adv = frozen["x_adv"][index].to(device)
+            rejected = [frozen["rejected"][i] for i in rows]
+            reference_rejected = frozen["reference_rejected"][index].to(device)
+            differs = frozen["differs"][index].to(device)
         b = len(rows)
         features = self.model.image_features(torch.cat([x, x_adv]))
         clean, adversarial = features[:b], features[b:]
@@ -283,11 +357,8 @@ class AdPO(Method):
         scores = self.model.response_logprobs(None, prompts * 3, chosen + rejected + chosen,
                                               image_features=torch.cat([clean, adversarial, adversarial]))
         total, mean = scores.total.float(), scores.mean.float()
-        reference_chosen = frozen["reference_chosen"][index].to(device)
-        reference_rejected = frozen["reference_rejected"][index].to(device)
         pair_losses = sequence_preference_loss(self.config.loss, total[:b], total[b:2 * b], reference_chosen,
                                                reference_rejected, mean[:b], mean[b:2 * b], self.config)
-        differs = frozen["differs"][index].to(device)
         count = differs.sum()
         preference = torch.where(differs, pair_losses, torch.zeros_like(pair_losses)).sum() / count.clamp(min=1)
         adversarial_lm = language_modeling_loss(scores.per_token[2 * b:], scores.mask[2 * b:])
@@ -298,6 +369,18 @@ class AdPO(Method):
         return {"loss": loss, "preference": preference.detach(), "adversarial_lm": adversarial_lm.detach(),
                 "la_weight": torch.tensor(la, device=device), "pairs_used": count.float() / b,
                 "margin": margin}
+
+
+class _ImageFeaturesOf(nn.Module):
+    """``model.image_features`` as a module's ``forward``, so that ``functional_call`` can run it with other
+    vision parameters."""
+
+    def __init__(self, model: GenerativeVLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.image_features(pixels)
 
 
 def frozen_copy(model: GenerativeVLM) -> GenerativeVLM:

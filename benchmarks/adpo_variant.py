@@ -1,0 +1,44 @@
+"""One AdPO row of ``vlalign experiment adpo`` with some of its config fields changed, trained and evaluated in
+``mini-vlm`` at the full experiment's settings (no transfer VLM), one torch thread: how the variants in the README's
+AdPO section were measured.
+
+Run: ``python -m benchmarks.adpo_variant ROW '{"field": value, ...}' OUT_DIR``, e.g.
+``python -m benchmarks.adpo_variant adpo_dpo '{"attack_on": "policy", "attack_objective": "embedding"}' runs/v1``.
+Prints and writes ``OUT_DIR/variant.json``: clean exact match, APGD-CE accuracy at 2/255 and 4/255, targeted success
+at 4/255, CIDEr-D, seconds per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vlalign.experiments import adpo
+from vlalign.io import atomic_write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("row", choices=sorted(adpo.ADPO_ROWS))
+    parser.add_argument("fields", help="JSON object of AdPOConfig fields to change, e.g. '{\"la_weight\": 4.0}'")
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    fields = json.loads(args.fields)
+    settings = adpo._merged(adpo.FULL, {"transfer_vlm": None})
+    began = time.perf_counter()
+    row = adpo.run_row(args.row, settings, 0, args.out, fields=fields)["methods"]
+    result = {"row": args.row, "fields": fields, "clean": row["clean"], "robust": row["robust"],
+              "targeted_success": row["targeted_success"], "cider": row["cider"], "step_seconds": row["step_seconds"],
+              "seconds": time.perf_counter() - began}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "variant.json", result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
