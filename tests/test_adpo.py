@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 from vlalign.data.vqa import MiniCaptions, MiniVQA
 from vlalign.training.loop import fit
-from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages, frozen_copy, sequence_preference_loss
+from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages, sequence_preference_loss
 from vlalign.training.train_config import TrainConfig
 
-from vlm_helpers import tiny_mini_vlm
+from vlm_helpers import count_calls, prepared_with_reference, tiny_adpo, with_moved_vision
 
 torch.set_num_threads(1)
 
@@ -24,15 +24,11 @@ torch.set_num_threads(1)
 EPS = "48/255"
 
 
-def _method(loss="dpo", seed=0, **config) -> AdPO:
-    model = tiny_mini_vlm(seed=seed)
-    method = AdPO(model, DATA, AdPOConfig(loss=loss, eps=config.pop("eps", EPS), attack_steps=3, max_new_tokens=4,
-                                          **config), precompute_batch_size=5)
-    method.progress = False
-    return method
-
-
 DATA = PromptedImages(MiniVQA(10, seed=3), MiniCaptions(4, seed=3))
+
+
+def _method(loss: str = "dpo", **config) -> AdPO:
+    return tiny_adpo(DATA, 5, loss, eps=config.pop("eps", EPS), **config)
 
 
 def test_prompted_images_concatenate_parts_and_drop_answers():
@@ -46,10 +42,7 @@ def test_prompted_images_concatenate_parts_and_drop_answers():
 
 @pytest.fixture(scope="module")
 def prepared():
-    method = _method()
-    reference = frozen_copy(method.model)
-    method.prepare(torch.device("cpu"))
-    return method, reference
+    return prepared_with_reference(_method())
 
 
 def test_pairs_are_the_reference_models_greedy_outputs_on_x_and_an_in_ball_x_adv(prepared):
@@ -87,17 +80,6 @@ def test_at_initialization_dpo_is_log_2_and_ipo_the_squared_margin(prepared):
     assert abs(float(ipo(batch)["preference"]) - (1 / 0.2) ** 2) < 1e-3
 
 
-def _perturbed(method: AdPO, seed: int = 1) -> AdPO:
-    """The prepared method with its vision encoder moved, as after some training steps."""
-    moved = copy.copy(method)
-    moved.model = copy.deepcopy(method.model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in moved.model.vision_parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return moved
-
-
 def _hand_terms(method: AdPO, rows: list[int]):
     """Per row, in float64 and one example at a time: log π_θ(y_w|x), log π_θ(y_l|x_adv), their per-token means,
     and the token-mean NLL of y_w given x_adv over the rows."""
@@ -124,7 +106,7 @@ def _hand_terms(method: AdPO, rows: list[int]):
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "kto", "simpo"])
 def test_forward_matches_a_float64_hand_computation(prepared, loss):
     method, _ = prepared
-    moved = _perturbed(method)
+    moved = with_moved_vision(method)
     moved.config = AdPOConfig(loss=loss, beta=0.5, simpo_beta=2.0, simpo_gamma=0.3, la_weight=0.7, eps=EPS)
     rows = [0, 2, 3, 5, 8, 11, 13]
     out = moved({"train": {"index": torch.tensor(rows)}, "step": 4, "seed": 0})
@@ -188,26 +170,22 @@ def test_lambda_schedules():
 LOOP = TrainConfig(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2, log_every=1, seed=3)
 
 
-def test_fit_trains_only_the_used_vision_parameters_and_never_reruns_the_reference(monkeypatch):
-    method = _method(la_weight=0.5)
+#: Calls during precompute (3 batches of 5 images) and 4 steps: pairs on the reference generate y_w and y_l and
+#: attack once per batch, never in a step; online pairs generate y_w once per batch, then attack and generate y_l
+#: in every step.
+CALLS = {"reference": {"generate": 6, "attack": 3}, "policy": {"generate": 3 + 4, "attack": 4}}
+
+
+@pytest.mark.parametrize("attack_on", ["reference", "policy"])
+def test_fit_trains_only_the_used_vision_parameters_and_attacks_where_configured(monkeypatch, attack_on):
+    method = _method(la_weight=0.5, attack_on=attack_on)
     model = method.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = {"generate": 0, "attack": 0}
-    real_generate, real_attack = type(model).generate, type(method.attack).__call__
-
-    def generate(self, *args, **kwargs):
-        calls["generate"] += 1
-        return real_generate(self, *args, **kwargs)
-
-    def attack(self, *args, **kwargs):
-        calls["attack"] += 1
-        return real_attack(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(model), "generate", generate)
-    monkeypatch.setattr(type(method.attack), "__call__", attack)
+    count_calls(monkeypatch, type(model), "generate", calls, "generate")
+    count_calls(monkeypatch, type(method.attack), "__call__", calls, "attack")
     result = fit(method, LOOP, progress=False)
-    # precomputed once in fixed batches of 5: 3 batches, two generations each; nothing during the 4 steps
-    assert method.precompute_calls == 1 and calls == {"generate": 6, "attack": 3}
+    assert method.precompute_calls == 1 and calls == CALLS[attack_on]
     trained = result.model
     assert trained is model and not any(p.requires_grad for p in model.parameters())
     unused = {f"vision.{n}" for n in model.unused_vision_parameters()}
@@ -216,14 +194,20 @@ def test_fit_trains_only_the_used_vision_parameters_and_never_reruns_the_referen
     assert changed and changed <= vision
     assert not any(k.startswith(("projector.", "language_model.")) for k in changed)
     assert not changed & unused
+    if attack_on == "policy":  # the reference parameters kept for scoring are the initial ones
+        initial = {k[len("vision."):]: v for k, v in before.items() if k.startswith("vision.")}
+        assert all(torch.equal(v, initial[k]) for k, v in method.frozen["reference_vision"].items())
     # a second fit on the same method reuses the pairs
     fit(method, LOOP, progress=False)
     assert method.precompute_calls == 1
 
 
-def test_a_resumed_adpo_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("attack_on", ["reference", "policy"])
+def test_a_resumed_adpo_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch, attack_on):
+    """Also with online pairs: every step's attack starts depend on (seed, step, image) alone."""
     loop = TrainConfig(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2, log_every=1, averaging="bma")
-    straight = fit(_method(loss="kto", la_schedule="linear", schedule_steps=4), loop, tmp_path / "a", progress=False)
+    method = lambda: _method(loss="kto", la_schedule="linear", schedule_steps=4, attack_on=attack_on)  # noqa: E731
+    straight = fit(method(), loop, tmp_path / "a", progress=False)
     real = AdPO.forward
 
     def forward(self, batch):
@@ -233,9 +217,9 @@ def test_a_resumed_adpo_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path,
 
     monkeypatch.setattr(AdPO, "forward", forward)
     with pytest.raises(KeyboardInterrupt, match="interrupted at step 3"):
-        fit(_method(loss="kto", la_schedule="linear", schedule_steps=4), loop, tmp_path / "b", progress=False)
+        fit(method(), loop, tmp_path / "b", progress=False)
     monkeypatch.setattr(AdPO, "forward", real)
-    resumed = fit(_method(loss="kto", la_schedule="linear", schedule_steps=4), loop, tmp_path / "b", progress=False)
+    resumed = fit(method(), loop, tmp_path / "b", progress=False)
     assert resumed.start_step == 2
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

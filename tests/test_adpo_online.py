@@ -1,21 +1,19 @@
 """AdPO with online pairs (``attack_on: policy``): every step attacks the current encoder, y_l is the current
 model's greedy answer on that x_adv, log π_ref(y_l|x_adv) comes from the reference vision parameters swapped in;
-checked against a frozen copy of the initial model and a float64 hand computation, with an exact resume."""
+checked against a frozen copy of the initial model and a float64 hand computation (what runs where, and the exact
+resume, are tested with the offline pairs in test_adpo.py)."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vlalign.data.vqa import MiniCaptions, MiniVQA
-from vlalign.training.loop import fit
-from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages, frozen_copy
-from vlalign.training.train_config import TrainConfig
+from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
 
-from vlm_helpers import tiny_mini_vlm
+from vlm_helpers import prepared_with_reference, tiny_adpo, tiny_mini_vlm, with_moved_vision
 
 torch.set_num_threads(1)
 
@@ -24,29 +22,12 @@ DATA = PromptedImages(MiniVQA(8, seed=5), MiniCaptions(3, seed=5))
 
 
 def _method(loss: str = "dpo", **config) -> AdPO:
-    method = AdPO(tiny_mini_vlm(seed=0), DATA, AdPOConfig(loss=loss, eps=EPS, attack_steps=3, max_new_tokens=4,
-                                                          attack_on="policy", **config), precompute_batch_size=4)
-    method.progress = False
-    return method
+    return tiny_adpo(DATA, 4, loss, eps=EPS, attack_on=config.pop("attack_on", "policy"), **config)
 
 
 @pytest.fixture(scope="module")
 def prepared():
-    method = _method()
-    reference = frozen_copy(method.model)
-    method.prepare(torch.device("cpu"))
-    return method, reference
-
-
-def _moved(method: AdPO, seed: int = 1) -> AdPO:
-    """The prepared method with its vision encoder moved, as after some training steps."""
-    moved = copy.copy(method)
-    moved.model = copy.deepcopy(method.model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in moved.model.vision_parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return moved
+    return prepared_with_reference(_method())
 
 
 def test_precompute_keeps_y_w_and_its_reference_score_not_an_attack(prepared):
@@ -63,7 +44,7 @@ def test_precompute_keeps_y_w_and_its_reference_score_not_an_attack(prepared):
 
 def test_reference_features_swap_in_the_initial_parameters_for_one_call_only(prepared):
     method, reference = prepared
-    moved = _moved(method)
+    moved = with_moved_vision(method)
     x = torch.rand(3, 3, moved.model.image_size, moved.model.image_size, generator=torch.Generator().manual_seed(2))
     before = {k: v.clone() for k, v in moved.model.state_dict().items()}
     with torch.no_grad():
@@ -75,7 +56,7 @@ def test_reference_features_swap_in_the_initial_parameters_for_one_call_only(pre
 
 def test_online_forward_matches_the_moved_model_and_the_reference_in_float64(prepared):
     method, reference = prepared
-    moved = _moved(method)
+    moved = with_moved_vision(method)
     moved.config = AdPOConfig(loss="dpo", beta=0.5, la_weight=0.7, eps=EPS, attack_steps=3, max_new_tokens=4,
                               attack_on="policy")
     captured = {}
@@ -124,38 +105,6 @@ def test_online_forward_matches_the_moved_model_and_the_reference_in_float64(pre
     assert abs(float(out["pairs_used"]) - float(differs.float().mean())) < 1e-6
 
 
-LOOP = TrainConfig(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2, log_every=1, seed=3)
-
-
-def test_every_step_attacks_and_generates_and_only_vision_parameters_move(monkeypatch):
-    method = _method(la_weight=0.5)
-    model = method.model
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    calls = {"generate": 0, "attack": 0}
-    real_generate, real_attack = type(model).generate, type(method.attack).__call__
-
-    def generate(self, *args, **kwargs):
-        calls["generate"] += 1
-        return real_generate(self, *args, **kwargs)
-
-    def attack(self, *args, **kwargs):
-        calls["attack"] += 1
-        return real_attack(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(model), "generate", generate)
-    monkeypatch.setattr(type(method.attack), "__call__", attack)
-    fit(method, LOOP, progress=False)
-    # precompute: 3 batches of 4, one generation (y_w) each, no attack; then per step one attack and one generation
-    assert method.precompute_calls == 1 and calls == {"generate": 3 + 4, "attack": 4}
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    unused = {f"vision.{n}" for n in model.unused_vision_parameters()}
-    vision = {f"vision.{n}" for n, _ in model.vision.named_parameters()} - unused
-    assert changed and changed <= vision
-    # the reference parameters kept for scoring are the initial ones, untouched by training
-    initial = {k[len("vision."):]: v for k, v in before.items() if k.startswith("vision.")}
-    assert all(torch.equal(v, initial[k]) for k, v in method.frozen["reference_vision"].items())
-
-
 def test_pairs_of_the_other_attack_mode_are_refused(prepared):
     method, _ = prepared
     offline = AdPO(tiny_mini_vlm(seed=0), DATA, AdPOConfig(eps=EPS, attack_steps=3, max_new_tokens=4))
@@ -166,36 +115,11 @@ def test_pairs_of_the_other_attack_mode_are_refused(prepared):
         AdPOConfig(attack_on="decoder")
 
 
-def test_a_resumed_online_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch):
-    loop = TrainConfig(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2, log_every=1)
-    straight = fit(_method(loss="kto"), loop, tmp_path / "a", progress=False)
-    real = AdPO.forward
-
-    def forward(self, batch):
-        if batch["step"] == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(AdPO, "forward", forward)
-    with pytest.raises(KeyboardInterrupt, match="interrupted at step 3"):
-        fit(_method(loss="kto"), loop, tmp_path / "b", progress=False)
-    monkeypatch.setattr(AdPO, "forward", real)
-    resumed = fit(_method(loss="kto"), loop, tmp_path / "b", progress=False)
-    assert resumed.start_step == 2
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
-    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
-
-
 @pytest.mark.parametrize("attack_on", ["reference", "policy"])
 def test_the_response_objective_attacks_the_clean_answer(attack_on):
     """``attack_objective: response``: x_adv makes y_w less likely under the attacked model than random noise of the
     same size does (the reference's pairs once, or the current model's inside a step)."""
-    method = AdPO(tiny_mini_vlm(seed=0), DATA, AdPOConfig(eps=EPS, attack_steps=3, max_new_tokens=4, attack_on=attack_on,
-                                                          attack_objective="response"), precompute_batch_size=4)
-    method.progress = False
-    reference = frozen_copy(method.model)
-    method.prepare(torch.device("cpu"))
+    method, reference = prepared_with_reference(_method(attack_on=attack_on, attack_objective="response"))
     frozen = method.frozen
     rows = list(range(len(DATA)))
     x = frozen["pixels"].float() / 255
@@ -203,7 +127,7 @@ def test_the_response_objective_attacks_the_clean_answer(attack_on):
     if attack_on == "reference":
         x_adv, attacked = frozen["x_adv"], reference
     else:
-        moved = _moved(method)
+        moved = with_moved_vision(method)
         captured = {}
         real = moved._online_pairs
         moved._online_pairs = lambda *args: captured.setdefault("pairs", real(*args))

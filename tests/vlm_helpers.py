@@ -77,3 +77,48 @@ def tiny_llava_folder(folder, seed: int = 0, vision_feature_layer: int = -2, ini
     model.save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return folder
+
+
+def count_calls(monkeypatch, cls: type, name: str, counts: dict, key: str) -> None:
+    """Count calls of ``cls.name`` (a method) into ``counts[key]``, still calling it."""
+    real = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        counts[key] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+
+
+def with_moved_vision(method, seed: int = 1):
+    """A shallow copy of a prepared AdPO method whose model is a copy with the vision encoder moved by 0.05-std
+    noise, as after some training steps (its pairs and reference parameters are the original's)."""
+    import copy
+
+    moved = copy.copy(method)
+    moved.model = copy.deepcopy(method.model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in moved.model.vision_parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return moved
+
+
+def tiny_adpo(data, precompute_batch_size: int, loss: str = "dpo", seed: int = 0, eps: str = "48/255", **config):
+    """AdPO on :func:`tiny_mini_vlm` (PGD-3, answers of 4 tokens at most; a large ε so that the random model's answers
+    change under attack), without progress bars."""
+    from vlalign.training.methods.adpo import AdPO, AdPOConfig
+
+    method = AdPO(tiny_mini_vlm(seed=seed), data, AdPOConfig(loss=loss, eps=eps, attack_steps=3, max_new_tokens=4,
+                                                             **config), precompute_batch_size=precompute_batch_size)
+    method.progress = False
+    return method
+
+
+def prepared_with_reference(method):
+    """``(method, frozen copy of its model before any update)`` with the method's pairs computed."""
+    from vlalign.training.methods.adpo import frozen_copy
+
+    reference = frozen_copy(method.model)
+    method.prepare(torch.device("cpu"))
+    return method, reference

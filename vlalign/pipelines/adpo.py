@@ -21,10 +21,9 @@ from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
 from vlalign.io import atomic_write_json
 from vlalign.models.vlm import GenerativeVLM
 from vlalign.models.vlm_loading import load_vlm
-from vlalign.pipelines.runs import RunOutcome
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
-from vlalign.training import distributed
 from vlalign.training.loop import FitResult, fit
 from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
 from vlalign.training.train_config import TrainConfig
@@ -127,10 +126,9 @@ def train_adpo_run(run: AdPORun, out: Path, progress: bool = True, overwrite: bo
     began = time.perf_counter()
     out = Path(out)
     result = adpo_finetune(run, out, progress, overwrite)
-    if result.already_finished and (out / "metrics.json").is_file():
-        return RunOutcome(out, already_finished=True)
-    if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
-        return RunOutcome(out, start_step=result.start_step)
+    skipped = outcome_without_evaluation(result, out)
+    if skipped is not None:
+        return skipped
     model = result.model
     metrics = {"method": "adpo", "loss": run.options.loss, "attack_on": run.options.attack_on, "eps": run.options.eps,
                "base_model": run.model,

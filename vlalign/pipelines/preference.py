@@ -21,8 +21,7 @@ from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.loading import load_model, save_model
-from vlalign.pipelines.runs import RunOutcome
-from vlalign.training import distributed
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
 from vlalign.training.loop import fit
 from vlalign.training.methods.preference import ContrastivePreference, PreferenceConfig, PreferenceResult
 from vlalign.training.train_config import TrainConfig
@@ -116,10 +115,9 @@ def train_preference_run(run: PreferenceRun, out: Path, progress: bool = True, o
     method = ContrastivePreference(base, pref, prompts, reg, run.options, reg_prompts)
     identity = {k: v for k, v in config_to_dict(run).items() if k not in ("train", "options")}
     result = fit(method, run.train, out, run_config=identity, progress=progress, overwrite=overwrite)
-    if result.already_finished and (out / "metrics.json").is_file():
-        return RunOutcome(out, already_finished=True)
-    if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
-        return RunOutcome(out, start_step=result.start_step)
+    skipped = outcome_without_evaluation(result, out)
+    if skipped is not None:
+        return skipped
     save_aligned_model(PreferenceResult(result.model, run.options), out, run.model)
     metrics = evaluate_typographic(result.model, base, run.eval.images, run.eval.seed)
     atomic_write_json(out / "train_config.json", config_to_dict(run))

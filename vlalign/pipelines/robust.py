@@ -18,8 +18,7 @@ from vlalign.io import atomic_write_json
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
 from vlalign.models.loading import load_model, save_model
-from vlalign.pipelines.runs import RunOutcome
-from vlalign.training import distributed
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
 from vlalign.training.loop import FitResult, fit
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
@@ -105,10 +104,9 @@ def train_robust_run(run: RobustRun, out: Path, progress: bool = True, overwrite
     began = time.perf_counter()
     out = Path(out)
     result = robust_finetune(run, out, progress, overwrite)
-    if result.already_finished and (out / "metrics.json").is_file():
-        return RunOutcome(out, already_finished=True)
-    if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
-        return RunOutcome(out, start_step=result.start_step)
+    skipped = outcome_without_evaluation(result, out)
+    if skipped is not None:
+        return skipped
     model = result.model
     eval_images = MiniWorld().sample("clean", run.eval.images, run.eval.seed)
     evaluation = robust_evaluate(model, eval_images, run.eval.attacks, [parse_eps(e) for e in run.eval.eps],
