@@ -130,8 +130,8 @@ def train_adpo_run(run: AdPORun, out: Path, progress: bool = True, overwrite: bo
     if skipped is not None:
         return skipped
     model = result.model
-    metrics = {"method": "adpo", "loss": run.options.loss, "attack_on": run.options.attack_on, "eps": run.options.eps,
-               "base_model": run.model,
+    metrics = {"method": "adpo", "loss": run.options.loss, "attack_on": run.options.attack_on,
+               "attack_objective": run.options.attack_objective, "eps": run.options.eps, "base_model": run.model,
                "train": {"final_loss": result.history[-1]["loss"] if result.history else None,
                          "steps": run.train.steps, "train_seconds": result.seconds}}
     if run.eval.questions:
