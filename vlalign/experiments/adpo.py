@@ -5,9 +5,9 @@ Rows (``metrics.json`` ``methods``): ``original`` (the VLM as shipped); ``tecoa`
 fine-tuned by :class:`~vlalign.training.methods.robust.RobustFinetune` at the same ε, its image tower put into the
 VLM); ``adpo_dpo``, ``adpo_ipo``, ``adpo_kto``, ``adpo_simpo`` (AdPO with each preference loss, λ = 1);
 ``adpo_scheduled`` (DPO, λ cosine from 2 to 0.5: the paper's open question 2) and ``adpo_no_la`` (DPO, λ = 0),
-all with online pairs (``attack_on: policy``, every step attacks the encoder being trained), and
-``adpo_dpo_reference`` (DPO with x_adv and y_l computed once on the frozen reference: the paper's description taken
-literally). ``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's encoder put in unchanged.
+all with online pairs and the response attack (``attack_on: policy``, ``attack_objective: response``: every step
+attacks the model being trained, raising the NLL of y_w), and ``adpo_dpo_reference`` (DPO with x_adv from the
+embedding attack and y_l computed once on the frozen reference: the paper's description taken literally). ``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's encoder put in unchanged.
 
 Columns: clean exact match on fresh questions, CIDEr-D on fresh captions, accuracy under untargeted APGD-CE at
 2/255 and 4/255 (per sample the worst of clean and attacked, as :func:`robust_evaluate_vlm` scores it), targeted
@@ -54,7 +54,8 @@ from vlalign.training.train_config import TrainConfig
 
 ROWS = ("original", "tecoa", "fare", "adpo_dpo", "adpo_ipo", "adpo_kto", "adpo_simpo", "adpo_scheduled", "adpo_no_la",
         "adpo_dpo_reference")
-#: AdPO rows -> their config fields (beside eps, attack steps and the run's ``attack_on``, which a row may override).
+#: AdPO rows -> their config fields (beside eps, attack steps and the run's ``attack_on`` and ``attack_objective``,
+#: which a row may override).
 ADPO_ROWS: dict[str, dict[str, Any]] = {
     "adpo_dpo": {"loss": "dpo"}, "adpo_ipo": {"loss": "ipo"}, "adpo_kto": {"loss": "kto"},
     "adpo_simpo": {"loss": "simpo"},
@@ -387,7 +388,7 @@ def _targets(methods: dict, transfer: dict, steps: int) -> dict:
 NAMES = {"original": "original encoder", "tecoa": "TeCoA", "fare": "FARE", "adpo_dpo": "AdPO (DPO)",
          "adpo_ipo": "AdPO (IPO)", "adpo_kto": "AdPO (KTO)", "adpo_simpo": "AdPO (SimPO)",
          "adpo_scheduled": "AdPO (DPO, scheduled λ)", "adpo_no_la": "AdPO (DPO, λ = 0)",
-         "adpo_dpo_reference": "AdPO (DPO, pairs once on the reference)"}
+         "adpo_dpo_reference": "AdPO (DPO, pairs once on the reference, embedding attack)"}
 
 
 def _seconds(value: float | None) -> str:

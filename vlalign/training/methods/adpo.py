@@ -6,7 +6,7 @@ For every clean training image x (with a prompt; no labels are used):
 - x_adv = PGD-10 (ℓ∞, radius ε, random start, step ε/4, last iterate) maximizing ‖φ_ref(x + δ) − φ_ref(x)‖₂² on the
   FROZEN reference vision encoder φ_ref, where φ is the feature map the decoder reads
   (:meth:`GenerativeVLM.encode_image`: the per-patch features, flattened) — the embedding-space attack of FARE,
-  aimed at what the language model sees;
+  aimed at what the language model sees (choices 1 and 8 below change which model and which objective);
 - y_w = the reference model's greedy response to (x, prompt) (the preferred, "normal" interpretation);
 - y_l = the reference model's greedy response to (x_adv, prompt) (the rejected, misled one);
 
@@ -50,6 +50,10 @@ Choices the paper leaves open (documented here, each a config field where it mat
    ``la_weight_start`` to ``la_weight`` over ``schedule_steps`` steps (a high λ first keeps the clean
    behaviour while the encoder moves; the lower end favours robustness).
 7. *Prompts.* Any prompt the data gives (questions and "describe the image"); the answers are never read.
+8. *What the attack maximizes* (``attack_objective``). ``embedding`` (default; the paper's, above) or ``response``:
+   −log p(y_w | x + δ, prompt) under the attacked model, the threat an answer-level evaluation uses. Measured in the
+   mini world (README, AdPO): with the embedding attack AdPO stays 14-17 points under FARE at 4/255 whatever λ, loss
+   or ``attack_on``; ``policy`` + ``response`` reaches FARE's robustness with 17 points more clean accuracy.
 """
 
 from __future__ import annotations
