@@ -221,6 +221,8 @@ class AdPO(Method):
         self.frozen: dict[str, Any] = {}
         #: How many times the pairs were computed (a resumed or continued run never recomputes them).
         self.precompute_calls = 0
+        #: Where the vision encoder sits in the model (its parameters' name prefix).
+        self.vision_prefix = next(n for n, m in model.named_modules() if m is model.vision_encoder)
 
     def _set_trainable(self) -> None:
         """Gradients for the vision parameters the decoder's input depends on; none anywhere else."""
@@ -285,9 +287,9 @@ class AdPO(Method):
     def reference_image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen reference's vision features of ``pixels`` (``attack_on: policy``): the model's own
         ``image_features`` with the reference vision parameters swapped in for this call only."""
-        prefix = next(name for name, module in self.model.named_modules() if module is self.model.vision_encoder)
         device = self.model.device
-        parameters = {f"model.{prefix}.{k}": v.to(device) for k, v in self.frozen["reference_vision"].items()}
+        reference = self.frozen["reference_vision"]
+        parameters = {f"model.{self.vision_prefix}.{k}": v.to(device) for k, v in reference.items()}
         return torch.func.functional_call(_ImageFeaturesOf(self.model), parameters, (pixels,), strict=False)
 
     def prepare(self, device: torch.device) -> None:
