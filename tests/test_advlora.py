@@ -139,6 +139,22 @@ def test_plain_lora_init_and_penalty_without_clustering(base):
     assert adapter.alphas() == {r.path: 1.0 for r in adapter.layers}
 
 
+def test_plain_lora_init_follows_the_spec_seed_and_leaves_the_global_generator_alone(base):
+    def lora_a(spec_seed: int) -> list[torch.Tensor]:
+        adapter = apply_advlora(copy.deepcopy(base), AdapterSpec(rank=4, cluster_init=False, adaptive_alpha=False,
+                                                                 seed=spec_seed))
+        return [r.layer.lora_A["default"].weight.detach().clone() for r in adapter.layers]
+
+    torch.manual_seed(1)
+    expected_next = torch.rand(())
+    torch.manual_seed(1)
+    first = lora_a(0)
+    assert torch.equal(torch.rand(()), expected_next)  # the caller's generator is where it was
+    torch.manual_seed(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, lora_a(0)))
+    assert not any(torch.equal(a, b) for a, b in zip(first, lora_a(1)))
+
+
 def test_adaptive_alpha_scales_the_update_and_merge_sees_it(base):
     model = copy.deepcopy(base)
     adapter = apply_advlora(model, AdapterSpec(rank=4))

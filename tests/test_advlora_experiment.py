@@ -66,18 +66,16 @@ def test_metrics_json_has_the_issues_shape(run):
         assert row["seconds"] > 0
     image_tower = sum(p.numel() for p in base.image_parameters())
     assert metrics["methods"]["full_adversarial"]["trainable_params"] == image_tower
-    # LoRA at rank r on the stem convolutions and attention projections: r·(in + out) per nn.Linear and
-    # r·(in·k·k + out) per k x k nn.Conv2d (A: a k x k convolution into r channels, B: a 1x1 one); AdvLoRA adds
-    # one α per layer.
+    # LoRA at rank r on the stem convolutions: r·(in·k·k + out) per k x k nn.Conv2d (A: a k x k convolution into
+    # r channels, B: a 1x1 one; r·(in + out) per nn.Linear); AdvLoRA adds one α per layer.
     rank = metrics["settings"]["rank"]
+    assert metrics["settings"]["image_targets"] == list(advlora.STEM_CONVS)
     layers = [m for n, m in base.visual.named_modules() if any(n == t or n.endswith("." + t)
-                                                                 for t in advlora.STEM_AND_ATTENTION)]
-    assert len(layers) == 6 + 2 * len(base.visual.blocks)
+                                                                 for t in advlora.STEM_CONVS)]
+    assert len(layers) == 6 and all(isinstance(m, torch.nn.Conv2d) for m in layers)
 
     def lora_size(m):
-        if isinstance(m, torch.nn.Conv2d):
-            return rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
-        return rank * (m.in_features + m.out_features)
+        return rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
 
     lora = sum(lora_size(m) for m in layers)
     assert metrics["methods"]["lora_adversarial"]["trainable_params"] == lora
@@ -176,6 +174,11 @@ def test_experiment_config_errors_name_the_field():
         advlora.AdvLoRAExperiment(ranks=[0])
     assert advlora.experiment_config(quick=True, seed=3).train.seed == 3
     assert advlora.row_config("advlora_no_cluster_init", advlora.experiment_config()).alignment_target == "init"
+
+
+def test_the_rank_sweep_always_holds_the_rows_own_rank():
+    assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=5, ranks=[16, 1, 4])) == [1, 4, 5, 16]
+    assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=4, ranks=[1, 4])) == [1, 4]
 
 
 def test_selection_uses_val_and_picks_the_best_val_pgd_recall(tmp_path, monkeypatch):

@@ -160,3 +160,16 @@ def test_word_coverage_measures_fractions_and_restores_the_painter():
     assert mini_world.paint_shape is painter
     assert visible.shape == (24,) and ((0 <= visible) & (visible <= 1)).all()
     assert (visible < 1).any()  # some words do cover part of their object
+
+
+def test_advlora_variant_settings_change_only_what_they_name():
+    from benchmarks.advlora_variant import variant_config
+    from vlalign.experiments.advlora import experiment_config
+
+    full = experiment_config(seed=3)
+    changed = variant_config({"rank": 8, "train": {"steps": 7}}, seed=3)
+    assert (changed.rank, changed.train.steps) == (8, 7)
+    assert changed.train.batch_size == full.train.batch_size and changed.train.seed == 3
+    assert changed.image_targets == full.image_targets and changed.lr == full.lr
+    with pytest.raises(ValueError, match="rank"):
+        variant_config({"rank": 0})

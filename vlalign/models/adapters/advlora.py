@@ -71,6 +71,7 @@ class AdapterSpec:
     adaptive_alpha: bool = True
     alpha_init: float = 1.0
     kmeans_iterations: int = 50
+    #: Seed of the clustering init's k-means and of peft's random lora_A (plain LoRA), independent of the global RNG.
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -294,7 +295,10 @@ def apply_advlora(model: ContrastiveModel, spec: AdapterSpec) -> AdvLoRAAdapter:
     paths = [_named(model, tower.get_submodule(p)) for _, tower, names in towers for p in resolve_targets(tower, names)]
     config = LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else spec.rank,
                         lora_dropout=0.0, target_modules=paths)
-    inject_adapter_in_model(config, model)
+    # peft draws lora_A from the global generator: seed it, so a plain-LoRA run does not depend on what ran before.
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        inject_adapter_in_model(config, model)
     layers: list[_Layer] = []
     for i, path in enumerate(paths):
         layer = model.get_submodule(path)

@@ -82,7 +82,8 @@ class AdvLoRAConfig:
     attack_step_size: str | None = option(None, "PGD step size, e.g. 1/255 (null: 2.5·ε/steps, Madry et al.'s rule)")
     clean_weight: float = option(0.0, "weight of the clean-image InfoNCE added to the adversarial one (>= 0)")
     kmeans_iterations: int = option(50, "Lloyd iterations of the clustering init (>= 1)")
-    seed: int = option(0, "seed of the clustering init (batches, captions and attack starts follow the loop's seed)")
+    seed: int = option(0, "seed of the adapters' init: the clustering init's k-means, plain LoRA's random A (batches, "
+                           "captions and attack starts follow the loop's seed)")
 
     def __post_init__(self) -> None:
         advlora = self.trainable == "advlora"
