@@ -4,6 +4,9 @@ AdPO section were measured.
 
 Run: ``python -m benchmarks.adpo_variant ROW '{"field": value, ...}' OUT_DIR``, e.g.
 ``python -m benchmarks.adpo_variant adpo_dpo '{"attack_on": "policy", "attack_objective": "embedding"}' runs/v1``.
+ROW may also be ``fare`` or ``tecoa`` (with ``'{}'``: their fields are not AdPO's). ``--eval '{"questions": 1000,
+"attack_questions": 1000}'`` changes the evaluation's settings (the experiment's ``eval`` block) for a finer
+measurement; training is the same.
 Prints and writes ``OUT_DIR/variant.json``: clean exact match, APGD-CE accuracy at 2/255 and 4/255, targeted success
 at 4/255, CIDEr-D, seconds per step.
 """
@@ -23,16 +26,21 @@ from vlalign.io import atomic_write_json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("row", choices=sorted(adpo.ADPO_ROWS))
+    parser.add_argument("row", choices=sorted([*adpo.ADPO_ROWS, "fare", "tecoa"]))
     parser.add_argument("fields", help="JSON object of AdPOConfig fields to change, e.g. '{\"la_weight\": 4.0}'")
     parser.add_argument("out", type=Path)
+    parser.add_argument("--eval", default="{}", help="JSON object of evaluation settings to change, e.g. "
+                                                     "'{\"attack_questions\": 1000}'")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     fields = json.loads(args.fields)
-    settings = adpo._merged(adpo.FULL, {"transfer_vlm": None})
+    if fields and args.row not in adpo.ADPO_ROWS:
+        parser.error(f"{args.row} takes no AdPO fields; pass '{{}}'")
+    evaluation = json.loads(args.eval)
+    settings = adpo._merged(adpo.FULL, {"transfer_vlm": None, "eval": evaluation})
+    torch.set_num_threads(1)
     began = time.perf_counter()
     row = adpo.run_row(args.row, settings, 0, args.out, fields=fields)["methods"]
-    result = {"row": args.row, "fields": fields, "clean": row["clean"], "robust": row["robust"],
+    result = {"row": args.row, "fields": fields, "eval": evaluation, "clean": row["clean"], "robust": row["robust"],
               "targeted_success": row["targeted_success"], "cider": row["cider"], "step_seconds": row["step_seconds"],
               "seconds": time.perf_counter() - began}
     args.out.mkdir(parents=True, exist_ok=True)

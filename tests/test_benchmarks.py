@@ -173,3 +173,13 @@ def test_advlora_variant_settings_change_only_what_they_name():
     assert changed.image_targets == full.image_targets and changed.lr == full.lr
     with pytest.raises(ValueError, match="rank"):
         variant_config({"rank": 0})
+
+
+def test_adpo_variant_refuses_adpo_fields_on_a_baseline_row(monkeypatch, tmp_path, capsys):
+    from benchmarks import adpo_variant
+
+    monkeypatch.setattr("sys.argv", ["adpo_variant", "fare", '{"la_weight": 2.0}', str(tmp_path)])
+    with pytest.raises(SystemExit):
+        adpo_variant.main()
+    assert "fare takes no AdPO fields" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
