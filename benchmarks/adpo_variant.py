@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import json_object_argument
 from vlalign.experiments import adpo
 from vlalign.io import atomic_write_json
 
@@ -32,11 +33,14 @@ def main() -> None:
     parser.add_argument("--eval", default="{}", help="JSON object of evaluation settings to change, e.g. "
                                                      "'{\"attack_questions\": 1000}'")
     args = parser.parse_args()
-    fields = json.loads(args.fields)
+    fields = json_object_argument(parser, args.fields, "fields")
     if fields and args.row not in adpo.ADPO_ROWS:
         parser.error(f"{args.row} takes no AdPO fields; pass '{{}}'")
-    evaluation = json.loads(args.eval)
-    settings = adpo._merged(adpo.FULL, {"transfer_vlm": None, "eval": evaluation})
+    evaluation = json_object_argument(parser, args.eval, "--eval")
+    try:
+        settings = adpo._merged(adpo.FULL, {"transfer_vlm": None, "eval": evaluation})
+    except ValueError as error:
+        parser.error(f"--eval: {error}")
     torch.set_num_threads(1)
     began = time.perf_counter()
     row = adpo.run_row(args.row, settings, 0, args.out, fields=fields)["methods"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import json_object_argument
 from vlalign.config import config_from_dict, config_to_dict
 from vlalign.experiments import advlora
 from vlalign.io import atomic_write_json
@@ -45,9 +46,12 @@ def main() -> None:
                         help="where to score the row: the val split (choices) or the test gallery (seed spread)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the loop and of the adapters' init")
     args = parser.parse_args()
+    changes = json_object_argument(parser, args.settings, "settings")
+    try:
+        config = variant_config(changes, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
-    changes = json.loads(args.settings)
-    config = variant_config(changes, args.seed)
     began = time.perf_counter()
     sets = advlora.build_sets(config, ("train", args.gallery))
     model, _, facts = advlora.train_row(args.row, config, load_model(config.model), sets["train"], args.out / "run",

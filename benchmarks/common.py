@@ -7,6 +7,8 @@ row reports the median of those ratios and their spread (min–max), never a rat
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
 import threading
@@ -231,3 +233,14 @@ def environment(settings: Settings) -> dict[str, Any]:
     if torch.device(settings.device).type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def json_object_argument(parser: argparse.ArgumentParser, text: str, name: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or ``parser.error`` naming the argument ``name`` and what was expected."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"{name}: expected a JSON object such as '{{\"rank\": 8}}', got {text!r} ({error.msg})")
+    if not isinstance(value, dict):
+        parser.error(f"{name}: expected a JSON object ({{...}}), got {text!r}")
+    return value

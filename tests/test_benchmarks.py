@@ -182,4 +182,21 @@ def test_adpo_variant_refuses_adpo_fields_on_a_baseline_row(monkeypatch, tmp_pat
     with pytest.raises(SystemExit):
         adpo_variant.main()
     assert "fare takes no AdPO fields" in capsys.readouterr().err
+    for argv, message in ((["adpo_dpo", "{la_weight: 2}"], "fields: expected a JSON object"),
+                          (["adpo_dpo", "{}", "--eval", '{"attack_qs": 9}'], "unknown AdPO experiment setting 'attack_qs'")):
+        monkeypatch.setattr("sys.argv", ["adpo_variant", argv[0], argv[1], str(tmp_path), *argv[2:]])
+        with pytest.raises(SystemExit):
+            adpo_variant.main()
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_advlora_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
+    from benchmarks import advlora_variant
+
+    for settings, message in (("[1, 2]", "settings: expected a JSON object"), ('{"rank": 0}', "rank")):
+        monkeypatch.setattr("sys.argv", ["advlora_variant", "advlora", settings, str(tmp_path)])
+        with pytest.raises(SystemExit):
+            advlora_variant.main()
+        assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
