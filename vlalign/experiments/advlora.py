@@ -32,7 +32,6 @@ defaults of :class:`AdvLoRAExperiment` below and the selection run's numbers are
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -48,12 +47,13 @@ from vlalign.config import check_range, config_from_dict, config_to_dict, option
 from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.data.retrieval_world import RetrievalWorld, write_misleading_words
 from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retrieval, recall_of_pixels, robust_retrieval
+from vlalign.experiments.advlora_report import (CONDITIONS, command_line, main_table, report_markdown,
+                                                 selection_report_markdown, write_plots)
 from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.loading import load_model, save_model
-from vlalign.reporting.figures import save_figure
 from vlalign.reporting.run_report import run_info, write_report
-from vlalign.reporting.tables import markdown_table, percent
+from vlalign.reporting.tables import percent
 from vlalign.reporting.training import read_metrics_csv
 from vlalign.training.loop import fit
 from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod
@@ -70,11 +70,6 @@ ROWS: dict[str, dict[str, Any]] = {
     "advlora_no_alignment": {"trainable": "advlora", "alignment_weight": 0.0},
     "advlora_no_adaptive_alpha": {"trainable": "advlora", "adaptive_alpha": False},
 }
-NAMES = {"pretrained": "pretrained (no fine-tuning)", "full_clean": "full FT, clean", "full_adversarial": "full FT, adversarial",
-         "lora_clean": "LoRA, clean", "lora_adversarial": "LoRA, adversarial", "advlora": "AdvLoRA",
-         "advlora_no_cluster_init": "AdvLoRA − clustering init", "advlora_no_alignment": "AdvLoRA − alignment",
-         "advlora_no_adaptive_alpha": "AdvLoRA − adaptive α"}
-CONDITIONS = ("clean", "pgd", "fgsm", "transfer")
 #: Where the LoRA rows adapt MiniCLIP's image tower: the six convolutions of its stem. Chosen on val (README,
 #: AdvLoRA section): attention projections alone (the adapters' default) left adversarial LoRA and AdvLoRA within a
 #: point of the pretrained model under PGD; adding them to the stem convolutions bought 0.4 point of val PGD mR for
@@ -366,9 +361,9 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
     }
     atomic_write_json(out / "metrics.json", metrics)
     write_plots(metrics, out)
-    write_report(out, "experiment-advlora", _report(metrics), run_info(command=_command("advlora", quick, seed),
+    write_report(out, "experiment-advlora", report_markdown(metrics), run_info(command=command_line("advlora", quick, seed),
                                                                         seconds=total))
-    print(_main_table(metrics))
+    print(main_table(metrics))
     return metrics
 
 
@@ -403,161 +398,6 @@ def masking_warnings(methods: dict[str, Any]) -> list[str]:
     return warnings
 
 
-# ------------------------------------------------------------------------------------------- plots, report
-def write_plots(metrics: dict[str, Any], out: Path) -> None:
-    """``alpha.png`` (mean α over training), ``rank_sweep.png`` (mR against rank) and ``robustness.png``."""
-    import matplotlib.pyplot as plt
-
-    alpha = metrics["alpha"]
-    if alpha:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, series in alpha.items():
-            label = NAMES[name] if name in NAMES else "AdvLoRA r = " + name.rsplit("_r", 1)[1]
-            ax.plot(series["step"], series["alpha_mean"], label=label,
-                    linestyle="-" if name in ROWS else ":")
-        ax.set_xlabel("step")
-        ax.set_ylabel("mean α over adapted layers")
-        ax.set_title("AdvLoRA's adaptive scale α during training")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        save_figure(fig, out / "alpha.png")
-    sweep = metrics["rank_sweep"]
-    ranks = [int(r) for r in sweep]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("clean", "clean mR"), ("pgd", f"PGD-{metrics['settings']['eval_steps']} mR")):
-        ax.plot(ranks, [100 * sweep[str(r)][key]["mR"] for r in ranks], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ranks, [str(r) for r in ranks])
-    ax.set_xlabel("LoRA rank r")
-    ax.set_ylabel("mR (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("AdvLoRA: mR against rank (test gallery)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save_figure(fig, out / "rank_sweep.png")
-    fig, ax = plt.subplots(figsize=(9, 4))
-    rows = ["pretrained", *metrics["methods"]]
-    width = 0.2
-    for k, condition in enumerate(CONDITIONS):
-        values = [100 * (metrics["pretrained"] if r == "pretrained" else metrics["methods"][r])[condition]["mR"]
-                  for r in rows]
-        ax.bar([i + (k - 1.5) * width for i in range(len(rows))], values, width, label=condition)
-    ax.set_xticks(range(len(rows)), [NAMES[r] for r in rows], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("mR (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("mR clean and under attack (test gallery)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=len(CONDITIONS), loc="upper center")
-    fig.tight_layout()
-    save_figure(fig, out / "robustness.png")
-
-
-def _main_table(metrics: dict[str, Any]) -> str:
-    rows = []
-    reference = metrics["pretrained"]
-    rows.append([NAMES["pretrained"], "—", *(percent(reference[c]["mR"]) for c in CONDITIONS), "—"])
-    for name, values in metrics["methods"].items():
-        rows.append([NAMES[name], f"{values['trainable_params']:,} ({100 * values['trainable_fraction']:.2f}%)",
-                     *(percent(values[c]["mR"]) for c in CONDITIONS), f"{values['seconds']:.0f}"])
-    steps = metrics["settings"]["eval_steps"]
-    return markdown_table(["row", "trainable params", "clean mR", f"PGD-{steps} mR", "FGSM mR",
-                           f"transfer (PGD-{steps}) mR", "train s"], rows)
-
-
-def _recall_table(metrics: dict[str, Any], condition: str) -> str:
-    rows = [[NAMES[name], *(percent(values[condition][d][f"r{k}"]) for d in ("i2t", "t2i") for k in (1, 5, 10)),
-             percent(values[condition]["mR"])] for name, values in metrics["methods"].items()]
-    return markdown_table(["row", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mR"], rows)
-
-
-def _placement(targets: list[str] | None) -> str:
-    if targets is None:
-        return "attention projections (the backend's default)"
-    return "layers " + ", ".join(f"`{t}`" for t in targets)
-
-
-def _pt(value: float) -> str:
-    return f"{100 * value:+.1f} pt"
-
-
-def _report(metrics: dict[str, Any]) -> str:
-    s, methods, t = metrics["settings"], metrics["methods"], metrics["targets"]
-    pgd = {name: values["pgd"]["mR"] for name, values in methods.items()}
-    lines = [
-        "# AdvLoRA: adversarially robust low-rank adaptation for retrieval",
-        "",
-        f"Every row starts from `{s['model']}` and fine-tunes on {s['train_images']} fresh retrieval-world images "
-        f"(seed {s['train_seed']}) for {s['train']['steps']} steps of batch {s['train']['batch_size']} through the "
-        f"one loop; adversarial rows train on ℓ∞ PGD-{s['train_attack_steps']} at ε = {s['eps']}. LoRA rows adapt "
-        f"the image tower's {_placement(s.get('image_targets'))} at rank {s['rank']}. Learning rates (chosen on val by "
-        f"`vlalign experiment advlora-select`): " + ", ".join(f"{k} {v:g}" for k, v in s["lr"].items()) + ". "
-        f"Test gallery: {s['test_images']} images, {5 * s['test_images']} captions (seed {s['test_seed']}). "
-        f"Attacks at ε = {s['eps']}: white-box PGD-{s['eval_steps']}, FGSM, and PGD-{s['eval_steps']} transferred "
-        f"from the pretrained model (the same images for every row).",
-        "",
-        _main_table(metrics),
-        "",
-        "![mR clean and under attack](robustness.png)",
-        "",
-        "## Targets",
-        "",
-        f"- clean LoRA's PGD mR is at most half its clean mR: **{'met' if t['lora_clean_pgd_at_most_half_clean']['met'] else 'not met'}** "
-        f"({percent(pgd['lora_clean'])} vs {percent(methods['lora_clean']['clean']['mR'])} clean)",
-        f"- AdvLoRA ≥ adversarial LoRA + 2 points under PGD: **{'met' if t['advlora_vs_lora_adversarial_plus_2']['met'] else 'not met'}** "
-        f"({percent(pgd['advlora'])} vs {percent(pgd['lora_adversarial'])}, {_pt(pgd['advlora'] - pgd['lora_adversarial'])})",
-        f"- AdvLoRA ≥ clean LoRA + 20 points under PGD: **{'met' if t['advlora_vs_lora_clean_plus_20']['met'] else 'not met'}** "
-        f"({_pt(pgd['advlora'] - pgd['lora_clean'])})",
-        f"- AdvLoRA trains ≤ 5% of full fine-tuning's parameters: **{'met' if t['advlora_params_at_most_5pct_of_full']['met'] else 'not met'}** "
-        f"({100 * t['advlora_params_at_most_5pct_of_full']['ratio']:.1f}%)",
-        f"- AdvLoRA within 3 points of adversarial full fine-tuning under PGD: "
-        f"**{'met' if t['advlora_within_3_of_full_adversarial']['met'] else 'not met'}** "
-        f"({_pt(pgd['advlora'] - pgd['full_adversarial'])})",
-        "",
-        "## Ablations: AdvLoRA minus one part",
-        "",
-        markdown_table(["removed part", "clean mR change", "PGD mR change", "FGSM mR change", "transfer mR change"], [
-            [NAMES[name].split("− ")[1], *(_pt(methods[name][c]["mR"] - methods["advlora"][c]["mR"]) for c in CONDITIONS)]
-            for name in ("advlora_no_cluster_init", "advlora_no_alignment", "advlora_no_adaptive_alpha")]),
-        "",
-        "A negative change means the part helps that number; a positive one, that AdvLoRA is better without it.",
-        "",
-        "## Recall@k per condition",
-        "",
-    ]
-    for condition in CONDITIONS:
-        lines += [f"### {condition}", "", _recall_table(metrics, condition), ""]
-    sweep = metrics["rank_sweep"]
-    lines += ["## Rank sweep (AdvLoRA, test gallery)", "",
-              markdown_table(["rank", "trainable params", "clean mR", f"PGD-{s['eval_steps']} mR"],
-                             [[r, f"{v['trainable_params']:,}", percent(v["clean"]["mR"]), percent(v["pgd"]["mR"])]
-                              for r, v in sweep.items()]), "", "![rank sweep](rank_sweep.png)", ""]
-    lines += ["## Compound attack: a misleading written word plus ℓ∞ PGD on the same image", "",
-              f"Each test image gets a shape or colour name its scene does not show, then PGD-{s['eval_steps']} at ε = "
-              f"{s['eps']} attacks the worded image; captions stay clean (mR).", "",
-              markdown_table(["model", "clean", "word", "PGD", "word + PGD"],
-                             [[NAMES[n], *(percent(v[k]) for k in ("clean", "word", "pgd", "word_pgd"))]
-                              for n, v in metrics["compound"].items()]), ""]
-    if metrics["alpha"]:
-        finals = ", ".join(f"{NAMES.get(n, n.replace('advlora_r', 'AdvLoRA r = '))} {v['alpha_mean'][-1]:.3f}"
-                           for n, v in metrics["alpha"].items())
-        lines += ["## Adaptive α", "", f"Mean α at the end of training: {finals}.", "", "![alpha](alpha.png)", ""]
-    lines += ["## Gradient-masking checks", ""]
-    lines += [f"- ⚠ {w}" for w in metrics["warnings"]] or [f"No row has FGSM or the transfer attack beating PGD-{s['eval_steps']}."]
-    seconds = s["seconds"]
-    lines += ["", f"Run time: {seconds['total']:.0f} s in total ({s['workers']} parallel process(es)); the "
-              "`train s` column is each row's training alone.", ""]
-    return "\n".join(lines)
-
-
-def _command(name: str, quick: bool, seed: int) -> str:
-    return f"vlalign experiment {name} --out DIR{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}"
-
-
-def report_from_run(run_dir: str | Path) -> str:
-    """The Markdown report of a finished run folder, from its ``metrics.json``."""
-    return _report(json.loads((Path(run_dir) / "metrics.json").read_text()))
-
-
 # ------------------------------------------------------------------------------------------ val selection
 def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
     """Choose each family's learning rate on the **val** split: train the adversarial row of each family
@@ -580,31 +420,7 @@ def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, w
                "settings": {"quick": quick, "seed": seed, "workers": workers, **config_to_dict(config),
                             "seconds": time.perf_counter() - began}}
     atomic_write_json(out / "metrics.json", metrics)
-    write_report(out, "experiment-advlora-select", _selection_report(metrics),
-                 run_info(command=_command("advlora-select", quick, seed), seconds=time.perf_counter() - began))
-    print(_selection_report(metrics))
+    write_report(out, "experiment-advlora-select", selection_report_markdown(metrics),
+                 run_info(command=command_line("advlora-select", quick, seed), seconds=time.perf_counter() - began))
+    print(selection_report_markdown(metrics))
     return metrics
-
-
-def _selection_report(metrics: dict[str, Any]) -> str:
-    s = metrics["settings"]
-    rows = [[fam, lr, percent(v["clean"]["mR"]), percent(v["pgd"]["mR"]), "✓" if float(lr) == metrics["chosen"][fam] else ""]
-            for fam, values in metrics["grid"].items() for lr, v in values.items()]
-    return "\n".join([
-        "# AdvLoRA experiment: learning rates chosen on val",
-        "",
-        f"Adversarial row of each family trained as in `vlalign experiment advlora` ({s['train']['steps']} steps), "
-        f"evaluated on {s['val_images']} val images (seed {s['val_seed']}); chosen: the highest val mR under "
-        f"PGD-{s['eval_steps']} at ε = {s['eps']}.",
-        "",
-        markdown_table(["family", "lr", "val clean mR", "val PGD mR", "chosen"], rows),
-        "",
-        *(f"- {fam}: {lr:g}, the only rate of its grid (not trained here)."
-          for fam, lr in metrics["chosen"].items() if fam not in metrics["grid"]),
-        "",
-    ])
-
-
-def selection_report_from_run(run_dir: str | Path) -> str:
-    """The Markdown report of a finished selection run, from its ``metrics.json``."""
-    return _selection_report(json.loads((Path(run_dir) / "metrics.json").read_text()))
