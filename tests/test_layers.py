@@ -1,6 +1,6 @@
 """The package's layers import only downward (README "Layout"); an upward import fails this test.
 
-Order, lowest first: config / io → models, data, losses → attacks → training → evaluation → reporting →
+Order, lowest first: config / io / processes → models, data, losses → attacks → training → evaluation → reporting →
 pipelines → experiments → commands / cli / errors. Modules of one layer may import each other.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import vlalign
 
 LAYERS: list[set[str]] = [
-    {"config", "io"},
+    {"config", "io", "processes"},
     {"models", "data", "losses"},
     {"attacks"},
     {"training"},

@@ -31,6 +31,7 @@ from vlalign.data.canvas import COLOURS, background as _background, draw_distrac
 from vlalign.data.image_set import ImageSet
 from vlalign.data.shapes import SHAPE_NAMES
 from vlalign.data.typographic import WordStyle, draw_word, layout_word, nonsense_letters, paint_word
+from vlalign.processes import spawn_pool, split_range
 
 HELDOUT_CLASSES: tuple[str, ...] = ("moon", "diamond", "hexagon", "bolt")
 INDOMAIN_CLASSES: tuple[str, ...] = tuple(c for c in SHAPE_NAMES if c not in HELDOUT_CLASSES)
@@ -215,14 +216,8 @@ class MiniWorld:
 
     def _sample_parallel(self, split: str, n: int, seed: int, classes: tuple[str, ...] | None, start: int,
                          workers: int, word_classes: tuple[str, ...] | None = None) -> ImageSet:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        chunk = -(-n // workers)
-        starts = list(range(start, start + n, chunk))
-        sizes = [min(chunk, start + n - s) for s in starts]
-        # "spawn": forked children of a process whose torch thread pool is running can deadlock.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        starts, sizes = zip(*split_range(start, n, workers))
+        with spawn_pool(workers) as pool:
             parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts),
                                   [classes] * len(starts), starts, [1] * len(starts), [word_classes] * len(starts)))
         return ImageSet(

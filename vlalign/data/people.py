@@ -43,6 +43,7 @@ from vlalign.data.image_set import ImageSet
 from vlalign.data.mini_world import _background
 from vlalign.data.preference import PreferenceSet, RegularizationSet
 from vlalign.data.typographic import _contrasting_colour, _luminance
+from vlalign.processes import spawn_pool, split_range
 
 ACTIVITIES: tuple[str, ...] = (
     "holding an umbrella", "kicking a ball", "reading a book", "flying a kite",
@@ -403,14 +404,8 @@ class PeopleWorld:
         )
 
     def _sample_parallel(self, split: str, n: int, seed: int, start: int, workers: int, swap_attribute: bool) -> PeopleSet:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        chunk = -(-n // workers)
-        starts = list(range(start, start + n, chunk))
-        sizes = [min(chunk, start + n - s) for s in starts]
-        # "spawn": forked children of a process whose torch thread pool is running can deadlock.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        starts, sizes = zip(*split_range(start, n, workers))
+        with spawn_pool(workers) as pool:
             parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts), starts,
                                   [1] * len(starts), [swap_attribute] * len(starts)))
         return PeopleSet(

@@ -27,6 +27,7 @@ from vlalign.data.scene_captions import (
 )
 from vlalign.data.shapes import SHAPE_NAMES
 from vlalign.data.typographic import WordStyle, draw_word
+from vlalign.processes import spawn_pool, split_range
 
 #: Words an image may carry: the shape and colour names.
 WORDS: tuple[str, ...] = (*SHAPE_NAMES, *COLOURS)
@@ -175,14 +176,8 @@ class RetrievalWorld:
         return RetrievalSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions, scenes, claims)
 
     def _sample_parallel(self, split: str, n: int, seed: int, start: int, workers: int) -> RetrievalSet:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        chunk = -(-n // workers)
-        starts = list(range(start, start + n, chunk))
-        sizes = [min(chunk, start + n - s) for s in starts]
-        # "spawn": forked children of a process whose torch thread pool is running can deadlock.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        starts, sizes = zip(*split_range(start, n, workers))
+        with spawn_pool(workers) as pool:
             parts = list(pool.map(self.sample, [split] * len(starts), sizes, [seed] * len(starts), starts,
                                   [1] * len(starts)))
         return concat_retrieval_sets(parts)

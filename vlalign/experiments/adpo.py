@@ -38,7 +38,7 @@ from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary, wrong_answer
 from vlalign.evaluation.captioning import cider_d
 from vlalign.evaluation.vlm_robust import robust_evaluate_vlm, targeted_success
 from vlalign.evaluation.vqa import exact_match, generate_answers
-from vlalign.experiments.parallel import run_in_workers
+from vlalign.processes import run_in_workers
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
@@ -289,19 +289,11 @@ def run_row(row: str, settings: dict, seed: int, out: Path, progress: bool = Fal
 
 def _run_rows(chosen: list[str], settings: dict, seed: int, out: Path, progress: bool) -> dict[str, dict]:
     """Every row's :func:`run_row`, in this process or spread over ``settings["workers"]`` processes (one torch
-    thread each; the rows are independent, so the numbers do not depend on which process ran a row)."""
-    workers = min(settings["workers"], len(chosen))
-    if workers > 1:
-        # the longest rows (online AdPO) first, so that the workers finish together
-        order = sorted(chosen, key=lambda r: (r not in ADPO_ROWS or "attack_on" in ADPO_ROWS[r], r == "original"))
-        return run_in_workers(run_row, order, (settings, seed, out), workers, "AdPO experiment rows", progress)
-    results = {}
-    for row in chosen:
-        results[row] = run_row(row, settings, seed, out, progress)
-        if progress:
-            print(f"{row}: trained in {results[row]['seconds'][f'train_{row}']:.0f} s, evaluated in "
-                  f"{results[row]['seconds'][f'eval_{row}']:.0f} s", flush=True)
-    return results
+    thread each on the 2-core machine; the rows are independent, so the numbers do not depend on which process ran
+    a row). The longest rows (online AdPO) go first, so that the workers finish together."""
+    order = sorted(chosen, key=lambda r: (r not in ADPO_ROWS or "attack_on" in ADPO_ROWS[r], r == "original"))
+    return run_in_workers(run_row, order, (settings, seed, out), min(settings["workers"], len(chosen)),
+                          "AdPO experiment rows", progress)
 
 
 def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from vlalign.attacks.fgsm import FGSM
 from vlalign.attacks.pgd import PGD
@@ -52,6 +51,7 @@ from vlalign.experiments.advlora_report import (CONDITIONS, command_line, main_t
 from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.loading import load_model, save_model
+from vlalign.processes import run_in_workers
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.tables import percent
 from vlalign.reporting.training import read_metrics_csv
@@ -185,10 +185,8 @@ def build_sets(config: AdvLoRAExperiment, splits: tuple[str, ...] = ("train", "v
 _SHARED: dict[str, Any] = {}
 
 
-def _init_worker(shared: dict[str, Any], threads: int | None) -> None:
-    if threads is not None:
-        # One process per core beats two OpenMP threads per process on a shared machine by a wide margin.
-        torch.set_num_threads(threads)
+def _init_worker(shared: dict[str, Any]) -> None:
+    """Install what every job of a run reads (its config, rendered sets and output folder) in this process."""
     _SHARED.clear()
     _SHARED.update(shared)
 
@@ -233,9 +231,11 @@ def train_row(row: str, config: AdvLoRAExperiment, base, data: RetrievalSet, out
     return result.model, method, facts
 
 
-def _job(kind: str, row: str, rank: int | None = None, lr: float | None = None) -> tuple[str, dict[str, Any]]:
-    """One unit of work in a worker: train a row and evaluate it (``kind`` = ``row``, ``sweep`` or ``select``),
-    or craft the transfer images on the pretrained model and evaluate it (``kind`` = ``pretrained``)."""
+def _job(job: tuple) -> tuple[str, dict[str, Any]]:
+    """One unit of work in a worker, ``(kind, row[, rank[, lr]])``: train a row and evaluate it (``kind`` = ``row``,
+    ``sweep`` or ``select``), or craft the transfer images on the pretrained model and evaluate it (``kind`` =
+    ``pretrained``). Returns the job's name and its facts."""
+    kind, row, rank, lr = (*job, None, None)[:4]
     config: AdvLoRAExperiment = _SHARED["config"]
     sets: dict[str, RetrievalSet] = _SHARED["sets"]
     out: Path = _SHARED["out"]
@@ -270,24 +270,8 @@ def _job(kind: str, row: str, rank: int | None = None, lr: float | None = None) 
 
 
 def _run_jobs(jobs: list[tuple], shared: dict[str, Any], workers: int) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    if workers == 1:
-        _init_worker(shared, None)
-        for job in jobs:
-            name, results[name] = _job(*job)
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # "spawn": forked children of a process whose torch thread pool is running can deadlock.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(shared, threads)) as pool:
-        futures = [pool.submit(_job, *job) for job in jobs]
-        for future in as_completed(futures):
-            name, results[name] = future.result()
-            print(f"{name}: done", flush=True)
-    return results
+    done = run_in_workers(_job, jobs, (), workers, "AdvLoRA jobs", initializer=_init_worker, initargs=(shared,))
+    return dict(done.values())
 
 
 def default_workers(quick: bool) -> int:

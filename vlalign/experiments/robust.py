@@ -24,6 +24,7 @@ from vlalign.reporting.run_report import run_info, write_report
 from vlalign.models.loading import load_model
 from vlalign.reporting.tables import markdown_table, percent
 from vlalign.pipelines.robust import RobustRun, train_robust_run
+from vlalign.processes import run_in_workers
 
 METHODS = ("tecoa", "fare")
 TARGET_EPS = "4/255"
@@ -66,16 +67,11 @@ def _train(run: RobustRun, out: Path) -> dict:
     return train_robust_run(run, out, progress=False).metrics
 
 
-def _timed(job: str, function, *args) -> tuple[str, dict, float]:
+def _timed_job(job: str, jobs: dict[str, tuple]) -> tuple[dict, float]:
+    """Run ``jobs[job]`` (a function and its arguments); its result and its wall time."""
+    function, *args = jobs[job]
     start = time.perf_counter()
-    return job, function(*args), time.perf_counter() - start
-
-
-def _set_worker_threads(threads: int) -> None:
-    import torch
-
-    # One process per core beats two OpenMP threads per process on a shared machine by a wide margin.
-    torch.set_num_threads(threads)
+    return function(*args), time.perf_counter() - start
 
 
 def default_workers(run: RobustRun) -> int:
@@ -98,25 +94,10 @@ def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, w
     workers = (1 if quick else default_workers(reference)) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    jobs = [(m, _train, configs[m], out / m) for m in METHODS]
-    jobs.append(("pretrained", evaluate_pretrained, configs["tecoa"]))
-    results: dict[str, dict] = {}
-    seconds: dict[str, float] = {}
-    if workers == 1:
-        for job, function, *args in jobs:
-            _, results[job], seconds[job] = _timed(job, function, *args)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        # "spawn": forked children of a process whose torch thread pool is running can deadlock.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_set_worker_threads, initargs=(threads,)) as pool:
-            futures = [pool.submit(_timed, job, function, *args) for job, function, *args in jobs]
-            for future in as_completed(futures):
-                job, results[job], seconds[job] = future.result()
-                print(f"{job}: done in {seconds[job]:.0f} s", flush=True)
+    jobs = {m: (_train, configs[m], out / m) for m in METHODS} | {"pretrained": (evaluate_pretrained, configs["tecoa"])}
+    done = run_in_workers(_timed_job, list(jobs), (jobs,), workers, "robust experiment jobs", progress=workers > 1)
+    results = {job: result for job, (result, _) in done.items()}
+    seconds = {job: spent for job, (_, spent) in done.items()}
     methods = {name: _summary(results[name]) for name in ("pretrained", *METHODS)}
 
     best = max(METHODS, key=lambda m: methods[m]["worst_case"][TARGET_EPS])
