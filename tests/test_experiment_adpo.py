@@ -94,3 +94,9 @@ def test_rows_spread_over_two_worker_processes_give_the_same_numbers(quick_run, 
         for row, values in parallel[table].items():
             for key in ("clean", "cider", "robust", "targeted_success", "attacked_clean"):
                 assert values[key] == sequential[table][row][key], (table, row, key)
+
+
+def test_every_row_has_a_report_name_in_the_experiments_order():
+    from vlalign.experiments.adpo_report import NAMES
+
+    assert tuple(NAMES) == adpo.ROWS

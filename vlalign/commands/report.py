@@ -20,7 +20,7 @@ BUILDERS: dict[str, str] = {
     "experiment-robust": "vlalign.experiments.robust:report_from_run",
     "experiment-advlora": "vlalign.experiments.advlora_report:report_from_run",
     "experiment-advlora-select": "vlalign.experiments.advlora_report:selection_report_from_run",
-    "experiment-adpo": "vlalign.experiments.adpo:report_from_run",
+    "experiment-adpo": "vlalign.experiments.adpo_report:report_from_run",
     "experiment-typographic": "vlalign.experiments.typographic:report_from_run",
     "demo": "vlalign.experiments.demo:report_from_run",
     "experiment-attribute": "vlalign.experiments.attribute.run:report_from_run",

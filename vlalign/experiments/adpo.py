@@ -38,15 +38,14 @@ from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary, wrong_answer
 from vlalign.evaluation.captioning import cider_d
 from vlalign.evaluation.vlm_robust import robust_evaluate_vlm, targeted_success
 from vlalign.evaluation.vqa import exact_match, generate_answers
+from vlalign.experiments.adpo_report import TARGETED_EPS, report_from_run, results_table
 from vlalign.processes import run_in_workers
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 from vlalign.models.mini_vlm import MiniVLM, mini_vlm_from_clip
 from vlalign.models.vlm_loading import load_vlm
-from vlalign.reporting.figures import save_figure
 from vlalign.reporting.run_report import run_info, write_report
-from vlalign.reporting.tables import markdown_table, percent
 from vlalign.training.loop import fit
 from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
@@ -65,7 +64,6 @@ ADPO_ROWS: dict[str, dict[str, Any]] = {
     "adpo_dpo_reference": {"loss": "dpo", "attack_on": "reference", "attack_objective": "embedding"},
 }
 EVAL_EPS = ("2/255", "4/255")
-TARGETED_EPS = "4/255"
 
 #: The full run. The loop settings are FARE's of ``vlalign experiment robust`` at batch 32.
 FULL: dict[str, Any] = {
@@ -324,7 +322,7 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     write_report(out, "experiment-adpo", report_from_run(out),
                  run_info(command=_command(quick, seed, rows, overrides), seconds=time.perf_counter() - began))
     if progress:
-        print(_table(methods))
+        print(results_table(methods))
     return metrics
 
 
@@ -359,116 +357,6 @@ def _targets(methods: dict, transfer: dict, steps: int) -> dict:
         #: with the one-off pair precomputation spread over the run's steps
         "step_cost_vs_fare_amortized": amortized,
     }
-
-
-# ------------------------------------------------------------------------------------------------ report
-
-NAMES = {"original": "original encoder", "tecoa": "TeCoA", "fare": "FARE", "adpo_dpo": "AdPO (DPO)",
-         "adpo_ipo": "AdPO (IPO)", "adpo_kto": "AdPO (KTO)", "adpo_simpo": "AdPO (SimPO)",
-         "adpo_scheduled": "AdPO (DPO, scheduled λ)", "adpo_no_la": "AdPO (DPO, λ = 0)",
-         "adpo_dpo_reference": "AdPO (DPO, pairs once on the reference, embedding attack)"}
-
-
-def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _table(rows: dict) -> str:
-    body = [[NAMES.get(r, r), percent(v["clean"]), f"{v['cider']:.3f}", percent(v["robust"]["2/255"]),
-             percent(v["robust"]["4/255"]), percent(v["targeted_success"][TARGETED_EPS]), _seconds(v["step_seconds"])]
-            for r, v in rows.items()]
-    return markdown_table(["encoder", "clean exact match", "CIDEr-D", "APGD 2/255", "APGD 4/255",
-                           "targeted success 4/255", "s / step"], body)
-
-
-def _plot(metrics: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(k, t) for k, t in (("methods", "the trained VLM"), ("transfer", "transferred into the second VLM"))
-              if metrics[k]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
-        for row, values in metrics[key].items():
-            marker = "o" if row.startswith("adpo") else ("s" if row in ("tecoa", "fare") else "*")
-            ax.scatter(values["clean"], values["robust"]["4/255"], s=70 if marker != "*" else 160, marker=marker,
-                       color=f"C{ROWS.index(row)}", label=NAMES.get(row, row))
-        ax.set_title(f"Clean vs APGD 4/255 accuracy: {title}", fontsize=10)
-        ax.set_xlabel("clean exact match")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("exact match under APGD-CE, ε = 4/255")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def report_from_run(run_dir: str | Path) -> str:
-    """The Markdown report of a finished run folder (rebuilt by ``vlalign report``)."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    settings = metrics["settings"]
-    figure = _plot(metrics, run_dir / "clean_vs_robust.png")
-    loop = settings["loop"]
-    lines = [
-        "# AdPO: preference-optimized vision encoders for a generative VLM",
-        "",
-        f"{'**Smoke run (--quick) on tiny random models: the numbers mean nothing.** ' if settings['quick'] else ''}"
-        f"Every encoder is trained at ε = {settings['eps']} with ℓ∞ PGD-{settings['attack_steps']} for "
-        f"{loop['steps']} steps of batch {loop['batch_size']} (AdamW, lr {loop['lr']}, seed {settings['seed']}); "
-        f"TeCoA and FARE on the MiniCLIP ({settings['clip']}), AdPO on the VLM ({settings['vlm']}) from "
-        f"{settings['data']['questions']} questions and {settings['data']['captions']} caption prompts (labels unused). "
-        f"Evaluation on fresh images (seed {settings['eval']['seed']}): exact match on "
-        f"{settings['eval']['questions']} questions, CIDEr-D on {settings['eval']['captions']} captions, APGD-CE "
-        f"({settings['eval']['steps']} steps) on the first {settings['eval']['attack_questions']} questions, targeted "
-        f"APGD on the first {settings['eval']['targeted']}.",
-        "",
-        f"## In the trained VLM ({settings['vlm']})",
-        "",
-        _table(metrics["methods"]),
-        "",
-        *([f"## Transferred into the second VLM ({settings['transfer_vlm']}), decoder untouched", "",
-           _table(metrics["transfer"]), ""] if metrics["transfer"] else ["No transfer rows in this run.", ""]),
-        f"![clean vs robust]({figure.name})",
-        "",
-        "## Targets",
-        "",
-        *_target_lines(metrics),
-        "",
-        "## Gradient-masking checks",
-        "",
-    ]
-    warned = [(key, row, w) for key in ("methods", "transfer") for row, v in metrics[key].items() for w in v["warnings"]]
-    lines += [f"- ⚠ {key}/{row}: {w}" for key, row, w in warned] or ["No warnings for any row."]
-    total = settings["seconds"]["total"]
-    lines += ["", f"Run time: {total:.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def _target_lines(metrics: dict) -> list[str]:
-    targets = metrics["targets"]
-    workers = metrics["settings"].get("workers", 1)
-    if targets.get("best_adpo") is None:
-        return ["No AdPO row in this run."]
-    precompute = max((v.get("precompute_seconds") or 0.0) for v in metrics["methods"].values())
-    retention = targets["transfer_retention"]
-    ratio, amortized = targets["step_cost_vs_fare"], targets.get("step_cost_vs_fare_amortized")
-    return [
-        f"- Best AdPO variant (by APGD 4/255): **{NAMES[targets['best_adpo']]}**; robust accuracy at 4/255 vs FARE: "
-        f"{100 * targets['robust_vs_fare']:+.1f} points (target ≥ +3), clean vs FARE "
-        f"{100 * targets['clean_vs_fare']:+.1f} points (target ≥ −1): "
-        f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**.",
-        "- Transfer keeps " + (f"**{100 * retention:.0f}%**" if retention is not None else
-                               "— (no transfer rows, or no robustness gain to keep)")
-        + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
-        "- AdPO step / FARE step (same encoder, batch and loop): " + (f"**{ratio:.2f}×**" if ratio else "—")
-        + " (target ≤ 2.5×). What AdPO precomputes (y_w and its reference log-prob; with pairs on the reference "
-        "also PGD, y_l and its log-prob) is computed once before training (at most "
-        f"{precompute:.1f} s, shared by the rows of one attack mode); spread over one row's steps the ratio is "
-        + (f"{amortized:.2f}×" if amortized else "—") + ". Step times are wall-clock"
-        + (f", {workers} rows training at once in separate processes (one torch thread each)." if workers > 1 else "."),
-    ]
 
 
 def _command(quick: bool, seed: int, rows=None, overrides=None) -> str:

@@ -1,0 +1,122 @@
+"""The AdPO experiment's report: its results tables, the clean-vs-robust plot and the targets, rebuilt from a run
+folder's ``metrics.json`` (``vlalign report``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlalign.reporting.figures import save_figure
+from vlalign.reporting.tables import markdown_table, percent
+
+#: The ε of the targeted attack (the issue's column "targeted success at 4/255").
+TARGETED_EPS = "4/255"
+
+#: Every row's name in tables and plots, in the experiment's order (which also fixes its colour).
+NAMES = {"original": "original encoder", "tecoa": "TeCoA", "fare": "FARE", "adpo_dpo": "AdPO (DPO)",
+         "adpo_ipo": "AdPO (IPO)", "adpo_kto": "AdPO (KTO)", "adpo_simpo": "AdPO (SimPO)",
+         "adpo_scheduled": "AdPO (DPO, scheduled λ)", "adpo_no_la": "AdPO (DPO, λ = 0)",
+         "adpo_dpo_reference": "AdPO (DPO, pairs once on the reference, embedding attack)"}
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def results_table(rows: dict) -> str:
+    """One Markdown row per encoder: clean, CIDEr-D, APGD at both ε, targeted success, seconds per step."""
+    body = [[NAMES.get(r, r), percent(v["clean"]), f"{v['cider']:.3f}", percent(v["robust"]["2/255"]),
+             percent(v["robust"]["4/255"]), percent(v["targeted_success"][TARGETED_EPS]), _seconds(v["step_seconds"])]
+            for r, v in rows.items()]
+    return markdown_table(["encoder", "clean exact match", "CIDEr-D", "APGD 2/255", "APGD 4/255",
+                           "targeted success 4/255", "s / step"], body)
+
+
+def _plot(metrics: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in (("methods", "the trained VLM"), ("transfer", "transferred into the second VLM"))
+              if metrics[k]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for row, values in metrics[key].items():
+            marker = "o" if row.startswith("adpo") else ("s" if row in ("tecoa", "fare") else "*")
+            ax.scatter(values["clean"], values["robust"]["4/255"], s=70 if marker != "*" else 160, marker=marker,
+                       color=f"C{list(NAMES).index(row) if row in NAMES else 9}", label=NAMES.get(row, row))
+        ax.set_title(f"Clean vs APGD 4/255 accuracy: {title}", fontsize=10)
+        ax.set_xlabel("clean exact match")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact match under APGD-CE, ε = 4/255")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def report_from_run(run_dir: str | Path) -> str:
+    """The Markdown report of a finished run folder (rebuilt by ``vlalign report``)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    settings = metrics["settings"]
+    figure = _plot(metrics, run_dir / "clean_vs_robust.png")
+    loop = settings["loop"]
+    lines = [
+        "# AdPO: preference-optimized vision encoders for a generative VLM",
+        "",
+        f"{'**Smoke run (--quick) on tiny random models: the numbers mean nothing.** ' if settings['quick'] else ''}"
+        f"Every encoder is trained at ε = {settings['eps']} with ℓ∞ PGD-{settings['attack_steps']} for "
+        f"{loop['steps']} steps of batch {loop['batch_size']} (AdamW, lr {loop['lr']}, seed {settings['seed']}); "
+        f"TeCoA and FARE on the MiniCLIP ({settings['clip']}), AdPO on the VLM ({settings['vlm']}) from "
+        f"{settings['data']['questions']} questions and {settings['data']['captions']} caption prompts (labels unused). "
+        f"Evaluation on fresh images (seed {settings['eval']['seed']}): exact match on "
+        f"{settings['eval']['questions']} questions, CIDEr-D on {settings['eval']['captions']} captions, APGD-CE "
+        f"({settings['eval']['steps']} steps) on the first {settings['eval']['attack_questions']} questions, targeted "
+        f"APGD on the first {settings['eval']['targeted']}.",
+        "",
+        f"## In the trained VLM ({settings['vlm']})",
+        "",
+        results_table(metrics["methods"]),
+        "",
+        *([f"## Transferred into the second VLM ({settings['transfer_vlm']}), decoder untouched", "",
+           results_table(metrics["transfer"]), ""] if metrics["transfer"] else ["No transfer rows in this run.", ""]),
+        f"![clean vs robust]({figure.name})",
+        "",
+        "## Targets",
+        "",
+        *_target_lines(metrics),
+        "",
+        "## Gradient-masking checks",
+        "",
+    ]
+    warned = [(key, row, w) for key in ("methods", "transfer") for row, v in metrics[key].items() for w in v["warnings"]]
+    lines += [f"- ⚠ {key}/{row}: {w}" for key, row, w in warned] or ["No warnings for any row."]
+    total = settings["seconds"]["total"]
+    lines += ["", f"Run time: {total:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _target_lines(metrics: dict) -> list[str]:
+    targets = metrics["targets"]
+    workers = metrics["settings"].get("workers", 1)
+    if targets.get("best_adpo") is None:
+        return ["No AdPO row in this run."]
+    precompute = max((v.get("precompute_seconds") or 0.0) for v in metrics["methods"].values())
+    retention = targets["transfer_retention"]
+    ratio, amortized = targets["step_cost_vs_fare"], targets.get("step_cost_vs_fare_amortized")
+    return [
+        f"- Best AdPO variant (by APGD 4/255): **{NAMES[targets['best_adpo']]}**; robust accuracy at 4/255 vs FARE: "
+        f"{100 * targets['robust_vs_fare']:+.1f} points (target ≥ +3), clean vs FARE "
+        f"{100 * targets['clean_vs_fare']:+.1f} points (target ≥ −1): "
+        f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**.",
+        "- Transfer keeps " + (f"**{100 * retention:.0f}%**" if retention is not None else
+                               "— (no transfer rows, or no robustness gain to keep)")
+        + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
+        "- AdPO step / FARE step (same encoder, batch and loop): " + (f"**{ratio:.2f}×**" if ratio else "—")
+        + " (target ≤ 2.5×). What AdPO precomputes (y_w and its reference log-prob; with pairs on the reference "
+        "also PGD, y_l and its log-prob) is computed once before training (at most "
+        f"{precompute:.1f} s, shared by the rows of one attack mode); spread over one row's steps the ratio is "
+        + (f"{amortized:.2f}×" if amortized else "—") + ". Step times are wall-clock"
+        + (f", {workers} rows training at once in separate processes (one torch thread each)." if workers > 1 else "."),
+    ]
