@@ -42,6 +42,22 @@ def test_quick_run_writes_the_issues_metrics_shape(quick_run):
     assert metrics["settings"]["quick"] is True
 
 
+def test_quick_run_confirms_the_target_on_fresh_questions_from_the_saved_encoders(quick_run):
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    best, confirm = metrics["targets"]["best_adpo"], metrics["confirm"]
+    assert list(confirm) == [best, "fare"] and metrics["targets"]["decided_on"] == "confirmation"
+    for row, values in confirm.items():
+        assert (quick_run / "runs" / row / adpo.ENCODER_FILE).is_file()
+        n = values["n"]
+        assert n == adpo.QUICK["confirm"]["questions"] == len(values["clean_scores"]) == len(values["robust_scores"])
+        assert values["clean"] == sum(values["clean_scores"]) / n
+        assert values["robust"]["4/255"] == sum(values["robust_scores"]) / n
+        assert all(r <= c for r, c in zip(values["robust_scores"], values["clean_scores"]))
+    differences = [a - b for a, b in zip(confirm[best]["robust_scores"], confirm["fare"]["robust_scores"])]
+    assert abs(metrics["targets"]["robust_vs_fare"] - sum(differences) / len(differences)) < 1e-12
+    assert "## The target check" in (quick_run / "report.md").read_text()
+
+
 def test_quick_run_report_and_rebuild(quick_run):
     text = (quick_run / "report.md").read_text()
     assert "AdPO (SimPO)" in text and "Transferred into the second VLM" in text and "--quick" in text
@@ -82,10 +98,27 @@ def test_partial_runs_merge_settings_and_score_targets_without_transfer():
     assert abs(adpo._targets(methods, transfer, 10)["transfer_retention"] - 0.27 / 0.35) < 1e-12
 
 
+def test_the_target_is_decided_on_the_confirmation_questions_when_the_run_has_them():
+    row = lambda clean, robust: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": 1.0}  # noqa: E731
+    methods = {"original": row(0.9, 0.05), "fare": row(0.8, 0.30), "adpo_dpo": row(0.85, 0.40)}
+    # on the table AdPO leads by 10 points; on the 4 confirmation questions by 1/4 robust and 0 clean
+    confirm = {"adpo_dpo": {"n": 4, "clean_scores": [1, 1, 1, 0], "robust_scores": [1, 1, 0, 0]},
+               "fare": {"n": 4, "clean_scores": [1, 1, 0, 1], "robust_scores": [1, 0, 0, 0]}}
+    targets = adpo._targets(methods, {}, 10, confirm)
+    assert targets["decided_on"] == "confirmation" and targets["questions"] == 4
+    assert targets["robust_vs_fare"] == 0.25 and targets["clean_vs_fare"] == 0.0
+    # differences 0, 1, 0, 0: sample sd 1/2, standard error 1/4
+    assert abs(targets["robust_vs_fare_se"] - 0.25) < 1e-12
+    assert abs(targets["robust_vs_fare_table"] - 0.10) < 1e-12
+    assert targets["met_robust_and_clean"]
+    confirm["adpo_dpo"]["clean_scores"] = [1, 0, 0, 0]  # clean 2 questions (50 points) below FARE: not met
+    assert not adpo._targets(methods, {}, 10, confirm)["met_robust_and_clean"]
+
+
 def test_rows_spread_over_two_worker_processes_give_the_same_numbers(quick_run, tmp_path):
     """The rows are independent: run in two spawned processes (one thread each) they score what the sequential run
     scored (every fraction; only the timings differ)."""
-    rows = ["adpo_dpo", "adpo_dpo_reference"]
+    rows = ["adpo_dpo", "adpo_kto"]
     parallel = adpo.run_adpo_experiment(tmp_path / "parallel", quick=True, progress=False, rows=rows,
                                         overrides={"workers": 2})
     sequential = json.loads((quick_run / "metrics.json").read_text())
@@ -99,4 +132,13 @@ def test_rows_spread_over_two_worker_processes_give_the_same_numbers(quick_run, 
 def test_every_row_has_a_report_name_in_the_experiments_order():
     from vlalign.experiments.adpo_report import NAMES
 
-    assert tuple(NAMES) == adpo.ROWS
+    assert tuple(NAMES) == adpo.ROWS + adpo.EXTRA_ROWS
+
+
+def test_an_extra_row_runs_on_request_and_an_unknown_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown rows"):
+        adpo.run_adpo_experiment(tmp_path, quick=True, progress=False, rows=["adpo_dp"])
+    metrics = adpo.run_adpo_experiment(tmp_path / "extra", quick=True, progress=False, rows=["adpo_dpo_reference"],
+                                       overrides={"transfer_vlm": None, "confirm": {"questions": 0}})
+    assert list(metrics["methods"]) == ["original", "fare", "adpo_dpo_reference"] and metrics["confirm"] == {}
+    assert metrics["targets"]["decided_on"] == "table"

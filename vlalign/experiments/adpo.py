@@ -6,8 +6,16 @@ fine-tuned by :class:`~vlalign.training.methods.robust.RobustFinetune` at the sa
 VLM); ``adpo_dpo``, ``adpo_ipo``, ``adpo_kto``, ``adpo_simpo`` (AdPO with each preference loss, λ = 1);
 ``adpo_scheduled`` (DPO, λ cosine from 2 to 0.5: the paper's open question 2) and ``adpo_no_la`` (DPO, λ = 0),
 all with online pairs and the response attack (``attack_on: policy``, ``attack_objective: response``: every step
-attacks the model being trained, raising the NLL of y_w), and ``adpo_dpo_reference`` (DPO with x_adv from the
-embedding attack and y_l computed once on the frozen reference: the paper's description taken literally). ``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's encoder put in unchanged.
+attacks the model being trained, raising the NLL of y_w). ``adpo_dpo_reference`` (DPO with x_adv from the
+embedding attack and y_l computed once on the frozen reference: the paper's description taken literally) runs on
+request (:data:`EXTRA_ROWS`). ``transfer`` holds the same keys for the second VLM (``mini-vlm-large``) with each row's
+encoder put in unchanged.
+
+The target check (``confirm``): the table's 200 attacked questions give one accuracy near 50% a standard error of
+3.5 points, too coarse for the issue's 3-point margin, so the best AdPO row of the table and FARE are re-scored
+clean and under APGD-CE at 4/255 on 1,000 fresh questions of another seed (every clean-correct one attacked, from
+the encoders each row saved), and the AdPO-vs-FARE target is decided there on the paired per-question differences
+(:mod:`vlalign.evaluation.uncertainty`).
 
 Columns: clean exact match on fresh questions, CIDEr-D on fresh captions, accuracy under untargeted APGD-CE at
 2/255 and 4/255 (per sample the worst of clean and attacked, as :func:`robust_evaluate_vlm` scores it), targeted
@@ -31,16 +39,15 @@ from typing import Any
 
 import torch
 
-from vlalign.attacks.threat_model import parse_eps
 from vlalign.data.datasets import TensorImageDataset
 from vlalign.data.mini_world import MiniWorld, vocabulary
-from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary, wrong_answers
-from vlalign.evaluation.captioning import cider_d
-from vlalign.evaluation.vlm_robust import robust_evaluate_vlm, targeted_success
-from vlalign.evaluation.vqa import exact_match, generate_answers
-from vlalign.experiments.adpo_report import TARGETED_EPS, report_from_run, results_table
+from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary
+from vlalign.evaluation.uncertainty import paired_difference
+from vlalign.experiments.adpo_eval import EvalSet, Questions, confirm_scores, evaluate_row
+from vlalign.experiments.adpo_report import report_from_run, results_table
 from vlalign.processes import run_in_workers
-from vlalign.io import atomic_write_json
+from vlalign.io import atomic_write_json, save_tensors
+from vlalign.models.checkpoint import load_state_checked, load_tensors
 from vlalign.models.loading import load_model
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 from vlalign.models.mini_vlm import MiniVLM, mini_vlm_from_clip
@@ -51,8 +58,9 @@ from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
 
-ROWS = ("original", "tecoa", "fare", "adpo_dpo", "adpo_ipo", "adpo_kto", "adpo_simpo", "adpo_scheduled", "adpo_no_la",
-        "adpo_dpo_reference")
+ROWS = ("original", "tecoa", "fare", "adpo_dpo", "adpo_ipo", "adpo_kto", "adpo_simpo", "adpo_scheduled", "adpo_no_la")
+#: Rows the Python API runs on request (``rows=``) and ``benchmarks/adpo_variant.py`` measures, beside :data:`ROWS`.
+EXTRA_ROWS = ("adpo_dpo_reference",)
 #: AdPO rows -> their config fields (beside eps, attack steps and the run's ``attack_on`` and ``attack_objective``,
 #: which a row may override).
 ADPO_ROWS: dict[str, dict[str, Any]] = {
@@ -63,7 +71,10 @@ ADPO_ROWS: dict[str, dict[str, Any]] = {
     # the paper's description taken literally: x_adv (the embedding attack) and y_l once, on the frozen reference
     "adpo_dpo_reference": {"loss": "dpo", "attack_on": "reference", "attack_objective": "embedding"},
 }
-EVAL_EPS = ("2/255", "4/255")
+#: The ε of the issue's robustness target, the one the confirmation re-scores.
+CONFIRM_EPS = "4/255"
+#: Each trained row's image tower, saved in its run folder (the confirmation reloads it).
+ENCODER_FILE = "encoder.safetensors"
 
 #: The full run. The loop settings are FARE's of ``vlalign experiment robust`` at batch 32.
 FULL: dict[str, Any] = {
@@ -77,6 +88,9 @@ FULL: dict[str, Any] = {
     "data": {"questions": 1600, "captions": 400, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
     "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
              "steps": 20, "steps_check": True},
+    #: The target check: the best AdPO row of the table and FARE, re-scored clean and under APGD-CE at 4/255 on this
+    #: many fresh questions of another seed (every clean-correct one attacked, ``eval.steps`` steps), paired.
+    "confirm": {"questions": 1000, "seed": 4344},
     "max_new_tokens": 24,
     #: processes the rows are spread over (one torch thread each): both cores of the 2-core machine
     "workers": 2,
@@ -88,6 +102,7 @@ QUICK: dict[str, Any] = {
     "data": {"questions": 6, "captions": 2, "seed": 500, "robust_images": 8, "robust_seed": 10000},
     "eval": {"questions": 8, "captions": 4, "seed": 4343, "attack_questions": 8, "targeted": 4, "steps": 2,
              "steps_check": False},
+    "confirm": {"questions": 8, "seed": 4344},
     "max_new_tokens": 6, "workers": 1,
 }
 #: The tiny tower of ``--quick`` (32-pixel images, one block).
@@ -122,49 +137,21 @@ def _loop(settings: dict, seed: int) -> TrainConfig:
     return TrainConfig(**settings["train"], seed=seed)
 
 
-# ------------------------------------------------------------------------------------------------ evaluation
-
-class EvalSet:
-    """The fresh evaluation questions and captions, rendered once for every row."""
-
-    def __init__(self, spec: dict) -> None:
-        questions = MiniVQA(spec["questions"], spec["seed"])
-        items = [questions[i] for i in range(len(questions))]
-        self.pixels = torch.stack([item["pixels"] for item in items])
-        self.prompts = [item["prompt"] for item in items]
-        self.answers = [item["answer"] for item in items]
-        self.types = [item["question_type"] for item in items]
-        self.targets = wrong_answers(self.types, self.answers, spec["seed"])
-        captions = MiniCaptions(spec["captions"], spec["seed"])
-        caption_items = [captions[i] for i in range(len(captions))]
-        self.caption_pixels = torch.stack([c["pixels"] for c in caption_items])
-        self.caption_prompts = [c["prompt"] for c in caption_items]
-        self.references = [captions.references(i) for i in range(len(captions))]
-        self.spec = spec
-
-
-def evaluate_row(model: MiniVLM, data: EvalSet, progress: bool = False) -> dict:
-    """Clean exact match, CIDEr-D, APGD-CE accuracy at 2/255 and 4/255 (worst case per sample), targeted success at
-    4/255, the gradient-masking warnings."""
-    spec = data.spec
-    model = model.eval()
-    k = min(spec["attack_questions"], len(data.prompts))
-    robust = robust_evaluate_vlm(model, data.pixels[:k], data.prompts[:k], [[a] for a in data.answers[:k]], "vqa",
-                                 "apgd-ce", [parse_eps(e) for e in EVAL_EPS], steps=spec["steps"], seed=spec["seed"],
-                                 question_types=data.types[:k], steps_check=spec["steps_check"], progress=progress)
-    with torch.no_grad():
-        answers = generate_answers(model, data.pixels, data.prompts)
-        clean = sum(exact_match(a, b) for a, b in zip(answers, data.answers)) / len(answers)
-        captions = generate_answers(model, data.caption_pixels, data.caption_prompts, max_new_tokens=24)
-    cider, _ = cider_d(captions, data.references)
-    t = min(spec["targeted"], len(data.prompts))
-    success, _ = targeted_success(model, data.pixels[:t], data.prompts[:t], data.targets[:t], "apgd-ce",
-                                  parse_eps(TARGETED_EPS), steps=spec["steps"], seed=spec["seed"])
-    metrics = robust.metrics()
-    return {"clean": clean, "cider": cider,
-            "robust": {e: metrics["worst_case"][e] for e in EVAL_EPS},
-            "targeted_success": {TARGETED_EPS: success},
-            "attacked_clean": metrics["clean"], "warnings": metrics["warnings"]}
+def confirm_row(row: str, settings: dict, seed: int, out: Path) -> dict:
+    """The target check of one row the run has trained (its encoder saved in ``out/runs/<row>``): clean exact match
+    and APGD-CE accuracy at 4/255 (worst case per question) on ``settings["confirm"]`` fresh questions, every
+    clean-correct one attacked, with the per-question scores that the paired comparison reads."""
+    shared = _shared(settings, seed)
+    spec = settings["confirm"]
+    key = (spec["questions"], spec["seed"])
+    if shared.get("confirm_key") != key:
+        shared.update(confirm_key=key, confirm_set=Questions(*key))
+    questions: Questions = shared["confirm_set"]
+    model = copy.deepcopy(shared["vlm"])
+    if row != "original":
+        path = out / "runs" / row / ENCODER_FILE
+        load_state_checked(model.vision, load_tensors(path), path)
+    return confirm_scores(model, questions, CONFIRM_EPS, settings["eval"]["steps"], spec["seed"])
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -272,6 +259,8 @@ def run_row(row: str, settings: dict, seed: int, out: Path, progress: bool = Fal
         if mode is not None:
             shared["pairs"][mode] = pairs
         tower = trained.vision
+    if row != "original":
+        save_tensors(out / "runs" / row / ENCODER_FILE, {k: v.contiguous() for k, v in tower.state_dict().items()})
     trained_at = time.perf_counter()
     result: dict[str, Any] = {}
     for target, table in ((vlm, "methods"), (large, "transfer")):
@@ -298,22 +287,28 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
                         rows: tuple[str, ...] | list[str] | None = None, overrides: dict | None = None) -> dict:
     """Train every row, evaluate it in both VLMs, write ``metrics.json``, the report and its plots.
 
-    Python API only (a partial measurement; the command runs everything): ``rows`` picks a subset (``original``
-    and ``fare`` are always kept: the targets compare against them), ``overrides`` changes settings of
-    :data:`FULL` / :data:`QUICK` (nested dicts merge; ``transfer_vlm: None`` skips the transfer rows)."""
+    Python API only (a partial measurement; the command runs everything): ``rows`` picks a subset of :data:`ROWS`
+    and :data:`EXTRA_ROWS` (``original`` and ``fare`` are always kept: the targets compare against them),
+    ``overrides`` changes settings of :data:`FULL` / :data:`QUICK` (nested dicts merge; ``transfer_vlm: None`` skips
+    the transfer rows, ``confirm.questions: 0`` the target check)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     settings = _merged(QUICK if quick else FULL, overrides or {})
-    chosen = [r for r in ROWS if rows is None or r in rows or r in ("original", "fare")]
-    unknown = sorted(set(rows or ()) - set(ROWS))
+    unknown = sorted(set(rows or ()) - set(ROWS) - set(EXTRA_ROWS))
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS)}")
+        raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS + EXTRA_ROWS)}")
+    chosen = [r for r in ROWS + EXTRA_ROWS
+              if (r in rows if rows is not None else r in ROWS) or r in ("original", "fare")]
     results = _run_rows(chosen, settings, seed, out, progress)
     methods = {row: results[row]["methods"] for row in chosen}
     transfer = {row: results[row]["transfer"] for row in chosen if "transfer" in results[row]}
     seconds = {k: v for row in chosen for k, v in results[row]["seconds"].items()}
-    metrics = {"methods": methods, "transfer": transfer, "targets": _targets(methods, transfer, settings["train"]["steps"]),
+    confirmed_at = time.perf_counter()
+    confirm = _confirm(_best_adpo(methods), settings, seed, out, progress)
+    seconds["confirm"] = time.perf_counter() - confirmed_at
+    metrics = {"methods": methods, "transfer": transfer, "confirm": confirm,
+               "targets": _targets(methods, transfer, settings["train"]["steps"], confirm),
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
                             "loop": asdict(_loop(settings, seed)),
@@ -326,13 +321,24 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     return metrics
 
 
+def _confirm(best: str | None, settings: dict, seed: int, out: Path, progress: bool) -> dict[str, dict]:
+    """:func:`confirm_row` of the best AdPO row and FARE, side by side in two workers (none without an AdPO row or
+    with ``confirm.questions`` 0)."""
+    if best is None or settings["confirm"]["questions"] < 1:
+        return {}
+    rows = [best, "fare"]
+    return run_in_workers(confirm_row, rows, (settings, seed, out), min(settings["workers"], len(rows)),
+                          "target check", progress)
+
+
 def _best_adpo(methods: dict) -> str | None:
     trained = [r for r in ADPO_ROWS if r in methods]
     return max(trained, key=lambda r: (methods[r]["robust"]["4/255"], methods[r]["clean"])) if trained else None
 
 
-def _targets(methods: dict, transfer: dict, steps: int) -> dict:
-    """The issue's targets, measured: AdPO vs FARE, transfer retention, step cost."""
+def _targets(methods: dict, transfer: dict, steps: int, confirm: dict | None = None) -> dict:
+    """The issue's targets, measured: AdPO vs FARE (on the confirmation questions when the run has them, paired,
+    else on the table), transfer retention, step cost."""
     best = _best_adpo(methods)
     if best is None:
         return {"best_adpo": None}
@@ -346,12 +352,22 @@ def _targets(methods: dict, transfer: dict, steps: int) -> dict:
         steps = max(1, steps)
         precompute = max((methods[r].get("precompute_seconds") or 0.0) for r in ADPO_ROWS if r in methods)
         amortized = (methods[best]["step_seconds"] + precompute / steps) / fare["step_seconds"]
+    table = {"robust_vs_fare_table": methods[best]["robust"]["4/255"] - fare["robust"]["4/255"],
+             "clean_vs_fare_table": methods[best]["clean"] - fare["clean"]}
+    if confirm and best in confirm and "fare" in confirm:
+        robust, robust_se = paired_difference(confirm[best]["robust_scores"], confirm["fare"]["robust_scores"])
+        clean, clean_se = paired_difference(confirm[best]["clean_scores"], confirm["fare"]["clean_scores"])
+        decided = {"decided_on": "confirmation", "questions": confirm[best]["n"], "robust_vs_fare": robust,
+                   "robust_vs_fare_se": robust_se, "clean_vs_fare": clean, "clean_vs_fare_se": clean_se}
+    else:
+        decided = {"decided_on": "table", "robust_vs_fare": table["robust_vs_fare_table"],
+                   "clean_vs_fare": table["clean_vs_fare_table"]}
     return {
         "best_adpo": best,
-        "robust_vs_fare": methods[best]["robust"]["4/255"] - fare["robust"]["4/255"],
-        "clean_vs_fare": methods[best]["clean"] - fare["clean"],
-        "met_robust_and_clean": (methods[best]["robust"]["4/255"] >= fare["robust"]["4/255"] + 0.03
-                                 and methods[best]["clean"] >= fare["clean"] - 0.01),
+        **decided,
+        **table,
+        # a hair of slack: 0.522 − 0.492 is not exactly 0.03 in floating point
+        "met_robust_and_clean": decided["robust_vs_fare"] >= 0.03 - 1e-9 and decided["clean_vs_fare"] >= -0.01 - 1e-9,
         "transfer_retention": transferred_gain / gain if gain > 0 and transferred_gain is not None else None,
         "step_cost_vs_fare": ratio,
         #: with the one-off pair precomputation spread over the run's steps

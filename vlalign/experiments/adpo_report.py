@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlalign.evaluation.uncertainty import standard_error
+from vlalign.experiments.adpo_eval import TARGETED_EPS
 from vlalign.reporting.figures import save_figure
 from vlalign.reporting.tables import markdown_table, percent
 
-#: The ε of the targeted attack (the issue's column "targeted success at 4/255").
-TARGETED_EPS = "4/255"
 
 #: Every row's name in tables and plots, in the experiment's order (which also fixes its colour).
 NAMES = {"original": "original encoder", "tecoa": "TeCoA", "fare": "FARE", "adpo_dpo": "AdPO (DPO)",
@@ -83,6 +83,10 @@ def report_from_run(run_dir: str | Path) -> str:
            results_table(metrics["transfer"]), ""] if metrics["transfer"] else ["No transfer rows in this run.", ""]),
         f"![clean vs robust]({figure.name})",
         "",
+        "## The target check",
+        "",
+        *_confirmation_lines(metrics),
+        "",
         "## Targets",
         "",
         *_target_lines(metrics),
@@ -97,6 +101,36 @@ def report_from_run(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _points(value: float, se: float | None = None) -> str:
+    return f"{100 * value:+.1f}" + (f" ± {100 * se:.1f}" if se is not None else "") + " points"
+
+
+def _versus_fare(targets: dict) -> str:
+    """The AdPO-vs-FARE target's sentence: on the confirmation questions (paired, ± one standard error) or the table."""
+    verdict = f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**"
+    table = (f"robust accuracy at 4/255 vs FARE {_points(targets['robust_vs_fare_table'])}, clean "
+             f"{_points(targets['clean_vs_fare_table'])}")
+    if targets.get("decided_on") != "confirmation":
+        return f"on the table: {table} (targets ≥ +3 and ≥ −1): {verdict}."
+    return (f"on the {targets['questions']} confirmation questions (paired, ± one standard error): robust accuracy at "
+            f"4/255 vs FARE {_points(targets['robust_vs_fare'], targets['robust_vs_fare_se'])} (target ≥ +3), clean "
+            f"vs FARE {_points(targets['clean_vs_fare'], targets['clean_vs_fare_se'])} (target ≥ −1): {verdict}. "
+            f"(On the table's questions: {table}.)")
+
+
+def _confirmation_lines(metrics: dict) -> list[str]:
+    confirm = metrics.get("confirm") or {}
+    if not confirm:
+        return ["No target check in this run."]
+    spec = metrics["settings"]["confirm"]
+    rows = [[NAMES.get(r, r), percent(v["clean"]), percent(v["robust"]["4/255"]),
+             f"± {100 * standard_error(v['robust_scores']):.1f} points", str(v["n"])] for r, v in confirm.items()]
+    warned = [f"- ⚠ {row}: {w}" for row, v in confirm.items() for w in v["warnings"]]
+    return [f"The best AdPO row of the table and FARE, re-scored on {spec['questions']} fresh questions (seed "
+            f"{spec['seed']}, not the table's), every clean-correct one attacked by APGD-CE at 4/255:", "",
+            markdown_table(["encoder", "clean", "APGD 4/255", "standard error", "questions"], rows), "", *warned]
+
+
 def _target_lines(metrics: dict) -> list[str]:
     targets = metrics["targets"]
     workers = metrics["settings"].get("workers", 1)
@@ -106,10 +140,8 @@ def _target_lines(metrics: dict) -> list[str]:
     retention = targets["transfer_retention"]
     ratio, amortized = targets["step_cost_vs_fare"], targets.get("step_cost_vs_fare_amortized")
     return [
-        f"- Best AdPO variant (by APGD 4/255): **{NAMES[targets['best_adpo']]}**; robust accuracy at 4/255 vs FARE: "
-        f"{100 * targets['robust_vs_fare']:+.1f} points (target ≥ +3), clean vs FARE "
-        f"{100 * targets['clean_vs_fare']:+.1f} points (target ≥ −1): "
-        f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**.",
+        f"- Best AdPO variant (by APGD 4/255 in the table): **{NAMES[targets['best_adpo']]}**; "
+        + _versus_fare(targets),
         "- Transfer keeps " + (f"**{100 * retention:.0f}%**" if retention is not None else
                                "— (no transfer rows, or no robustness gain to keep)")
         + " of the best AdPO encoder's robustness gain over the original (target ≥ 80%).",
