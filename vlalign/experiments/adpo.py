@@ -327,8 +327,9 @@ def _confirm(best: str | None, settings: dict, seed: int, out: Path, progress: b
     if best is None or settings["confirm"]["questions"] < 1:
         return {}
     rows = [best, "fare"]
-    return run_in_workers(confirm_row, rows, (settings, seed, out), min(settings["workers"], len(rows)),
+    done = run_in_workers(confirm_row, rows, (settings, seed, out), min(settings["workers"], len(rows)),
                           "target check", progress)
+    return {row: done[row] for row in rows}
 
 
 def _best_adpo(methods: dict) -> str | None:

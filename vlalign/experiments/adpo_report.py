@@ -46,11 +46,19 @@ def _plot(metrics: dict, path: Path) -> Path:
             marker = "o" if row.startswith("adpo") else ("s" if row in ("tecoa", "fare") else "*")
             ax.scatter(values["clean"], values["robust"]["4/255"], s=70 if marker != "*" else 160, marker=marker,
                        color=f"C{list(NAMES).index(row) if row in NAMES else 9}", label=NAMES.get(row, row))
+        if key == "methods":
+            # the target check's two rows on their fresh questions: hollow, with ± one standard error
+            for row, values in (metrics.get("confirm") or {}).items():
+                ax.errorbar(values["clean"], values["robust"]["4/255"], xerr=standard_error(values["clean_scores"]),
+                            yerr=standard_error(values["robust_scores"]), fmt="D", markersize=7, mfc="none",
+                            color=f"C{list(NAMES).index(row) if row in NAMES else 9}", capsize=3,
+                            label=f"{NAMES.get(row, row)}, target check (± 1 SE)")
         ax.set_title(f"Clean vs APGD 4/255 accuracy: {title}", fontsize=10)
         ax.set_xlabel("clean exact match")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("exact match under APGD-CE, ε = 4/255")
-    axes[0][-1].legend(fontsize=8, loc="best")
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -112,7 +120,7 @@ def _versus_fare(targets: dict) -> str:
              f"{_points(targets['clean_vs_fare_table'])}")
     if targets.get("decided_on") != "confirmation":
         return f"on the table: {table} (targets ≥ +3 and ≥ −1): {verdict}."
-    return (f"on the {targets['questions']} confirmation questions (paired, ± one standard error): robust accuracy at "
+    return (f"on the {targets['questions']:,} confirmation questions (paired, ± one standard error): robust accuracy at "
             f"4/255 vs FARE {_points(targets['robust_vs_fare'], targets['robust_vs_fare_se'])} (target ≥ +3), clean "
             f"vs FARE {_points(targets['clean_vs_fare'], targets['clean_vs_fare_se'])} (target ≥ −1): {verdict}. "
             f"(On the table's questions: {table}.)")
@@ -126,7 +134,7 @@ def _confirmation_lines(metrics: dict) -> list[str]:
     rows = [[NAMES.get(r, r), percent(v["clean"]), percent(v["robust"]["4/255"]),
              f"± {100 * standard_error(v['robust_scores']):.1f} points", str(v["n"])] for r, v in confirm.items()]
     warned = [f"- ⚠ {row}: {w}" for row, v in confirm.items() for w in v["warnings"]]
-    return [f"The best AdPO row of the table and FARE, re-scored on {spec['questions']} fresh questions (seed "
+    return [f"The best AdPO row of the table and FARE, re-scored on {spec['questions']:,} fresh questions (seed "
             f"{spec['seed']}, not the table's), every clean-correct one attacked by APGD-CE at 4/255:", "",
             markdown_table(["encoder", "clean", "APGD 4/255", "standard error", "questions"], rows), "", *warned]
 
