@@ -1,4 +1,5 @@
-"""vlalign.io: every file it writes gets ordinary permissions (0666 minus the umask), never mkstemp's 0600."""
+"""vlalign.io: every file it writes gets ordinary permissions (0666 minus the umask), never mkstemp's 0600; read_json
+names the file in every error."""
 
 from __future__ import annotations
 
@@ -55,3 +56,36 @@ def test_a_saved_model_folder_is_readable_by_others(tmp_path, tiny_mini_clip, um
     files = sorted(p for p in (tmp_path / "model").iterdir())
     assert [p.name for p in files] == ["config.json", "model.safetensors", "run.json"]
     assert {p.name: mode(p) for p in files} == {p.name: 0o644 for p in files}
+
+
+class _OwnError(Exception):
+    pass
+
+
+def test_read_json_names_the_file_in_every_failure(tmp_path):
+    from vlalign.io import read_json
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": [1, 2]}')
+    assert read_json(good, _OwnError, expect=dict) == {"a": [1, 2]}
+    cases = [
+        ("absent.json", None, dict, "absent.json: missing; a model folder"),
+        ("broken.json", b"{not json", None, "broken.json: not valid JSON"),
+        ("latin1.json", '{"name": "café"}'.encode("latin-1"), None, "latin1.json: not valid JSON"),
+        ("list.json", b"[1, 2]", dict, "list.json: expected an object at the top level, got list"),
+    ]
+    for name, content, expect, message in cases:
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(_OwnError, match=message):
+            read_json(path, _OwnError, "a model folder" if content is None else None, expect)
+
+
+def test_a_model_folder_whose_config_is_not_an_object_is_refused_by_name(tmp_path):
+    from vlalign.models.checkpoint import CheckpointError
+    from vlalign.models.loading import load_mini_clip
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="config.json: expected an object at the top level, got list"):
+        load_mini_clip(tmp_path)

@@ -1,4 +1,5 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one.
+"""Atomic file writes: readers see the old file or the new one, never half of one; and reading a JSON file with an
+error that names it.
 
 Every file vlalign writes (checkpoints, metrics, reports, images) goes through here, so a crash or Ctrl-C in
 the middle of a write never leaves a corrupt file behind. Files get ordinary permissions (0666 minus the umask),
@@ -72,3 +73,21 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError, missing: str | None = None,
+              expect: type | None = None) -> Any:
+    """The JSON value in ``path``. A missing file (``missing`` says what was expected there), text that is not JSON
+    or not UTF-8, or a top-level value that is not an ``expect`` (``dict`` or ``list``) raise ``error`` with a message
+    that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing" + (f"; {missing}" if missing else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if expect is not None and not isinstance(data, expect):
+        kind = {dict: "an object", list: "a list"}.get(expect, expect.__name__)
+        raise error(f"{path}: expected {kind} at the top level, got {type(data).__name__}")
+    return data

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlalign.data.image_set import ImageSet
 from vlalign.data.pixels import to_rgb
-from vlalign.io import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_bytes, atomic_write_json, read_json
 
 METADATA_FILE = "metadata.jsonl"
 CLASSES_FILE = "classes.json"
@@ -136,10 +136,7 @@ def read_classes(folder: Path, records: list[dict]) -> tuple[str, ...]:
     path = folder / CLASSES_FILE
     if not path.is_file():
         return tuple(sorted({r["label"] for r in records}))
-    try:
-        classes = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    classes = read_json(path, DatasetError)
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise DatasetError(f"{path}: expected a JSON list of class names")
     if not classes:

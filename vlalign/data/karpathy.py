@@ -14,7 +14,6 @@ yields train and restval, as the standard Karpathy training set does. Each image
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlalign.data.folder import DatasetError, load_image
 from vlalign.data.retrieval_set import RetrievalSet
-from vlalign.io import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_bytes, atomic_write_json, read_json
 
 KARPATHY_FILE = "dataset.json"
 SPLITS = ("train", "restval", "val", "test")
@@ -41,10 +40,7 @@ def _entries(json_path: Path, split: str, captions_per_image: int) -> list[tuple
         raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: Karpathy-split JSON not found")
-    try:
-        data = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
+    data = read_json(json_path, DatasetError)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{json_path}: expected an object with an \"images\" list")
     wanted = {"train", "restval"} if split == "train" else {split}

@@ -11,7 +11,6 @@ COCO captions (Chen et al. 2015): ``{"images": [{"id", "file_name", ...}], "anno
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from vlalign.data.folder import DatasetError, load_image
 from vlalign.data.vqa import CAPTION_PROMPT, MiniCaptions, MiniVQA
-from vlalign.io import atomic_write_bytes, atomic_write_json
+from vlalign.io import atomic_write_bytes, atomic_write_json, read_json
 
 QUESTIONS_FILE = "questions.json"
 ANNOTATIONS_FILE = "annotations.json"
@@ -35,13 +34,7 @@ _IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise DatasetError(f"{path}: {what} file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
-    return data
+    return read_json(path, DatasetError, expect=dict)
 
 
 def _records(data: dict, key: str, fields: dict[str, type | tuple[type, ...]], path: Path) -> list[dict]:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from vlalign.attacks.fgsm import FGSM
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from vlalign.config import ConfigError, config_from_dict
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.checkpoint import CheckpointError, load_state_checked, load_tensors
-from vlalign.io import atomic_write_json, save_tensors
+from vlalign.io import atomic_write_json, read_json, save_tensors
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -57,12 +56,7 @@ def load_mini_clip(folder: str | Path) -> MiniCLIP:
     """Load a MiniCLIP saved by :func:`save_mini_clip`; errors name the file at fault."""
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing; a MiniCLIP folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    data = read_json(config_path, CheckpointError, f"a MiniCLIP folder holds {CONFIG_FILE} and {WEIGHTS_FILE}", dict)
     if data.pop("architecture", None) != "MiniCLIP":
         raise CheckpointError(f"{config_path}: not a MiniCLIP config (no \"architecture\": \"MiniCLIP\")")
     try:
@@ -120,13 +114,7 @@ def _load_head_run(folder: Path, device: str | torch.device) -> ContrastiveModel
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, CheckpointError, expect=dict)
 
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> ContrastiveModel:

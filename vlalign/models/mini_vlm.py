@@ -12,7 +12,6 @@ trained by TeCoA, FARE or AdPO are interchangeable.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlalign.config import ConfigError, config_from_dict
-from vlalign.io import atomic_write_json, save_tensors
+from vlalign.io import atomic_write_json, read_json, save_tensors
 from vlalign.models.checkpoint import CheckpointError, load_state_checked, load_tensors
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig, VisionTower
 from vlalign.models.tokenizer import BOS, EOS, PAD, SPECIALS, UNK, split_words
@@ -232,12 +231,7 @@ def same_tower_architecture(a: MiniCLIPConfig, b: MiniCLIPConfig) -> list[str]:
 def read_mini_vlm_config(folder: str | Path) -> MiniVLMConfig:
     """The :class:`MiniVLMConfig` in ``folder/config.json``; errors name the file."""
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; a MiniVLM folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, CheckpointError, f"a MiniVLM folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not isinstance(data, dict) or data.pop("architecture", None) != ARCHITECTURE:
         raise CheckpointError(f"{path}: not a MiniVLM config (no \"architecture\": \"{ARCHITECTURE}\")")
     try:

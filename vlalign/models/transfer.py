@@ -9,13 +9,13 @@ and shape is checked first; a mismatch is a :class:`CheckpointError` naming both
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vlalign.io import read_json
 from vlalign.models.checkpoint import CheckpointError, load_state_checked
 from vlalign.models.mini_clip import MiniCLIPConfig
 from vlalign.models.mini_vlm import MiniVLM, same_tower_architecture
@@ -31,12 +31,7 @@ def _read_kind(folder: Path) -> tuple[str, dict]:
     path = folder / "config.json"
     if (folder / "head.safetensors").is_file():
         raise CheckpointError(f"{folder}: a linear-head run changes no encoder weights; there is no encoder to transfer")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; expected a MiniCLIP, MiniVLM, CLIP or LLaVA folder")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, CheckpointError, "expected a MiniCLIP, MiniVLM, CLIP or LLaVA folder")
     kind = data.get("architecture") or data.get("model_type") if isinstance(data, dict) else None
     return str(kind), data
 

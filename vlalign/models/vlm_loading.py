@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from vlalign.io import read_json
 from vlalign.models.checkpoint import CheckpointError
 from vlalign.models.mini_vlm import ARCHITECTURE, CONFIG_FILE, load_mini_vlm
 from vlalign.models.vlm import GenerativeVLM
@@ -27,12 +27,7 @@ def embedded_vlm_dir(spec: str) -> Path:
 def vlm_kind(folder: Path) -> str:
     """``"mini"`` (a MiniVLM folder) or ``"llava"`` (a transformers LLaVA folder), from its ``config.json``."""
     path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; expected a MiniVLM or transformers LLaVA folder")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, CheckpointError, "expected a MiniVLM or transformers LLaVA folder")
     if isinstance(data, dict) and data.get("architecture") == ARCHITECTURE:
         return "mini"
     if isinstance(data, dict) and data.get("model_type") == "llava":

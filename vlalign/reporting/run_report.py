@@ -4,7 +4,6 @@ which records what kind of run it was, the command that reproduces it, the versi
 
 from __future__ import annotations
 
-import json
 import platform
 import shlex
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlalign.io import atomic_write_json, atomic_write_text
+from vlalign.io import atomic_write_json, atomic_write_text, read_json
 from vlalign.reporting.html import markdown_to_html
 
 REPORT_INFO = "report.json"
@@ -85,10 +84,7 @@ def read_report_info(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; not a run folder written by vlalign (or written before reports "
                                 "recorded their kind)")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    info = read_json(path, ValueError)
     if not isinstance(info, dict) or "kind" not in info:
         raise ValueError(f"{path}: expected an object with a \"kind\"")
     return info
