@@ -45,14 +45,13 @@ from vlalign.config import check_range, config_from_dict, config_to_dict, option
 from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.data.retrieval_world import RetrievalWorld, write_misleading_words
 from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retrieval, recall_of_pixels, robust_retrieval
-from vlalign.experiments.advlora_report import (CONDITIONS, command_line, main_table, report_markdown,
-                                                 selection_report_markdown, write_plots)
+from vlalign.experiments.advlora_report import (CONDITIONS, command_line, main_table, masking_warnings,
+                                                 report_markdown, selection_report_markdown, targets, write_plots)
 from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.loading import load_model, save_model
 from vlalign.processes import run_in_workers
 from vlalign.reporting.run_report import run_info, write_report
-from vlalign.reporting.tables import percent
 from vlalign.reporting.training import read_metrics_csv
 from vlalign.training.loop import fit
 from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod
@@ -348,37 +347,6 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
                                                                         seconds=total))
     print(main_table(metrics))
     return metrics
-
-
-def targets(methods: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, each with the numbers it compares (mR fractions; "points" are 0.01)."""
-    pgd = {name: values["pgd"]["mR"] for name, values in methods.items()}
-    lora_clean_clean = methods["lora_clean"]["clean"]["mR"]
-    ratio = methods["advlora"]["trainable_params"] / methods["full_adversarial"]["trainable_params"]
-    return {
-        "lora_clean_pgd_at_most_half_clean": {"pgd": pgd["lora_clean"], "clean": lora_clean_clean,
-                                              "met": pgd["lora_clean"] <= 0.5 * lora_clean_clean},
-        "advlora_vs_lora_adversarial_plus_2": {"advlora": pgd["advlora"], "lora_adversarial": pgd["lora_adversarial"],
-                                               "met": pgd["advlora"] >= pgd["lora_adversarial"] + 0.02},
-        "advlora_vs_lora_clean_plus_20": {"advlora": pgd["advlora"], "lora_clean": pgd["lora_clean"],
-                                          "met": pgd["advlora"] >= pgd["lora_clean"] + 0.20},
-        "advlora_params_at_most_5pct_of_full": {"ratio": ratio, "met": ratio <= 0.05},
-        "advlora_within_3_of_full_adversarial": {"advlora": pgd["advlora"], "full_adversarial": pgd["full_adversarial"],
-                                                 "met": pgd["advlora"] >= pgd["full_adversarial"] - 0.03},
-    }
-
-
-def masking_warnings(methods: dict[str, Any]) -> list[str]:
-    """Signs of gradient masking (AutoAttack's checks, adapted): a one-step or a black-box attack that hurts
-    more than white-box PGD-10 at the same ε."""
-    warnings = []
-    for name, values in methods.items():
-        pgd = values["pgd"]["mR"]
-        for other in ("fgsm", "transfer"):
-            if values[other]["mR"] < pgd - 0.01:
-                warnings.append(f"{name}: {other} (mR {percent(values[other]['mR'])}) beats white-box PGD "
-                                f"(mR {percent(pgd)}); the PGD evaluation may be masked")
-    return warnings
 
 
 # ------------------------------------------------------------------------------------------ val selection

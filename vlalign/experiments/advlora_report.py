@@ -1,6 +1,7 @@
 """The report of ``vlalign experiment advlora`` and of its val selection, from their ``metrics.json`` alone: the
 plots (``alpha.png``, ``rank_sweep.png``, ``robustness.png``), the Markdown tables and the targets' wording, so that
-``vlalign report RUN_DIR`` rebuilds them without the experiment's code."""
+``vlalign report RUN_DIR`` rebuilds them without the experiment's code; and the targets and gradient-masking checks
+the run computes from its rows' metrics."""
 
 from __future__ import annotations
 
@@ -194,3 +195,34 @@ def selection_report_markdown(metrics: dict[str, Any]) -> str:
 def selection_report_from_run(run_dir: str | Path) -> str:
     """The Markdown report of a finished selection run, from its ``metrics.json``."""
     return selection_report_markdown(json.loads((Path(run_dir) / "metrics.json").read_text()))
+
+
+def targets(methods: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with the numbers it compares (mR fractions; "points" are 0.01)."""
+    pgd = {name: values["pgd"]["mR"] for name, values in methods.items()}
+    lora_clean_clean = methods["lora_clean"]["clean"]["mR"]
+    ratio = methods["advlora"]["trainable_params"] / methods["full_adversarial"]["trainable_params"]
+    return {
+        "lora_clean_pgd_at_most_half_clean": {"pgd": pgd["lora_clean"], "clean": lora_clean_clean,
+                                              "met": pgd["lora_clean"] <= 0.5 * lora_clean_clean},
+        "advlora_vs_lora_adversarial_plus_2": {"advlora": pgd["advlora"], "lora_adversarial": pgd["lora_adversarial"],
+                                               "met": pgd["advlora"] >= pgd["lora_adversarial"] + 0.02},
+        "advlora_vs_lora_clean_plus_20": {"advlora": pgd["advlora"], "lora_clean": pgd["lora_clean"],
+                                          "met": pgd["advlora"] >= pgd["lora_clean"] + 0.20},
+        "advlora_params_at_most_5pct_of_full": {"ratio": ratio, "met": ratio <= 0.05},
+        "advlora_within_3_of_full_adversarial": {"advlora": pgd["advlora"], "full_adversarial": pgd["full_adversarial"],
+                                                 "met": pgd["advlora"] >= pgd["full_adversarial"] - 0.03},
+    }
+
+
+def masking_warnings(methods: dict[str, Any]) -> list[str]:
+    """Signs of gradient masking (AutoAttack's checks, adapted): a one-step or a black-box attack that hurts
+    more than white-box PGD-10 at the same ε."""
+    warnings = []
+    for name, values in methods.items():
+        pgd = values["pgd"]["mR"]
+        for other in ("fgsm", "transfer"):
+            if values[other]["mR"] < pgd - 0.01:
+                warnings.append(f"{name}: {other} (mR {percent(values[other]['mR'])}) beats white-box PGD "
+                                f"(mR {percent(pgd)}); the PGD evaluation may be masked")
+    return warnings
