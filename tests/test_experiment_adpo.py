@@ -129,6 +129,22 @@ def test_rows_spread_over_two_worker_processes_give_the_same_numbers(quick_run, 
                 assert values[key] == sequential[table][row][key], (table, row, key)
 
 
+def test_a_run_written_before_the_target_check_still_rebuilds_its_report(quick_run, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(quick_run, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    metrics.pop("confirm")
+    for key in ("decided_on", "questions", "robust_vs_fare_se", "clean_vs_fare_se", "robust_vs_fare_table",
+                "clean_vs_fare_table"):
+        metrics["targets"].pop(key, None)
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(old)]) == 0
+    text = (old / "report.md").read_text()
+    assert "No target check in this run." in text and "on the table: robust accuracy at 4/255 vs FARE" in text
+
+
 def test_every_row_has_a_report_name_in_the_experiments_order():
     from vlalign.experiments.adpo_report import NAMES
 

@@ -116,8 +116,9 @@ def _points(value: float, se: float | None = None) -> str:
 def _versus_fare(targets: dict) -> str:
     """The AdPO-vs-FARE target's sentence: on the confirmation questions (paired, ± one standard error) or the table."""
     verdict = f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**"
-    table = (f"robust accuracy at 4/255 vs FARE {_points(targets['robust_vs_fare_table'])}, clean "
-             f"{_points(targets['clean_vs_fare_table'])}")
+    # a run written before the target check existed has only the table's differences, under the plain names
+    table = (f"robust accuracy at 4/255 vs FARE {_points(targets.get('robust_vs_fare_table', targets['robust_vs_fare']))}"
+             f", clean {_points(targets.get('clean_vs_fare_table', targets['clean_vs_fare']))}")
     if targets.get("decided_on") != "confirmation":
         return f"on the table: {table} (targets ≥ +3 and ≥ −1): {verdict}."
     return (f"on the {targets['questions']:,} confirmation questions (paired, ± one standard error): robust accuracy at "
