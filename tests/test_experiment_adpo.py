@@ -72,6 +72,14 @@ def test_quick_run_report_and_rebuild(quick_run):
 
 def test_full_settings_build_valid_configs():
     loop = TrainConfig(**adpo.FULL["train"])
+    assert {adpo.family(row) for row in adpo.ROWS if row != "original"} == set(adpo.FULL["lr"]) == {"tecoa", "fare",
+                                                                                                  "adpo"}
+    for row in ("tecoa", "fare", *adpo.ADPO_ROWS):
+        trained = adpo._loop(adpo.FULL, 3, row)
+        assert trained.lr == adpo.FULL["lr"][adpo.family(row)] > 0 and trained.seed == 3
+        assert trained.steps == loop.steps and trained.batch_size == loop.batch_size
+    with pytest.raises(ValueError, match="trains nothing"):
+        adpo.family("original")
     assert loop.steps >= 100 and adpo.FULL["eps"] == "4/255" and adpo.FULL["attack_steps"] == 10
     for row, fields in adpo.ADPO_ROWS.items():
         config = AdPOConfig(**fields, eps=adpo.FULL["eps"], schedule_steps=loop.steps)
@@ -139,10 +147,23 @@ def test_a_run_written_before_the_target_check_still_rebuilds_its_report(quick_r
     for key in ("decided_on", "questions", "robust_vs_fare_se", "clean_vs_fare_se", "robust_vs_fare_table",
                 "clean_vs_fare_table"):
         metrics["targets"].pop(key, None)
+    metrics["settings"].pop("lr")  # and before each family had its own learning rate
+    metrics["settings"]["loop"]["lr"] = 3e-4
     (old / "metrics.json").write_text(json.dumps(metrics))
     assert main(["report", str(old)]) == 0
     text = (old / "report.md").read_text()
     assert "No target check in this run." in text and "on the table: robust accuracy at 4/255 vs FARE" in text
+    assert "(AdamW, lr 0.0003, seed 0)" in text
+
+
+def test_the_report_names_each_familys_learning_rate(quick_run):
+    text = (quick_run / "report.md").read_text()
+    rates = adpo.QUICK["lr"]
+    assert (f"TeCoA {rates['tecoa']:g}, FARE {rates['fare']:g}, AdPO {rates['adpo']:g}" in text
+            and json.loads((quick_run / "metrics.json").read_text())["settings"]["lr"] == rates)
+    for row in ("tecoa", "fare", "adpo_dpo", "adpo_kto"):  # each row trained at its family's rate
+        state = json.loads((quick_run / "runs" / row / "state" / "train_state.json").read_text())
+        assert state["config"]["train"]["lr"] == rates[adpo.family(row)]
 
 
 def test_every_row_has_a_report_name_in_the_experiments_order():

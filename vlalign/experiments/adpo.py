@@ -22,9 +22,10 @@ Columns: clean exact match on fresh questions, CIDEr-D on fresh captions, accura
 APGD success at 4/255 (a wrong answer of the same type), and training seconds per optimizer step (the loop only;
 AdPO's one-off precomputation — y_w and the reference's scores, plus x_adv and y_l for ``attack_on: reference`` —
 is reported beside it, ``precompute_seconds``). All trainings use the same
-loop settings (steps, batch, AdamW, lr) and ε. The rows are independent, so the full run spreads them over two
-processes (``workers``, one torch thread each: both cores of the 2-core machine); they score exactly what one process
-scores (tested). ``--quick`` builds two tiny random VLMs on a tiny tower from configs
+loop settings (steps, batch, AdamW) and ε; each family's peak learning rate (``lr``: TeCoA, FARE, AdPO) was chosen
+by the same rule on validation questions of a seed that neither the table nor the target check uses. The rows are
+independent, so the full run spreads them over two processes (``workers``, one torch thread each: both cores of the
+2-core machine); they score exactly what one process scores (tested). ``--quick`` builds two tiny random VLMs on a tiny tower from configs
 (no shipped asset needed): every part runs, nothing is meant to be accurate or robust.
 """
 
@@ -83,8 +84,12 @@ FULL: dict[str, Any] = {
     #: AdPO's training attack for every row that does not set its own (``AdPOConfig.attack_on`` and
     #: ``attack_objective``): every step attacks the current model, maximizing the NLL of y_w
     "attack_on": "policy", "attack_objective": "response",
-    "train": {"steps": 150, "batch_size": 32, "lr": 3e-4, "weight_decay": 1e-4, "warmup_fraction": 0.1,
+    "train": {"steps": 150, "batch_size": 32, "weight_decay": 1e-4, "warmup_fraction": 0.1,
               "checkpoint_every": 50, "log_every": 5},
+    #: peak learning rate per family, each the one of {3e-4, 6e-4, 1e-3, 2e-3} with the highest APGD 4/255 accuracy
+    #: on validation questions (seed 4345: neither eval's nor confirm's; ties to the lower rate), measured by
+    #: ``python -m benchmarks.adpo_variant ROW '{}' DIR --lr LR --eval '{"seed": 4345}'``; see the README
+    "lr": {"tecoa": 6e-4, "fare": 1e-3, "adpo": 6e-4},
     "data": {"questions": 1600, "captions": 400, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
     "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
              "steps": 20, "steps_check": True},
@@ -133,8 +138,18 @@ def _models(settings: dict, seed: int) -> tuple[MiniCLIP, MiniVLM, MiniVLM | Non
     return clip, vlm, large
 
 
-def _loop(settings: dict, seed: int) -> TrainConfig:
-    return TrainConfig(**settings["train"], seed=seed)
+def family(row: str) -> str:
+    """The learning-rate family of a row: ``tecoa``, ``fare`` or ``adpo`` (every AdPO row); ``original`` trains
+    nothing and has none."""
+    if row in ("tecoa", "fare"):
+        return row
+    if row in ADPO_ROWS:
+        return "adpo"
+    raise ValueError(f"row {row!r} trains nothing; expected one of tecoa, fare, {', '.join(ADPO_ROWS)}")
+
+
+def _loop(settings: dict, seed: int, row: str) -> TrainConfig:
+    return TrainConfig(**settings["train"], lr=settings["lr"][family(row)], seed=seed)
 
 
 def confirm_row(row: str, settings: dict, seed: int, out: Path) -> dict:
@@ -164,7 +179,7 @@ def train_robust_tower(method: str, clip: MiniCLIP, settings: dict, seed: int, o
     data = TensorImageDataset(images.images, label=images.labels)
     finetune = RobustFinetune(clip, data, images.classnames, RobustConfig(method=method, eps=settings["eps"],
                                                                          attack_steps=settings["attack_steps"]))
-    loop = _loop(settings, seed)
+    loop = _loop(settings, seed, method)
     result = fit(finetune, loop, out, run_config={"experiment": "adpo", "row": method}, progress=progress)
     trained = loop.steps - result.start_step
     timing = {"step_seconds": result.seconds / trained if trained else None, "steps": loop.steps}
@@ -192,7 +207,7 @@ def train_adpo(row: str, vlm: MiniVLM, data: PromptedImages, settings: dict, see
     """One AdPO row on a copy of ``vlm``. ``pairs`` (``method.frozen`` of an earlier row with the same
     ``attack_on`` and objective) is reused: those rows start from the same reference on the same images, so what
     they precompute is identical and computed once. ``fields`` change the row's AdPO config (a variant)."""
-    loop = _loop(settings, seed)
+    loop = _loop(settings, seed, row)
     fields = {"eps": settings["eps"], "attack_steps": settings["attack_steps"], "attack_on": settings["attack_on"],
               "attack_objective": settings["attack_objective"], "max_new_tokens": settings["max_new_tokens"],
               "attack_seed": seed, **ADPO_ROWS[row], **(fields or {})}
@@ -311,7 +326,8 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
                "targets": _targets(methods, transfer, settings["train"]["steps"], confirm),
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
-                            "loop": asdict(_loop(settings, seed)),
+                            # the loop settings every row shares; its lr is FARE's (each family's: "lr")
+                            "loop": asdict(_loop(settings, seed, "fare")),
                             "seconds": {**seconds, "total": time.perf_counter() - began}}}
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "experiment-adpo", report_from_run(out),

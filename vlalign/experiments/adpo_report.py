@@ -70,12 +70,16 @@ def report_from_run(run_dir: str | Path) -> str:
     settings = metrics["settings"]
     figure = _plot(metrics, run_dir / "clean_vs_robust.png")
     loop = settings["loop"]
+    # a run folder written before the per-family rates trained every row at the loop's one lr
+    rates = settings.get("lr")
+    lr = (f"lr per family, chosen on validation questions: TeCoA {rates['tecoa']:g}, FARE {rates['fare']:g}, "
+          f"AdPO {rates['adpo']:g}" if rates else f"lr {loop['lr']:g}")
     lines = [
         "# AdPO: preference-optimized vision encoders for a generative VLM",
         "",
         f"{'**Smoke run (--quick) on tiny random models: the numbers mean nothing.** ' if settings['quick'] else ''}"
         f"Every encoder is trained at ε = {settings['eps']} with ℓ∞ PGD-{settings['attack_steps']} for "
-        f"{loop['steps']} steps of batch {loop['batch_size']} (AdamW, lr {loop['lr']}, seed {settings['seed']}); "
+        f"{loop['steps']} steps of batch {loop['batch_size']} (AdamW, {lr}, seed {settings['seed']}); "
         f"TeCoA and FARE on the MiniCLIP ({settings['clip']}), AdPO on the VLM ({settings['vlm']}) from "
         f"{settings['data']['questions']} questions and {settings['data']['captions']} caption prompts (labels unused). "
         f"Evaluation on fresh images (seed {settings['eval']['seed']}): exact match on "
