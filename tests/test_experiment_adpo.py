@@ -161,6 +161,7 @@ def test_the_report_names_each_familys_learning_rate(quick_run):
     rates = adpo.QUICK["lr"]
     assert (f"TeCoA {rates['tecoa']:g}, FARE {rates['fare']:g}, AdPO {rates['adpo']:g}" in text
             and json.loads((quick_run / "metrics.json").read_text())["settings"]["lr"] == rates)
+    assert "lr" not in json.loads((quick_run / "metrics.json").read_text())["settings"]["loop"]
     for row in ("tecoa", "fare", "adpo_dpo", "adpo_kto"):  # each row trained at its family's rate
         state = json.loads((quick_run / "runs" / row / "state" / "train_state.json").read_text())
         assert state["config"]["train"]["lr"] == rates[adpo.family(row)]

@@ -25,8 +25,8 @@ is reported beside it, ``precompute_seconds``). All trainings use the same
 loop settings (steps, batch, AdamW) and ε; each family's peak learning rate (``lr``: TeCoA, FARE, AdPO) was chosen
 by the same rule on validation questions of a seed that neither the table nor the target check uses. The rows are
 independent, so the full run spreads them over two processes (``workers``, one torch thread each: both cores of the
-2-core machine); they score exactly what one process scores (tested). ``--quick`` builds two tiny random VLMs on a tiny tower from configs
-(no shipped asset needed): every part runs, nothing is meant to be accurate or robust.
+2-core machine); they score exactly what one process scores (tested). ``--quick`` builds two tiny random VLMs on a
+tiny tower from configs (no shipped asset needed): every part runs, nothing is meant to be accurate or robust.
 """
 
 from __future__ import annotations
@@ -326,8 +326,8 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
                "targets": _targets(methods, transfer, settings["train"]["steps"], confirm),
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
-                            # the loop settings every row shares; its lr is FARE's (each family's: "lr")
-                            "loop": asdict(_loop(settings, seed, "fare")),
+                            # the loop settings every row shares (each family's rate is in "lr")
+                            "loop": {k: v for k, v in asdict(_loop(settings, seed, "fare")).items() if k != "lr"},
                             "seconds": {**seconds, "total": time.perf_counter() - began}}}
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "experiment-adpo", report_from_run(out),

@@ -70,7 +70,7 @@ def report_from_run(run_dir: str | Path) -> str:
     settings = metrics["settings"]
     figure = _plot(metrics, run_dir / "clean_vs_robust.png")
     loop = settings["loop"]
-    # a run folder written before the per-family rates trained every row at the loop's one lr
+    # a run folder written before the per-family rates trained every row at the loop's one lr (recorded in "loop")
     rates = settings.get("lr")
     lr = (f"lr per family, chosen on validation questions: TeCoA {rates['tecoa']:g}, FARE {rates['fare']:g}, "
           f"AdPO {rates['adpo']:g}" if rates else f"lr {loop['lr']:g}")
@@ -121,8 +121,9 @@ def _versus_fare(targets: dict) -> str:
     """The AdPO-vs-FARE target's sentence: on the confirmation questions (paired, ± one standard error) or the table."""
     verdict = f"**{'met' if targets['met_robust_and_clean'] else 'not met'}**"
     # a run written before the target check existed has only the table's differences, under the plain names
-    table = (f"robust accuracy at 4/255 vs FARE {_points(targets.get('robust_vs_fare_table', targets['robust_vs_fare']))}"
-             f", clean {_points(targets.get('clean_vs_fare_table', targets['clean_vs_fare']))}")
+    robust = targets.get("robust_vs_fare_table", targets["robust_vs_fare"])
+    clean = targets.get("clean_vs_fare_table", targets["clean_vs_fare"])
+    table = f"robust accuracy at 4/255 vs FARE {_points(robust)}, clean {_points(clean)}"
     if targets.get("decided_on") != "confirmation":
         return f"on the table: {table} (targets ≥ +3 and ≥ −1): {verdict}."
     return (f"on the {targets['questions']:,} confirmation questions (paired, ± one standard error): robust accuracy at "
