@@ -72,3 +72,4 @@ if __name__ == "__main__":
     for name, history in run_jobs(target).items():
         if distributed.rank() == 0:
             print(name, [round(row["loss"], 6) for row in history], flush=True)
+    distributed.shutdown()

@@ -60,3 +60,13 @@ def test_two_processes_train_like_one_with_the_whole_batch(two_process_run, tmp_
         # The logged losses (means over both processes' halves) match the single process's.
         logged = [float(x) for x in stdout.split(f"{job} [")[1].split("]")[0].split(",")]
         assert logged == pytest.approx([row["loss"] for row in histories[job]], rel=1e-4)
+
+
+def test_shutdown_is_the_identity_in_one_process():
+    import torch.distributed as dist
+
+    from vlalign.training import distributed
+
+    distributed.shutdown()
+    assert distributed.world_size() == 1 and distributed.rank() == 0
+    assert not (dist.is_available() and dist.is_initialized())

@@ -57,3 +57,11 @@ def all_finite(values: torch.Tensor) -> bool:
     if world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def shutdown() -> None:
+    """Leave the process group, every process together, before the interpreter exits (a process that exits while
+    gloo's threads are still alive can abort with SIGABRT); the identity with one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
