@@ -70,3 +70,28 @@ def test_shutdown_is_the_identity_in_one_process():
     distributed.shutdown()
     assert distributed.world_size() == 1 and distributed.rank() == 0
     assert not (dist.is_available() and dist.is_initialized())
+
+
+def test_the_train_command_runs_under_accelerate_launch(tmp_path, tiny_mini_clip):
+    """``accelerate launch … vlalign train`` as the README shows it: both processes exit cleanly, the main process
+    alone writes the run and prints its metrics."""
+    import yaml
+
+    from vlalign.models.loading import save_mini_clip
+
+    save_mini_clip(tiny_mini_clip, tmp_path / "tiny")
+    config = tmp_path / "fare.yaml"
+    config.write_text(yaml.safe_dump({"method": "fare", "model": str(tmp_path / "tiny"), "options": {"attack_steps": 2},
+                                      "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2},
+                                      "data": {"images": 32},
+                                      "eval": {"images": 12, "steps": 2, "attacks": ["pgd"], "eps": ["4/255"]}}))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "vlalign.cli", "train", "--config", str(config),
+               "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "terminate called" not in done.stderr
+    assert done.stdout.count('"method": "fare"') == 1  # printed by the main process only
+    assert {"model.safetensors", "metrics.json", "report.md"} <= {p.name for p in (tmp_path / "run").iterdir()}

@@ -98,13 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _warnings_as_lines(args.command)
         try:
-            return int(args.handler(args) or 0)
+            code = int(args.handler(args) or 0)
         except USER_ERRORS as exc:
             print(f"vlalign {args.command}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
             print(f"vlalign {args.command}: {exc or 'interrupted'}", file=sys.stderr)
             return 130
+    _leave_process_group()
+    return code
+
+
+def _leave_process_group() -> None:
+    """Under ``accelerate launch``, every process leaves the process group together after a command succeeds (one
+    that exits with gloo's threads alive can abort with SIGABRT); nothing to do in a single process."""
+    if "torch.distributed" in sys.modules:
+        from vlalign.training.distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":
