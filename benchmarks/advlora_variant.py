@@ -5,7 +5,7 @@ rows already chosen (never to choose anything); ``--seed`` seeds the loop and th
 experiment's ``--seed`` does.
 
 Run: ``python -m benchmarks.advlora_variant ROW '{"setting": value, ...}' OUT_DIR``, where the settings are fields of
-:class:`vlalign.experiments.advlora.AdvLoRAExperiment` (``train`` is merged field by field), e.g.
+:class:`vlalign.experiments.advlora.AdvLoRAExperiment` (``train`` and ``lr`` are merged field by field), e.g.
 ``python -m benchmarks.advlora_variant advlora '{"rank": 8, "train": {"steps": 300}}' runs/v1``.
 Prints and writes ``OUT_DIR/variant.json``: trainable parameters, mR clean and under PGD-10 at the training ε,
 AdvLoRA's final mean α, training seconds.
@@ -28,11 +28,12 @@ from vlalign.models.loading import load_model
 
 
 def variant_config(changes: dict, seed: int = 0) -> advlora.AdvLoRAExperiment:
-    """The full experiment's settings (loop seeded by ``seed``) with ``changes`` applied (``train`` merged field by
-    field)."""
+    """The full experiment's settings (loop seeded by ``seed``) with ``changes`` applied (``train`` and ``lr`` merged
+    field by field)."""
     data = config_to_dict(advlora.experiment_config(seed=seed))
     changes = dict(changes)
     data["train"].update(changes.pop("train", {}))
+    data["lr"].update(changes.pop("lr", {}))
     data.update(changes)
     return config_from_dict(advlora.AdvLoRAExperiment, data, "advlora_variant settings")
 

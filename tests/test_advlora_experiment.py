@@ -169,7 +169,7 @@ def test_misleading_words_write_a_word_the_scene_does_not_show():
 
 def test_experiment_config_errors_name_the_field():
     with pytest.raises(ValueError, match="lr"):
-        advlora.AdvLoRAExperiment(lr={"full": 1e-4})
+        advlora.AdvLoRAExperiment(lr={"full": 1e-4, "lora": 4e-2, "advlora": 4e-2})
     with pytest.raises(ValueError, match="ranks"):
         advlora.AdvLoRAExperiment(ranks=[0])
     assert advlora.experiment_config(quick=True, seed=3).train.seed == 3
@@ -181,14 +181,30 @@ def test_the_rank_sweep_always_holds_the_rows_own_rank():
     assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=4, ranks=[1, 4])) == [1, 4]
 
 
-def test_selection_uses_val_and_picks_the_best_val_pgd_recall(tmp_path, monkeypatch):
+def test_clean_and_adversarial_training_have_their_own_learning_rate_families():
+    assert {advlora.family(row) for row in advlora.ROWS} == set(advlora.FAMILIES)
+    assert [advlora.family(row) for row in ("full_clean", "full_adversarial", "lora_clean", "lora_adversarial")] == [
+        "full_clean", "full", "lora_clean", "lora"]
+    assert {advlora.family(row) for row in advlora.ROWS if row.startswith("advlora")} == {"advlora"}
+    assert [advlora.selection_metric(row) for row in advlora.SELECTION_ROWS] == ["clean", "pgd", "clean", "pgd", "pgd"]
+
+
+def test_selection_uses_val_and_picks_each_familys_best_val_recall(tmp_path, monkeypatch):
+    """An adversarial family is chosen by its val mR under PGD, a clean one by its clean val mR (ties: lower lr)."""
     folder = tmp_path / "tiny"
     save_model(tiny_model(), folder)
     monkeypatch.setattr(advlora, "QUICK", {**advlora.QUICK, "model": str(folder)})
     metrics = advlora.run_advlora_selection(tmp_path / "select", quick=True)
-    assert set(metrics["grid"]) == {"advlora"} and set(metrics["grid"]["advlora"]) == {"0.001", "0.003"}
-    best = max(metrics["grid"]["advlora"].items(), key=lambda kv: (kv[1]["pgd"]["mR"], -float(kv[0])))[0]
-    assert metrics["chosen"] == {"advlora": float(best), "full": 1e-4, "lora": 3e-3}
+    assert set(metrics["grid"]) == {"advlora", "lora_clean"}
+    assert set(metrics["grid"]["advlora"]) == set(metrics["grid"]["lora_clean"]) == {"0.001", "0.003"}
+
+    def best(fam: str, metric: str) -> float:
+        return float(max(metrics["grid"][fam].items(), key=lambda kv: (kv[1][metric]["mR"], -float(kv[0])))[0])
+
+    assert metrics["chosen"] == {"advlora": best("advlora", "pgd"), "lora_clean": best("lora_clean", "clean"),
+                                 "full": 1e-4, "full_clean": 1e-4, "lora": 3e-3}
+    assert metrics["criterion"] == {"full_clean": "clean", "full": "pgd", "lora_clean": "clean", "lora": "pgd",
+                                    "advlora": "pgd"}
     for cell in metrics["grid"]["advlora"].values():
         check_recall(cell["clean"])
         check_recall(cell["pgd"])

@@ -225,3 +225,38 @@ def test_trains_through_the_loop_and_resumes_exactly(model, data, tmp_path, monk
     assert not all(torch.equal(a[k], model.state_dict()[k]) for k in a)  # it did train
     logged = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()[0]
     assert {"adversarial", "alignment", "alpha_mean"} <= set(logged.split(","))
+
+
+def _outputs_after_decay_alone(m: AdvLoRAMethod, groups: list[dict], images: torch.Tensor) -> torch.Tensor:
+    """The image embeddings after ten AdamW steps on zero gradients: weight decay alone."""
+    optimizer = torch.optim.AdamW(groups, lr=0.1)
+    for param in m.trainable_module().parameters():
+        param.grad = torch.zeros_like(param) if param.requires_grad else None
+    for _ in range(10):
+        optimizer.step()
+    with torch.no_grad():
+        return m.model.encode_image(images)
+
+
+@pytest.mark.parametrize("mode", ["advlora", "lora_adversarial", "advlora_no_cluster_init"])
+def test_weight_decay_pulls_towards_the_pretrained_weights(model, data, mode):
+    """Weight decay must pull towards the pre-trained weights. A zero-initialized LoRA product decays towards W₀
+    itself, so plain LoRA keeps decay on its factors; decaying the clustering init's factors would pull the model
+    towards W₀ − M C, so they are exempt. Either way decay alone leaves the pre-trained model's outputs."""
+    m = method(model, data, **MODES[mode])
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = m.model.encode_image(images)
+    groups = m.param_groups(0.5)
+    trainable = [p for p in m.trainable_module().parameters() if p.requires_grad]
+    grouped = [id(p) for group in groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in trainable)  # every trainable parameter, once
+    factors = {id(p) for name, p in m.model.named_parameters()
+               if ("lora_A" in name or "lora_B" in name) and p.dim() > 1}
+    decayed = {id(p) for group in groups if group["weight_decay"] for p in group["params"]}
+    assert factors.isdisjoint(decayed) if mode == "advlora" else factors <= decayed
+    torch.testing.assert_close(_outputs_after_decay_alone(m, groups, images), before, atol=1e-5, rtol=0)
+    if mode == "advlora":  # the generic groups would decay the factors, and the model with them
+        m = method(model, data, **MODES[mode])
+        moved = _outputs_after_decay_alone(m, Method.param_groups(m, 0.5), images) - before
+        assert float(moved.abs().max()) > 1e-3

@@ -171,6 +171,7 @@ def test_advlora_variant_settings_change_only_what_they_name():
     assert (changed.rank, changed.train.steps) == (8, 7)
     assert changed.train.batch_size == full.train.batch_size and changed.train.seed == 3
     assert changed.image_targets == full.image_targets and changed.lr == full.lr
+    assert variant_config({"lr": {"advlora": 1e-2}}).lr == {**full.lr, "advlora": 1e-2}  # merged rate by rate
     with pytest.raises(ValueError, match="rank"):
         variant_config({"rank": 0})
 

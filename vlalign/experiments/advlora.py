@@ -24,9 +24,10 @@ r ∈ {1, 2, 4, 8, 16} of AdvLoRA's mR under PGD (the paper's open question 2) a
 written word (:func:`vlalign.data.retrieval_world.write_misleading_words`) plus ℓ∞ PGD on the same image (open
 question 3).
 
-Hyper-parameters (learning rate per family) were chosen on the **val** split by ``vlalign experiment
-advlora-select`` (adversarial rows, val mR under PGD-10), never on the test gallery; the chosen values are the
-defaults of :class:`AdvLoRAExperiment` below and the selection run's numbers are in the README.
+Hyper-parameters (a learning rate per family: what is trained, and whether on clean or adversarial images) were
+chosen on the **val** split by ``vlalign experiment advlora-select`` (a clean family by its val clean mR, an
+adversarial one by its val mR under PGD-10), never on the test gallery; the chosen values are the defaults of
+:class:`AdvLoRAExperiment` below and the measured grid is in the README.
 """
 
 from __future__ import annotations
@@ -77,12 +78,23 @@ STEM_CONVS = ("stem.0", "stem.3", "stem.6", "stem.9", "stem.12", "stem.15")
 #: the two robust methods being compared (each costs a PGD run over the whole gallery).
 COMPOUND_ROWS = ("lora_clean", "lora_adversarial", "full_adversarial", "advlora")
 #: Rows trained by the val selection, one per learning-rate family.
-SELECTION_ROWS = ("full_adversarial", "lora_adversarial", "advlora")
+SELECTION_ROWS = ("full_clean", "full_adversarial", "lora_clean", "lora_adversarial", "advlora")
 
 
 def family(row: str) -> str:
-    """The learning-rate family of a row: ``full``, ``lora`` or ``advlora``."""
-    return ROWS[row]["trainable"]
+    """The learning-rate family of a row: what it trains (``full``, ``lora``, ``advlora``), with ``_clean`` for
+    clean training: a rate that suits adversarial training can wreck clean training (LoRA at 4e-2: 28% clean mR)."""
+    return ROWS[row]["trainable"] + ("" if ROWS[row].get("adversarial", True) else "_clean")
+
+
+def selection_metric(row: str) -> str:
+    """What the val selection maximizes for ``row``'s family: ``clean`` mR for clean training, ``pgd`` mR for
+    adversarial training."""
+    return "pgd" if ROWS[row].get("adversarial", True) else "clean"
+
+
+#: The learning-rate families, in table order.
+FAMILIES = tuple(family(row) for row in SELECTION_ROWS)
 
 
 def _default_train() -> TrainConfig:
@@ -111,11 +123,17 @@ class AdvLoRAExperiment:
                                              factory=lambda: list(STEM_CONVS))
     ranks: list[int] = option(help="ranks of the AdvLoRA rank sweep (the rows' own rank is always added)",
                               factory=lambda: [1, 2, 4, 8, 16])
-    lr: dict[str, float] = option(help="peak learning rate per family (full, lora, advlora), chosen on val",
-                                  factory=lambda: {"full": 1e-4, "lora": 5e-3, "advlora": 5e-3})
-    lr_grid: dict[str, list[float]] = option(help="learning rates tried per family by the val selection",
-                                             factory=lambda: {"full": [1e-4], "lora": [1e-3, 5e-3],
-                                                              "advlora": [1e-3, 5e-3]})
+    lr: dict[str, float] = option(help="peak learning rate per family (full_clean, full, lora_clean, lora, "
+                                       "advlora), chosen on val",
+                                  factory=lambda: {"full_clean": 1e-2, "full": 1e-2, "lora_clean": 4e-2, "lora": 4e-2,
+                                                   "advlora": 4e-2})
+    lr_grid: dict[str, list[float]] = option(help="learning rates tried per family by the val selection (each "
+                                                  "family's best lies inside its grid)",
+                                             factory=lambda: {"full_clean": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+                                                              "full": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+                                                              "lora_clean": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2],
+                                                              "lora": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2],
+                                                              "advlora": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2]})
     alignment_weight: float = option(0.1, "λ of AdvLoRA's parameter-alignment penalty")
     compound_seed: int = option(5, "seed of the misleading words of the compound attack")
     train: TrainConfig = option(help="loop settings shared by every row (lr: see lr)", factory=_default_train)
@@ -128,8 +146,9 @@ class AdvLoRAExperiment:
         if not self.ranks or any(r < 1 for r in self.ranks):
             raise ValueError(f"ranks must be a non-empty list of ranks >= 1, got {self.ranks}")
         for what in ("lr", "lr_grid"):
-            if set(getattr(self, what)) != {"full", "lora", "advlora"}:
-                raise ValueError(f"{what} must have exactly the keys full, lora, advlora, got {sorted(getattr(self, what))}")
+            if set(getattr(self, what)) != set(FAMILIES):
+                raise ValueError(f"{what} must have exactly the keys {', '.join(FAMILIES)}, got "
+                                 f"{sorted(getattr(self, what))}")
         check_range("alignment_weight", self.alignment_weight, 0)
 
 
@@ -138,7 +157,8 @@ class AdvLoRAExperiment:
 FULL: dict[str, Any] = {}
 #: A smoke run: every part runs on a few images for a few steps; nothing is meant to be robust.
 QUICK: dict[str, Any] = {"train_images": 48, "val_images": 16, "test_images": 24, "eval_steps": 2, "attack_batch": 12,
-                         "ranks": [1], "lr_grid": {"full": [1e-4], "lora": [3e-3], "advlora": [1e-3, 3e-3]},
+                         "ranks": [1], "lr_grid": {"full_clean": [1e-4], "full": [1e-4], "lora_clean": [1e-3, 3e-3],
+                                                   "lora": [3e-3], "advlora": [1e-3, 3e-3]},
                          "train": {"steps": 3, "batch_size": 16, "checkpoint_every": 3, "log_every": 1}}
 
 
@@ -351,9 +371,10 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
 
 # ------------------------------------------------------------------------------------------ val selection
 def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
-    """Choose each family's learning rate on the **val** split: train the adversarial row of each family
-    (full, LoRA, AdvLoRA) at every rate of ``lr_grid`` and keep the one with the highest val mR under PGD-10
-    (ties: the lower rate). Writes ``metrics.json`` and a report; the test gallery is never touched."""
+    """Choose each family's learning rate on the **val** split: train one row of each family (:data:`SELECTION_ROWS`)
+    at every rate of ``lr_grid`` and keep the one with the highest val mR of :func:`selection_metric` (clean mR for
+    clean training, mR under PGD-10 for adversarial training; ties: the lower rate). Writes ``metrics.json`` and a
+    report; the test gallery is never touched."""
     began = time.perf_counter()
     out, config, workers, sets = _set_up(out, quick, seed, workers, ("train", "val"))
     # A family with a single rate has nothing to choose: it is not trained here.
@@ -365,9 +386,12 @@ def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, w
         grid[family(row)] = {f"{lr:g}": {"clean": results[f"{row}_lr{lr:g}"]["clean"], "pgd": results[f"{row}_lr{lr:g}"]["pgd"],
                                          "seconds": results[f"{row}_lr{lr:g}"]["train_seconds"]}
                              for lr in config.lr_grid[family(row)]}
-    chosen = {fam: min(values, key=lambda lr: (-values[lr]["pgd"]["mR"], float(lr))) for fam, values in grid.items()}
+    chosen = {family(row): min(grid[family(row)], key=lambda lr: (-grid[family(row)][lr][selection_metric(row)]["mR"],
+                                                                   float(lr)))
+              for row in rows}
     chosen.update({family(row): f"{config.lr_grid[family(row)][0]:g}" for row in SELECTION_ROWS if row not in rows})
     metrics = {"grid": grid, "chosen": {fam: float(lr) for fam, lr in chosen.items()},
+               "criterion": {family(row): selection_metric(row) for row in SELECTION_ROWS},
                "settings": {"quick": quick, "seed": seed, "workers": workers, **config_to_dict(config),
                             "seconds": time.perf_counter() - began}}
     atomic_write_json(out / "metrics.json", metrics)

@@ -173,6 +173,16 @@ def report_from_run(run_dir: str | Path) -> str:
     return report_markdown(json.loads((Path(run_dir) / "metrics.json").read_text()))
 
 
+def _criterion_words(metrics: dict[str, Any], s: dict[str, Any]) -> str:
+    """What each family's rate maximized (a run from before clean families existed chose every one by PGD mR)."""
+    pgd = f"mR under PGD-{s['eval_steps']} at ε = {s['eps']}"
+    criterion = metrics.get("criterion")
+    if not criterion:
+        return pgd
+    clean = [fam for fam, what in criterion.items() if what == "clean"]
+    return f"clean mR for {', '.join(clean)}, {pgd} for the others" if clean else pgd
+
+
 def selection_report_markdown(metrics: dict[str, Any]) -> str:
     s = metrics["settings"]
     rows = [[fam, lr, percent(v["clean"]["mR"]), percent(v["pgd"]["mR"]), "✓" if float(lr) == metrics["chosen"][fam] else ""]
@@ -180,9 +190,9 @@ def selection_report_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join([
         "# AdvLoRA experiment: learning rates chosen on val",
         "",
-        f"Adversarial row of each family trained as in `vlalign experiment advlora` ({s['train']['steps']} steps), "
-        f"evaluated on {s['val_images']} val images (seed {s['val_seed']}); chosen: the highest val mR under "
-        f"PGD-{s['eval_steps']} at ε = {s['eps']}.",
+        f"One row of each family trained as in `vlalign experiment advlora` ({s['train']['steps']} steps), "
+        f"evaluated on {s['val_images']} val images (seed {s['val_seed']}); chosen: the highest val "
+        + _criterion_words(metrics, s) + " (ties: the lower rate).",
         "",
         markdown_table(["family", "lr", "val clean mR", "val PGD mR", "chosen"], rows),
         "",

@@ -226,6 +226,22 @@ class AdvLoRAMethod(Method):
     def trainable_module(self) -> nn.Module:
         return self.model
 
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Every method's groups, except that clustering-initialized adapter factors get no weight decay. Their
+        product starts at the k-means reconstruction M C, which was subtracted from the base weight, so decaying
+        them towards 0 would pull the model towards W₀ − M C instead of the pre-trained W₀ (peft's
+        zero-initialized product decays towards W₀, so plain LoRA keeps its decay; AdvLoRA's own pull is the
+        alignment penalty)."""
+        groups = super().param_groups(weight_decay)
+        if self.adapter is None or not self.config.cluster_init:
+            return groups
+        factors = {id(p) for name, p in self.model.named_parameters()
+                   if p.requires_grad and ("lora_A" in name or "lora_B" in name)}
+        decay = [p for group in groups if group["weight_decay"] for p in group["params"] if id(p) not in factors]
+        no_decay = [p for group in groups for p in group["params"] if not group["weight_decay"] or id(p) in factors]
+        return [group for group in ({"params": decay, "weight_decay": weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}) if group["params"]]
+
     def alphas(self) -> dict[str, float]:
         """The adaptive scales α per adapted layer (empty without adapters)."""
         return {} if self.adapter is None else self.adapter.alphas()
