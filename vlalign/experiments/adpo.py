@@ -86,9 +86,9 @@ FULL: dict[str, Any] = {
     "attack_on": "policy", "attack_objective": "response",
     "train": {"steps": 150, "batch_size": 32, "weight_decay": 1e-4, "warmup_fraction": 0.1,
               "checkpoint_every": 50, "log_every": 5},
-    #: peak learning rate per family, each the one of {3e-4, 6e-4, 1e-3, 2e-3} with the highest APGD 4/255 accuracy
-    #: on validation questions (seed 4345: neither eval's nor confirm's; ties to the lower rate), measured by
-    #: ``python -m benchmarks.adpo_variant ROW '{}' DIR --lr LR --eval '{"seed": 4345}'``; see the README
+    #: peak learning rate per family: the one of {3e-4, 6e-4, 1e-3, 2e-3} (FARE, tied at the top, also 4e-3: lower)
+    #: with the highest APGD 4/255 accuracy on validation questions (seed 4345: neither eval's nor confirm's; ties to
+    #: the lower rate), by ``python -m benchmarks.adpo_variant ROW '{}' DIR --lr LR --eval '{"seed": 4345}'`` (README)
     "lr": {"tecoa": 6e-4, "fare": 1e-3, "adpo": 6e-4},
     "data": {"questions": 1600, "captions": 400, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
     "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
