@@ -46,8 +46,8 @@ SUMMARIES: dict[str, str] = {
     "robust": "TeCoA and FARE adversarial fine-tuning beside the pretrained MiniCLIP under APGD and PGD (~35 min)",
     "advlora": "AdvLoRA vs full fine-tuning and LoRA, clean and adversarial, for retrieval: Recall@k clean, under "
                "PGD, FGSM and transfer, ablations, rank sweep, word + PGD (~25 min on 2 CPU cores)",
-    "advlora-select": "choose the advlora experiment's learning rates on the val split (29 runs, ~40 min on 2 CPU "
-                      "cores, estimated from its cells' times)",
+    "advlora-select": "choose the advlora experiment's learning rates on the val split (29 runs, 32 min on 2 CPU "
+                      "cores)",
     "adpo": "AdPO (DPO/IPO/KTO/SimPO, scheduled and no λ) vs TeCoA and FARE on mini-vlm, transferred into "
             "mini-vlm-large, the target checked on 1,000 fresh questions (~40-60 min on 2 CPU cores)",
 }

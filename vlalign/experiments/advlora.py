@@ -152,7 +152,7 @@ class AdvLoRAExperiment:
 
 
 #: The full run: 21.5 minutes with two worker processes on the otherwise idle 2-core machine (2026-12-07); the
-#: selection's 29 runs about 40 minutes (estimated from their times one by one). See the README's AdvLoRA section.
+#: selection's 29 runs 32 minutes. See the README's AdvLoRA section.
 FULL: dict[str, Any] = {}
 #: A smoke run: every part runs on a few images for a few steps; nothing is meant to be robust.
 QUICK: dict[str, Any] = {"train_images": 48, "val_images": 16, "test_images": 24, "eval_steps": 2, "attack_batch": 12,
