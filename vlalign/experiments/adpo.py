@@ -327,7 +327,8 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
                             # the loop settings every row shares (each family's rate is in "lr")
-                            "loop": {k: v for k, v in asdict(_loop(settings, seed, "fare")).items() if k != "lr"},
+                            "loop": {k: v for k, v in asdict(TrainConfig(**settings["train"], seed=seed)).items()
+                                     if k != "lr"},
                             "seconds": {**seconds, "total": time.perf_counter() - began}}}
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "experiment-adpo", report_from_run(out),
