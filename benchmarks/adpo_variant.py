@@ -7,7 +7,9 @@ Run: ``python -m benchmarks.adpo_variant ROW '{"field": value, ...}' OUT_DIR``, 
 ROW may also be ``fare`` or ``tecoa`` (with ``'{}'``: their fields are not AdPO's). ``--eval '{"questions": 1000,
 "attack_questions": 1000}'`` changes the evaluation's settings (the experiment's ``eval`` block), e.g. for a finer
 measurement or other questions (``'{"seed": 4345}'``: the validation questions the learning rates were chosen on);
-``--lr 1e-3`` trains at another peak learning rate than the experiment's for the row's family.
+``--lr 1e-3`` trains at another peak learning rate than the experiment's for the row's family; ``--settings
+'{"data": {"questions": 3840}}'`` changes any other setting of the experiment (``adpo.FULL``, nested blocks merge);
+``--seed 1`` is the loop seed (batches, attack starts) that ``run_adpo_experiment(..., seed=1)`` would use.
 Prints and writes ``OUT_DIR/variant.json``: clean exact match, APGD-CE accuracy at 2/255 and 4/255, targeted success
 at 4/255, CIDEr-D, seconds per step.
 """
@@ -33,6 +35,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--eval", default="{}", help="JSON object of evaluation settings to change, e.g. "
                                                      "'{\"attack_questions\": 1000}'")
+    parser.add_argument("--settings", default="{}", help="JSON object of other experiment settings to change, e.g. "
+                                                         "'{\"data\": {\"questions\": 3840}}'")
+    parser.add_argument("--seed", type=int, default=0, help="the loop seed (default 0, the experiment's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the experiment's for the "
                                                                    "row's family)")
     args = parser.parse_args()
@@ -40,20 +45,22 @@ def main() -> None:
     if fields and args.row not in adpo.ADPO_ROWS:
         parser.error(f"{args.row} takes no AdPO fields; pass '{{}}'")
     evaluation = json_object_argument(parser, args.eval, "--eval")
+    changed = json_object_argument(parser, args.settings, "--settings")
     try:
-        settings = adpo._merged(adpo.FULL, {"transfer_vlm": None, "eval": evaluation})
+        settings = adpo._merged(adpo._merged(adpo.FULL, changed), {"transfer_vlm": None, "eval": evaluation})
     except ValueError as error:
-        parser.error(f"--eval: {error}")
+        parser.error(f"--settings / --eval: {error}")
     if args.lr is not None:
         if not args.lr > 0:
             parser.error(f"--lr: expected a positive learning rate, got {args.lr}")
         settings["lr"][adpo.family(args.row)] = args.lr
     torch.set_num_threads(1)
     began = time.perf_counter()
-    row = adpo.run_row(args.row, settings, 0, args.out, fields=fields)["methods"]
-    result = {"row": args.row, "fields": fields, "eval": evaluation, "lr": settings["lr"][adpo.family(args.row)],
-              "clean": row["clean"], "robust": row["robust"], "targeted_success": row["targeted_success"],
-              "cider": row["cider"], "step_seconds": row["step_seconds"], "seconds": time.perf_counter() - began}
+    row = adpo.run_row(args.row, settings, args.seed, args.out, fields=fields)["methods"]
+    result = {"row": args.row, "fields": fields, "eval": evaluation, "settings": changed, "seed": args.seed,
+              "lr": settings["lr"][adpo.family(args.row)], "clean": row["clean"], "robust": row["robust"],
+              "targeted_success": row["targeted_success"], "cider": row["cider"], "step_seconds": row["step_seconds"],
+              "seconds": time.perf_counter() - began}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "variant.json", result)
     print(json.dumps(result, indent=1))

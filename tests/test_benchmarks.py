@@ -183,13 +183,40 @@ def test_adpo_variant_refuses_adpo_fields_on_a_baseline_row(monkeypatch, tmp_pat
     with pytest.raises(SystemExit):
         adpo_variant.main()
     assert "fare takes no AdPO fields" in capsys.readouterr().err
+    unknown = "unknown AdPO experiment setting"
     for argv, message in ((["adpo_dpo", "{la_weight: 2}"], "fields: expected a JSON object"),
-                          (["adpo_dpo", "{}", "--eval", '{"attack_qs": 9}'], "unknown AdPO experiment setting 'attack_qs'")):
+                          (["adpo_dpo", "{}", "--eval", '{"attack_qs": 9}'], f"{unknown} 'attack_qs'"),
+                          (["adpo_dpo", "{}", "--settings", '{"dat": {}}'], f"{unknown} 'dat'")):
         monkeypatch.setattr("sys.argv", ["adpo_variant", argv[0], argv[1], str(tmp_path), *argv[2:]])
         with pytest.raises(SystemExit):
             adpo_variant.main()
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_adpo_variant_passes_its_settings_and_seed_to_the_row(monkeypatch, tmp_path):
+    from benchmarks import adpo_variant
+    from vlalign.experiments import adpo
+
+    seen = {}
+
+    def fake_row(row, settings, seed, out, fields=None):
+        seen.update(row=row, settings=settings, seed=seed, fields=fields)
+        scores = {"clean": 0.5, "robust": {"2/255": 0.4, "4/255": 0.3}, "targeted_success": {"4/255": 0.1},
+                  "cider": 1.0, "step_seconds": 2.0}
+        return {"methods": scores}
+
+    monkeypatch.setattr(adpo, "run_row", fake_row)
+    monkeypatch.setattr("sys.argv", ["adpo_variant", "adpo_kto", "{}", str(tmp_path), "--seed", "3", "--settings",
+                                     '{"data": {"questions": 3840}}', "--eval", '{"seed": 4345}', "--lr", "1e-3"])
+    adpo_variant.main()
+    settings = seen["settings"]
+    assert seen["row"] == "adpo_kto" and seen["seed"] == 3
+    assert settings["data"] == {**adpo.FULL["data"], "questions": 3840}  # merged field by field
+    assert settings["eval"]["seed"] == 4345 and settings["transfer_vlm"] is None
+    assert settings["lr"] == {**adpo.FULL["lr"], "adpo": 1e-3}
+    written = json.loads((tmp_path / "variant.json").read_text())
+    assert (written["seed"], written["settings"], written["robust"]["4/255"]) == (3, {"data": {"questions": 3840}}, 0.3)
 
 
 def test_advlora_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):

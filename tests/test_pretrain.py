@@ -260,3 +260,19 @@ def test_init_must_read_the_worlds_captions(tmp_path):
         initial_model(tiny_config(init=str(tmp_path / "narrow")))
     with pytest.raises(ValueError, match="init: 'mini-people' .*does not know"):
         initial_model(tiny_config(init="mini-people"))
+
+
+def test_resuming_with_other_parameter_groups_names_the_state_file(tmp_path):
+    """A state written by a method whose optimizer grouped its parameters otherwise (e.g. before a weight-decay
+    exemption) is refused with the file and both groupings, not torch's bare ValueError."""
+    from vlalign.errors import CheckpointError
+    from vlalign.training.state import load_training_state, save_training_state
+
+    model = torch.nn.Linear(3, 2)
+    save_training_state(tmp_path, model, torch.optim.AdamW(model.parameters(), lr=0.1), None, 1, config={})
+    regrouped = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}], lr=0.1)
+    with pytest.raises(CheckpointError, match=r"state\.safetensors: the saved optimizer has parameter groups of "
+                                              r"\[2\] tensors, this run's has \[1, 1\]"):
+        load_training_state(tmp_path, model, regrouped, None)
+    same = torch.optim.AdamW(model.parameters(), lr=0.1)
+    assert load_training_state(tmp_path, model, same, None)["step"] == 1

@@ -28,8 +28,9 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, series in alpha.items():
             label = NAMES[name] if name in NAMES else "AdvLoRA r = " + name.rsplit("_r", 1)[1]
-            ax.plot(series["step"], series["alpha_mean"], label=label,
-                    linestyle="-" if name in NAMES else ":")
+            main = name == "advlora"  # drawn wide and on top: an ablation with nearly the same α would hide it
+            ax.plot(series["step"], series["alpha_mean"], label=label, linestyle="-" if name in NAMES else ":",
+                    linewidth=3.0 if main else 1.5, zorder=3 if main else 2, alpha=0.6 if main else 1.0)
         ax.set_xlabel("step")
         ax.set_ylabel("mean α over adapted layers")
         ax.set_title("AdvLoRA's adaptive scale α during training")

@@ -122,6 +122,13 @@ def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
     for key, value in meta["optimizer_scalars"].items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
+    saved_sizes = [len(group["params"]) for group in meta["param_groups"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != sizes:
+        raise CheckpointError(f"{folder / STATE_WEIGHTS}: the saved optimizer has parameter groups of {saved_sizes} "
+                              f"tensors, this run's has {sizes}: the method's trainable parameters or their groups "
+                              "changed since the state was written; resume with the code that wrote it, or train "
+                              "into a new folder")
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
