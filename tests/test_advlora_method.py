@@ -260,3 +260,31 @@ def test_weight_decay_pulls_towards_the_pretrained_weights(model, data, mode):
         m = method(model, data, **MODES[mode])
         moved = _outputs_after_decay_alone(m, Method.param_groups(m, 0.5), images) - before
         assert float(moved.abs().max()) > 1e-3
+
+
+def test_alpha_gets_its_own_learning_rate_in_the_loop(model, data):
+    """With ``alpha_lr_scale`` the scales α form their own undecayed group, and the loop's optimizer trains that
+    group, and only it, at the scaled rate (the schedule's warm-up multiplies every group alike)."""
+    from vlalign.training.loop import _optimizer, _scheduler
+    from vlalign.training.train_config import TrainConfig
+
+    m = method(model, data, alpha_lr_scale=0.1)
+    alphas = [p for name, p in m.model.named_parameters() if name.endswith(".alpha")]
+    assert alphas
+    groups = m.param_groups(0.01)
+    (own,) = [g for g in groups if "lr_scale" in g]
+    assert [id(p) for p in own["params"]] == [id(p) for p in alphas] and own["weight_decay"] == 0.0
+    train = TrainConfig(steps=10, lr=4e-2, warmup_fraction=0.0, optimizer="adamw", betas=(0.9, 0.98))
+    optimizer = _optimizer(train, groups)
+    rates = sorted(g["lr"] for g in optimizer.param_groups)
+    assert rates[0] == pytest.approx(4e-3) and rates[1:] == [pytest.approx(4e-2)] * (len(rates) - 1)
+    assert "lr_scale" in own  # the method's groups are not changed by building the optimizer
+    scheduler = _scheduler(optimizer, train)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    ratios = {round(g["lr"] / g["initial_lr"], 9) for g in optimizer.param_groups}
+    assert len(ratios) == 1  # one schedule for every group
+    with pytest.raises(ValueError, match="alpha_lr_scale"):
+        AdvLoRAConfig(alpha_lr_scale=0.0)
+    assert all("lr_scale" not in g for g in method(model, data).param_groups(0.01))  # the default: no own group

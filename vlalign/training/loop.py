@@ -84,6 +84,12 @@ def run_identity(method: Method, train: TrainConfig, run_config: dict[str, Any] 
 
 
 def _optimizer(train: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The configured optimizer over a method's groups; a group's ``lr_scale`` sets its rate to that multiple of
+    ``train.lr`` (the schedule then scales every group alike)."""
+    groups = [dict(g) for g in groups]
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = train.lr * group.pop("lr_scale")
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr)
     cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[train.optimizer]

@@ -73,7 +73,8 @@ class Method(nn.Module, ABC):
         """The module whose trainable parameters the optimizer updates, checkpoints hold and averaging tracks."""
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimizer parameter groups: weight decay on matrices, none on biases, norms, embeddings, scales."""
+        """Optimizer parameter groups: weight decay on matrices, none on biases, norms, embeddings, scales. A group
+        may carry ``lr_scale``: the loop trains it at that multiple of the run's learning rate."""
         decay, no_decay = [], []
         for name, param in self.trainable_module().named_parameters():
             if param.requires_grad:

@@ -76,6 +76,8 @@ class AdvLoRAConfig:
     adaptive_alpha: bool | None = option(None, "AdvLoRA part 3, a trainable scale α per adapted layer (null: on "
                                                "for advlora; must be off otherwise)")
     alpha_init: float = option(1.0, "initial α (> 0)")
+    alpha_lr_scale: float = option(1.0, "α's learning rate as a multiple of the run's (> 0; 1: the factors' rate). "
+                                        "Under Adam a scalar moves by about its rate each step, whatever its gradient")
     adversarial: bool = option(True, "train on PGD adversarial images (else on clean images)")
     eps: str = option("2/255", "ℓ∞ radius of the training attack on [0, 1] images, in (0, 1], e.g. 2/255")
     attack_steps: int = option(3, "PGD iterations of the training attack (PGD-3 in the paper), 1..100")
@@ -101,6 +103,7 @@ class AdvLoRAConfig:
             check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
         check_range("alignment_weight", self.alignment_weight, 0)
         check_range("alpha_init", self.alpha_init, 0, low_open=True)
+        check_range("alpha_lr_scale", self.alpha_lr_scale, 0, low_open=True)
         parse_eps(self.eps)
         if self.attack_step_size is not None:
             parse_eps(self.attack_step_size)
@@ -231,16 +234,22 @@ class AdvLoRAMethod(Method):
         product starts at the k-means reconstruction M C, which was subtracted from the base weight, so decaying
         them towards 0 would pull the model towards W₀ − M C instead of the pre-trained W₀ (peft's
         zero-initialized product decays towards W₀, so plain LoRA keeps its decay; AdvLoRA's own pull is the
-        alignment penalty)."""
+        alignment penalty). With ``alpha_lr_scale`` ≠ 1 the scales α form a group of their own at that multiple of
+        the run's rate."""
         groups = super().param_groups(weight_decay)
-        if self.adapter is None or not self.config.cluster_init:
+        if self.adapter is None:
             return groups
-        factors = {id(p) for name, p in self.model.named_parameters()
-                   if p.requires_grad and ("lora_A" in name or "lora_B" in name)}
-        decay = [p for group in groups if group["weight_decay"] for p in group["params"] if id(p) not in factors]
-        no_decay = [p for group in groups for p in group["params"] if not group["weight_decay"] or id(p) in factors]
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        factors = {id(p) for name, p in named if self.config.cluster_init and ("lora_A" in name or "lora_B" in name)}
+        scales = {id(p) for name, p in named if name.endswith(".alpha")} if self.config.alpha_lr_scale != 1 else set()
+        decay = [p for g in groups if g["weight_decay"] for p in g["params"] if id(p) not in factors | scales]
+        no_decay = [p for g in groups for p in g["params"]
+                    if (not g["weight_decay"] or id(p) in factors) and id(p) not in scales]
+        alphas = [p for g in groups for p in g["params"] if id(p) in scales]
         return [group for group in ({"params": decay, "weight_decay": weight_decay},
-                                    {"params": no_decay, "weight_decay": 0.0}) if group["params"]]
+                                    {"params": no_decay, "weight_decay": 0.0},
+                                    {"params": alphas, "weight_decay": 0.0, "lr_scale": self.config.alpha_lr_scale})
+                if group["params"]]
 
     def alphas(self) -> dict[str, float]:
         """The adaptive scales α per adapted layer (empty without adapters)."""
