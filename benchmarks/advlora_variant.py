@@ -2,8 +2,7 @@
 settings otherwise and scored on the **val** split, one torch thread: how the README's AdvLoRA placement, rank and
 step choices were measured. ``--gallery test`` scores on the experiment's test gallery instead, for the seed spread of
 rows already chosen (never to choose anything); ``--seed`` seeds the loop and the adapters' init, as the
-experiment's ``--seed`` does; ``--row-fields '{"alpha_lr_scale": 0.025}'`` changes the row's own
-:class:`vlalign.training.methods.advlora.AdvLoRAConfig` fields.
+experiment's ``--seed`` does.
 
 Run: ``python -m benchmarks.advlora_variant ROW '{"setting": value, ...}' OUT_DIR``, where the settings are fields of
 :class:`vlalign.experiments.advlora.AdvLoRAExperiment` (``train`` and ``lr`` are merged field by field), e.g.
@@ -47,16 +46,11 @@ def main() -> None:
     parser.add_argument("--gallery", choices=("val", "test"), default="val",
                         help="where to score the row: the val split (choices) or the test gallery (seed spread)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the loop and of the adapters' init")
-    parser.add_argument("--row-fields", default="{}", help="JSON object of the row's AdvLoRAConfig fields to change, "
-                                                           "e.g. '{\"alpha_lr_scale\": 0.025}'")
     args = parser.parse_args()
     changes = json_object_argument(parser, args.settings, "settings")
-    row_fields = json_object_argument(parser, args.row_fields, "--row-fields")
     try:
         config = variant_config(changes, args.seed)
-        advlora.ROWS[args.row] = {**advlora.ROWS[args.row], **row_fields}  # this process runs this one row
-        advlora.row_config(args.row, config)
-    except (TypeError, ValueError) as error:
+    except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(1)
     began = time.perf_counter()
@@ -64,8 +58,8 @@ def main() -> None:
     model, _, facts = advlora.train_row(args.row, config, load_model(config.model), sets["train"], args.out / "run",
                                         config.lr[advlora.family(args.row)])
     scores = advlora.evaluate_model(model, config, sets[args.gallery], ("clean", "pgd"))
-    result = {"row": args.row, "settings": changes, "row_fields": row_fields, "gallery": args.gallery,
-              "seed": args.seed, "trainable_params": facts["trainable_params"], "clean_mR": scores["clean"]["mR"],
+    result = {"row": args.row, "settings": changes, "gallery": args.gallery, "seed": args.seed,
+              "trainable_params": facts["trainable_params"], "clean_mR": scores["clean"]["mR"],
               "pgd_mR": scores["pgd"]["mR"],
               "alpha_mean": facts["alpha"]["alpha_mean"][-1] if facts["alpha"] else None,
               "train_seconds": facts["train_seconds"], "seconds": time.perf_counter() - began}

@@ -174,6 +174,14 @@ def test_experiment_config_errors_name_the_field():
         advlora.AdvLoRAExperiment(ranks=[0])
     assert advlora.experiment_config(quick=True, seed=3).train.seed == 3
     assert advlora.row_config("advlora_no_cluster_init", advlora.experiment_config()).alignment_target == "init"
+    with pytest.raises(ValueError, match="alpha_lr_scale"):
+        advlora.AdvLoRAExperiment(alpha_lr_scale=0.0)
+
+
+def test_only_the_advlora_rows_take_the_experiments_alpha_rate():
+    config = advlora.AdvLoRAExperiment(alpha_lr_scale=0.01)
+    scales = {row: advlora.row_config(row, config).alpha_lr_scale for row in advlora.ROWS}
+    assert scales == {row: 0.01 if fields["trainable"] == "advlora" else 1.0 for row, fields in advlora.ROWS.items()}
 
 
 def test_the_rank_sweep_always_holds_the_rows_own_rank():

@@ -74,8 +74,7 @@ ROWS: dict[str, dict[str, Any]] = {
 #: point of the pretrained model under PGD; adding them to the stem convolutions bought 0.4 point of val PGD mR for
 #: 3,072 more parameters, which the ≤ 5% budget spends better on rank 5 in the stem.
 STEM_CONVS = ("stem.0", "stem.3", "stem.6", "stem.9", "stem.12", "stem.15")
-#: Rows whose compound attack (word + PGD) is measured: the starting point, the clean and adversarial LoRAs and
-#: the two robust methods being compared (each costs a PGD run over the whole gallery).
+#: Rows whose compound attack (word + PGD) is measured (each costs a PGD run over the whole gallery).
 COMPOUND_ROWS = ("lora_clean", "lora_adversarial", "full_adversarial", "advlora")
 #: Rows trained by the val selection, one per learning-rate family.
 SELECTION_ROWS = ("full_clean", "full_adversarial", "lora_clean", "lora_adversarial", "advlora")
@@ -88,8 +87,7 @@ def family(row: str) -> str:
 
 
 def selection_metric(row: str) -> str:
-    """What the val selection maximizes for ``row``'s family: ``clean`` mR for clean training, ``pgd`` mR for
-    adversarial training."""
+    """What the val selection maximizes for ``row``'s family: ``clean`` mR for clean training, else ``pgd`` mR."""
     return "pgd" if ROWS[row].get("adversarial", True) else "clean"
 
 
@@ -134,6 +132,7 @@ class AdvLoRAExperiment:
                                                               "lora": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2],
                                                               "advlora": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2]})
     alignment_weight: float = option(0.1, "λ of AdvLoRA's parameter-alignment penalty")
+    alpha_lr_scale: float = option(0.0025, "AdvLoRA's α's learning rate as a multiple of its row's, chosen on val")
     compound_seed: int = option(5, "seed of the misleading words of the compound attack")
     train: TrainConfig = option(help="loop settings shared by every row (lr: see lr)", factory=_default_train)
 
@@ -149,10 +148,10 @@ class AdvLoRAExperiment:
                 raise ValueError(f"{what} must have exactly the keys {', '.join(FAMILIES)}, got "
                                  f"{sorted(getattr(self, what))}")
         check_range("alignment_weight", self.alignment_weight, 0)
+        check_range("alpha_lr_scale", self.alpha_lr_scale, 0, low_open=True)
 
 
-#: The full run: 21.5 minutes with two worker processes on the otherwise idle 2-core machine (2026-12-07); the
-#: selection's 29 runs 32 minutes. See the README's AdvLoRA section.
+#: The full run: 21.5 min with two workers on the idle 2-core machine; the selection's 29 runs 32 min (README).
 FULL: dict[str, Any] = {}
 #: A smoke run: every part runs on a few images for a few steps; nothing is meant to be robust.
 QUICK: dict[str, Any] = {"train_images": 48, "val_images": 16, "test_images": 24, "eval_steps": 2, "attack_batch": 12,
@@ -180,6 +179,7 @@ def row_config(row: str, config: AdvLoRAExperiment, rank: int | None = None) -> 
     fields = dict(ROWS[row])
     if fields["trainable"] == "advlora":
         fields.setdefault("alignment_weight", config.alignment_weight)
+        fields.setdefault("alpha_lr_scale", config.alpha_lr_scale)
     if fields["trainable"] != "full":
         fields["image_targets"] = config.image_targets
     return AdvLoRAConfig(rank=config.rank if rank is None else rank, eps=config.eps,
