@@ -24,6 +24,8 @@ TRAINERS: dict[str, str] = {
     "tecoa": _ROBUST, "fare": _ROBUST,
     # Adversarial robustness of a generative VLM's vision encoder by preference optimization (AdPO).
     "adpo": "vlalign.pipelines.adpo:AdPORun:train_adpo_run",
+    # Adversarially robust low-rank adaptation for image-text retrieval (AdvLoRA; also plain LoRA, full fine-tuning).
+    "advlora": "vlalign.pipelines.advlora:AdvLoRARun:train_advlora_run",
 }
 
 

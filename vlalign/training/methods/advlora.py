@@ -61,8 +61,8 @@ class AdvLoRAConfig:
         "advlora", "what is trained: full (the image tower), lora (plain LoRA) or advlora")
     rank: int = option(8, "LoRA rank r, also the number of k-means clusters of the clustering init (1..1024)")
     lora_alpha: float | None = option(None, "peft's lora_alpha, a fixed scaling lora_alpha / r (null: r, scaling 1)")
-    image_targets: list[str] | None = option(None, "nn.Linear names to adapt in the image tower (null: the "
-                                                   "backend's attention projections)")
+    image_targets: list[str] | None = option(None, "nn.Linear / nn.Conv2d names to adapt in the image tower "
+                                                   "(null: the backend's attention projections)")
     text_targets: list[str] | None = option(help="names to adapt in the text tower (empty: the text tower stays "
                                                  "frozen and its caption embeddings are cached; null: the backend's "
                                                  "default)", factory=list)
