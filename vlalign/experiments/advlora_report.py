@@ -25,7 +25,7 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
 
     alpha = metrics["alpha"]
     if alpha:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")  # α near 1 needs wide tick labels
         for name, series in alpha.items():
             label = NAMES[name] if name in NAMES else "AdvLoRA r = " + name.rsplit("_r", 1)[1]
             main = name == "advlora"  # drawn wide and on top: an ablation with nearly the same α would hide it
