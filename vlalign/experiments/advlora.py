@@ -151,7 +151,7 @@ class AdvLoRAExperiment:
         check_range("alpha_lr_scale", self.alpha_lr_scale, 0, low_open=True)
 
 
-#: The full run: 21.5 min with two workers on the idle 2-core machine; the selection's 29 runs 32 min (README).
+#: The full run: 21.3 min with two workers on the idle 2-core machine; the selection's 29 runs 32 min (README).
 FULL: dict[str, Any] = {}
 #: A smoke run: every part runs on a few images for a few steps; nothing is meant to be robust.
 QUICK: dict[str, Any] = {"train_images": 48, "val_images": 16, "test_images": 24, "eval_steps": 2, "attack_batch": 12,
