@@ -10,8 +10,13 @@ measurement or other questions (``'{"seed": 4345}'``: the validation questions t
 ``--lr 1e-3`` trains at another peak learning rate than the experiment's for the row's family; ``--settings
 '{"data": {"questions": 3840}}'`` changes any other setting of the experiment (``adpo.FULL``, nested blocks merge);
 ``--seed 1`` is the loop seed (batches, attack starts) that ``run_adpo_experiment(..., seed=1)`` would use.
+``--check 4344`` (repeatable) also scores the row like the experiment's target check (1,000 fresh questions of that
+seed, APGD-CE at 4/255 on every clean-correct one; 4344 is the check's own seed, 4345 the validation questions) and
+writes the per-question scores to ``OUT_DIR/check_<seed>.json``, which ``python -m benchmarks.adpo_compare`` pairs.
+A row whose run in ``OUT_DIR`` finished is loaded, not trained again, so ``--check`` also re-scores a finished
+experiment's rows (``OUT_DIR`` = its ``--out``).
 Prints and writes ``OUT_DIR/variant.json``: clean exact match, APGD-CE accuracy at 2/255 and 4/255, targeted success
-at 4/255, CIDEr-D, seconds per step.
+at 4/255, CIDEr-D, seconds per step, and each check's clean and 4/255 accuracy.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the loop seed (default 0, the experiment's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the experiment's for the "
                                                                    "row's family)")
+    parser.add_argument("--check", type=int, action="append", default=[], metavar="QUESTION_SEED",
+                        help="also score the row on the target check's questions of this seed (repeatable)")
     args = parser.parse_args()
     fields = json_object_argument(parser, args.fields, "fields")
     if fields and args.row not in adpo.ADPO_ROWS:
@@ -60,7 +67,13 @@ def main() -> None:
     result = {"row": args.row, "fields": fields, "eval": evaluation, "settings": changed, "seed": args.seed,
               "lr": settings["lr"][adpo.family(args.row)], "clean": row["clean"], "robust": row["robust"],
               "targeted_success": row["targeted_success"], "cider": row["cider"], "step_seconds": row["step_seconds"],
-              "seconds": time.perf_counter() - began}
+              "checks": {}, "seconds": None}
+    for question_seed in args.check:
+        check = adpo.confirm_row(args.row, adpo._merged(settings, {"confirm": {"seed": question_seed}}), args.seed,
+                                 args.out)
+        atomic_write_json(args.out / f"check_{question_seed}.json", check)
+        result["checks"][str(question_seed)] = {key: check[key] for key in ("clean", "robust", "n")}
+    result["seconds"] = time.perf_counter() - began
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "variant.json", result)
     print(json.dumps(result, indent=1))

@@ -72,13 +72,13 @@ def test_the_mode_decides_the_parts_a_config_leaves_out(tmp_path):
     assert parts(default.options) == (True, True, 0.1)
 
 
-def _run(tmp_path, model: str, karpathy, options: dict) -> tuple:
+def _run(tmp_path, model: str, karpathy, options: dict, evaluation: dict | None = None) -> tuple:
     json_path, root = karpathy
     config = _write(tmp_path / "advlora.yaml", {
         "method": "advlora", "model": model, "options": {"rank": 2, "attack_steps": 1, **options},
         "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "lr": 1e-2},
         "data": {"path": str(json_path), "image_root": str(root)},
-        "eval": {"images": 10, "steps": 1, "attack_batch": 5, "eps": ["2/255", "4/255"]}})
+        "eval": {"images": 10, "steps": 1, "attack_batch": 5, "eps": ["2/255", "4/255"], **(evaluation or {})}})
     out = tmp_path / "run"
     assert main(["train", "--config", str(config), "--out", str(out)]) == 0
     return out, json.loads((out / "metrics.json").read_text())
@@ -121,12 +121,44 @@ def test_plain_lora_on_a_transformers_clip_from_a_config(karpathy, tmp_path):
     torch.testing.assert_close(_features(restored), _features(merged), atol=1e-5, rtol=0)
 
 
+def test_a_blip_from_a_config_reports_itm_reranked_recall(karpathy, tmp_path):
+    pytest.importorskip("transformers")
+    from test_hf_blip import tiny_bert_tokenizer, tiny_blip
+
+    from vlalign.data.karpathy import load_karpathy_split
+    from vlalign.evaluation.retrieval_eval import itm_reranked_recall
+    from vlalign.models.hf_blip import HFBlip
+
+    torch.set_num_threads(1)
+    tiny_blip(tiny_bert_tokenizer()).save_pretrained(tmp_path / "blip")
+    out, metrics = _run(tmp_path, str(tmp_path / "blip"), karpathy, {"trainable": "lora"}, {"itm_rerank": 10})
+    merged = load_model(out)
+    assert type(merged) is HFBlip
+    json_path, root = karpathy
+    gallery = load_karpathy_split(json_path, root, "test", merged.image_size, n=10)
+    # the saved model re-ranks the saved gallery as the run reported (every candidate of 10 images re-scored by ITM)
+    expected = itm_reranked_recall(merged, gallery, k=10)
+    assert metrics["eval"]["itm_reranked"]["mR"] == pytest.approx(expected["mR"], abs=1e-6)
+    assert set(metrics["eval"]["itm_reranked"]) >= {"i2t", "t2i", "mR"}
+
+
+def test_itm_reranking_without_an_itm_head_fails_before_training(mini_folder, karpathy, tmp_path, capsys):
+    json_path, root = karpathy
+    config = _write(tmp_path / "advlora.yaml", {"method": "advlora", "model": str(mini_folder),
+                                                "data": {"path": str(json_path), "image_root": str(root)},
+                                                "eval": {"images": 10, "itm_rerank": 10}})
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) != 0
+    assert "eval.itm_rerank" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "state").exists()
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"data": {"path": "x.json"}}, "image_root is required with path"),
     ({"data": {"path": "x.json", "image_root": "."}, "eval": {"split": "train"}}, "eval.split must differ"),
     ({"data": {"seed": 2}}, "eval.seed must differ from data.seed"),
     ({"eval": {"eps": ["2/25x"]}}, "2/25x"),
     ({"eval": {"images": 5}}, "images must be 0 or at least 10"),
+    ({"eval": {"itm_rerank": 5}}, "itm_rerank must be 0 or at least 10"),
     ({"options": {"trainable": "lora", "alignment_weight": 0.1}}, "AdvLoRA parts"),
 ])
 def test_bad_configs_name_the_field(tmp_path, fields, message):

@@ -228,3 +228,51 @@ def test_advlora_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
             advlora_variant.main()
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_adpo_variant_checks_the_row_on_each_question_seed(monkeypatch, tmp_path):
+    from benchmarks import adpo_variant
+    from vlalign.experiments import adpo
+
+    scores = {"clean": 0.5, "robust": {"2/255": 0.4, "4/255": 0.3}, "targeted_success": {"4/255": 0.1},
+              "cider": 1.0, "step_seconds": 2.0}
+    monkeypatch.setattr(adpo, "run_row", lambda row, settings, seed, out, fields=None: {"methods": scores})
+    seen = []
+
+    def fake_confirm(row, settings, seed, out):
+        seen.append((row, settings["confirm"]["seed"], seed, out))
+        return {"clean": 0.9, "robust": {"4/255": 0.6}, "n": 2, "clean_scores": [1, 1], "robust_scores": [1, 0],
+                "warnings": []}
+
+    monkeypatch.setattr(adpo, "confirm_row", fake_confirm)
+    monkeypatch.setattr("sys.argv", ["adpo_variant", "adpo_dpo", "{}", str(tmp_path), "--seed", "2",
+                                     "--check", "4344", "--check", "4345"])
+    adpo_variant.main()
+    assert seen == [("adpo_dpo", 4344, 2, tmp_path), ("adpo_dpo", 4345, 2, tmp_path)]
+    written = json.loads((tmp_path / "variant.json").read_text())
+    assert written["checks"]["4345"] == {"clean": 0.9, "robust": {"4/255": 0.6}, "n": 2}
+    assert json.loads((tmp_path / "check_4344.json").read_text())["robust_scores"] == [1, 0]
+
+
+def test_adpo_compare_pairs_per_seed_and_averages_over_seeds(tmp_path, capsys, monkeypatch):
+    from benchmarks import adpo_compare
+
+    def write(name, clean, robust):
+        path = tmp_path / name
+        path.write_text(json.dumps({"clean_scores": clean, "robust_scores": robust}))
+        return str(path)
+
+    a = [write("a0.json", [1, 1, 1, 1], [1, 1, 0, 0]), write("a1.json", [1, 1, 1, 0], [1, 1, 1, 0])]
+    # B of the second seed is a run's metrics.json confirm block, named by row
+    (tmp_path / "metrics.json").write_text(json.dumps({"confirm": {"fare": {"clean_scores": [1, 0, 1, 0],
+                                                                            "robust_scores": [1, 0, 0, 0]}}}))
+    b = [write("b0.json", [1, 1, 1, 1], [1, 0, 0, 0]), f"{tmp_path / 'metrics.json'}:fare"]
+    monkeypatch.setattr("sys.argv", ["adpo_compare", ",".join(a), ",".join(b)])
+    adpo_compare.main()
+    out = capsys.readouterr().out
+    # robust: seed 0 differences (0, 1, 0, 0) -> +25.0 ± 25.0; seed 1 (0, 1, 1, 0) -> +50.0 ± 28.9; mean 37.5 ± 12.5
+    assert "pair 0: APGD 4/255 +25.0 ± 25.0 pt" in out and "pair 1: APGD 4/255 +50.0 ± 28.9 pt" in out
+    assert "mean over 2: APGD 4/255 +37.50 ± 12.50 pt" in out and "mean over 2: clean +12.50 ± 12.50 pt" in out
+    monkeypatch.setattr("sys.argv", ["adpo_compare", a[0], f"{tmp_path / 'metrics.json'}:tecoa"])
+    with pytest.raises(SystemExit, match="no confirm.tecoa"):
+        adpo_compare.main()

@@ -150,6 +150,11 @@ def robust_retrieval(model: ContrastiveModel, data: RetrievalSet, attack: Attack
         model.train(training)
 
 
+def has_itm_head(model: ContrastiveModel) -> bool:
+    """Whether ``model`` can re-rank with an image-text matching head (:func:`itm_reranked_recall`'s needs)."""
+    return hasattr(model, "image_states") and hasattr(model, "itm_scores_from_states")
+
+
 @torch.no_grad()
 def itm_reranked_recall(model: ContrastiveModel, data: RetrievalSet, k: int = 16, ks: Sequence[int] = DEFAULT_KS,
                         batch_size: int = 64) -> dict:
@@ -161,7 +166,7 @@ def itm_reranked_recall(model: ContrastiveModel, data: RetrievalSet, k: int = 16
     :class:`vlalign.models.hf_blip.HFBlip`). The vision states of all images are computed once and kept on the
     CPU (N x tokens x width floats).
     """
-    if not (hasattr(model, "image_states") and hasattr(model, "itm_scores_from_states")):
+    if not has_itm_head(model):
         raise TypeError(f"{type(model).__name__} has no image-text matching head to re-rank with")
     if k < max(ks):
         raise ValueError(f"re-ranking depth k={k} must be at least the largest recall k ({max(ks)})")

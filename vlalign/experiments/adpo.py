@@ -90,7 +90,8 @@ FULL: dict[str, Any] = {
     #: with the highest APGD 4/255 accuracy on validation questions (seed 4345: neither eval's nor confirm's; ties to
     #: the lower rate), by ``python -m benchmarks.adpo_variant ROW '{}' DIR --lr LR --eval '{"seed": 4345}'`` (README)
     "lr": {"tecoa": 6e-4, "fare": 1e-3, "adpo": 6e-4},
-    "data": {"questions": 1600, "captions": 400, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
+    #: AdPO's 3,840 + 960 = 4,800 prompts: each image once, as many as TeCoA/FARE see (README: against 2,000, 5 seeds)
+    "data": {"questions": 3840, "captions": 960, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
     "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
              "steps": 20, "steps_check": True},
     #: The target check: the best AdPO row of the table and FARE, re-scored clean and under APGD-CE at 4/255 on this

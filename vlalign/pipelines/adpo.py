@@ -37,8 +37,9 @@ class AdPOData:
                                     "null: the mini world's questions and caption prompts")
     prompts: list[str] = option(help="image folder: the prompts; image i is asked prompts[i % len(prompts)]",
                                 factory=lambda: [CAPTION_PROMPT])
-    questions: int = option(1600, "mini world: training questions (their answers are never read)")
-    captions: int = option(400, "mini world: caption prompts")
+    questions: int = option(3840, "mini world: training questions (their answers are never read)")
+    captions: int = option(960, "mini world: caption prompts (with the questions, 4,800 prompts: 150 steps of batch "
+                                "32 see each once)")
     seed: int = option(500, "mini world: seed of the training images (kept apart from eval.seed)")
 
     def __post_init__(self) -> None:

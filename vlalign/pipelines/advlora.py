@@ -14,11 +14,12 @@ from typing import Literal
 
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps
-from vlalign.config import check_range, config_to_dict, option
+from vlalign.config import ConfigError, check_range, config_to_dict, option
 from vlalign.data.karpathy import SPLITS, KarpathyDataset, load_karpathy_split
 from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.data.retrieval_world import RetrievalWorld
-from vlalign.evaluation.retrieval_eval import DEFAULT_KS, evaluate_retrieval, robust_retrieval
+from vlalign.evaluation.retrieval_eval import (DEFAULT_KS, evaluate_retrieval, has_itm_head, itm_reranked_recall,
+                                                robust_retrieval)
 from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.base import ContrastiveModel
@@ -63,10 +64,16 @@ class RetrievalEval:
                             factory=lambda: ["2/255"])
     steps: int = option(10, "PGD iterations")
     attack_batch: int = option(100, "images attacked at once")
+    itm_rerank: int = option(0, "a model with an image-text matching head (BLIP retrieval): also report clean "
+                                "Recall@k after re-ranking each query's ITC top-k with ITM, as BLIP evaluates, at "
+                                "this depth k (0: off; else at least 10)")
 
     def __post_init__(self) -> None:
         check_range("steps", self.steps, 1)
         check_range("attack_batch", self.attack_batch, 1)
+        if self.itm_rerank != 0 and self.itm_rerank < max(DEFAULT_KS):
+            raise ValueError(f"itm_rerank must be 0 or at least {max(DEFAULT_KS)} (the largest recall k), "
+                             f"got {self.itm_rerank}")
         if self.images != 0 and self.images < max(DEFAULT_KS):
             raise ValueError(f"images must be 0 or at least {max(DEFAULT_KS)} (Recall@{max(DEFAULT_KS)} ranks that "
                              f"many images), got {self.images}")
@@ -128,10 +135,14 @@ def retrieval_gallery(data: RetrievalData, spec: RetrievalEval, image_size: int)
 
 def evaluate_retrieval_run(model: ContrastiveModel, gallery: RetrievalSet, spec: RetrievalEval,
                            progress: bool = False) -> dict:
-    """Recall@1/5/10 both directions and mR, clean and under PGD at each of ``spec.eps``."""
+    """Recall@1/5/10 both directions and mR, clean and under PGD at each of ``spec.eps`` (and, with
+    ``spec.itm_rerank``, clean after ITM re-ranking of each query's top-k)."""
     robust = {e: robust_retrieval(model, gallery, PGD(parse_eps(e), steps=spec.steps), batch_size=spec.attack_batch,
                                   progress=progress) for e in spec.eps}
-    return {"images": len(gallery), "clean": evaluate_retrieval(model, gallery), "pgd": robust}
+    result = {"images": len(gallery), "clean": evaluate_retrieval(model, gallery), "pgd": robust}
+    if spec.itm_rerank:
+        result["itm_reranked"] = itm_reranked_recall(model, gallery, k=spec.itm_rerank)
+    return result
 
 
 def advlora_finetune(run: AdvLoRARun, out: Path | None, progress: bool = True, overwrite: bool = False
@@ -139,6 +150,9 @@ def advlora_finetune(run: AdvLoRARun, out: Path | None, progress: bool = True, o
     """Fine-tune per ``run`` through :func:`fit` (resuming from ``out`` if a state is there); returns the result,
     the method (its peft adapter) and the number of trainable parameters."""
     model = load_model(run.model, run.train.device)
+    if run.eval.images and run.eval.itm_rerank and not has_itm_head(model):
+        raise ConfigError(f"eval.itm_rerank: {run.model} ({type(model).__name__}) has no image-text matching head to "
+                          "re-rank with (a BLIP retrieval model has one); set it to 0")
     method = AdvLoRAMethod(model, retrieval_training_data(run.data, model.image_size), run.options)
     trainable = trainable_parameter_count(method.model)
     identity = {k: v for k, v in config_to_dict(run).items() if k not in ("train", "eval")}
