@@ -86,9 +86,8 @@ FULL: dict[str, Any] = {
     "attack_on": "policy", "attack_objective": "response",
     "train": {"steps": 150, "batch_size": 32, "weight_decay": 1e-4, "warmup_fraction": 0.1,
               "checkpoint_every": 50, "log_every": 5},
-    #: peak learning rate per family: the one of {3e-4, 6e-4, 1e-3, 2e-3} (FARE, tied at the top, also 4e-3: lower)
-    #: with the highest APGD 4/255 accuracy on validation questions (seed 4345: neither eval's nor confirm's; ties to
-    #: the lower rate), by ``python -m benchmarks.adpo_variant ROW '{}' DIR --lr LR --eval '{"seed": 4345}'`` (README)
+    #: peak learning rate per family: the one of {3e-4, 6e-4, 1e-3, 2e-3} (FARE also 4e-3) with the highest APGD 4/255
+    #: accuracy on validation questions (seed 4345; ties to the lower rate), by ``benchmarks.adpo_variant`` (README)
     "lr": {"tecoa": 6e-4, "fare": 1e-3, "adpo": 6e-4},
     #: AdPO's 3,840 + 960 = 4,800 prompts: each image once, as many as TeCoA/FARE see (README: against 2,000, 5 seeds)
     "data": {"questions": 3840, "captions": 960, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
