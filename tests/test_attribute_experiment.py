@@ -157,6 +157,13 @@ def test_config_errors():
         AttributeExperimentConfig(weight_noise=-1e-6)
 
 
+def test_train_config_carries_the_averaging_settings():
+    _, loop = AttributeExperimentConfig(averaging="ema", ema_decay=0.998, seed=3).train_config("dpo")
+    assert (loop.averaging, loop.ema_decay, loop.seed) == ("ema", 0.998, 3)
+    with pytest.raises(ValueError, match="ema_decay"):
+        AttributeExperimentConfig(ema_decay=1.0)
+
+
 def test_seeds_flag(tmp_path, capsys):
     from vlalign.cli import main
     from vlalign.commands.experiment import parse_seeds

@@ -276,3 +276,16 @@ def test_adpo_compare_pairs_per_seed_and_averages_over_seeds(tmp_path, capsys, m
     monkeypatch.setattr("sys.argv", ["adpo_compare", a[0], f"{tmp_path / 'metrics.json'}:tecoa"])
     with pytest.raises(SystemExit, match="no confirm.tecoa"):
         adpo_compare.main()
+
+
+def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
+    from benchmarks import typographic_variant
+
+    for settings, message in (("[1]", "settings: expected a JSON object"), ('{"lam": -1}', "lam"),
+                              ('{"trainable": "head"}', "fixed by the row"), ('{"gamma": 1}', "gamma")):
+        monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", settings, str(tmp_path / "out")])
+        with pytest.raises(SystemExit):
+            typographic_variant.main()
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert typographic_variant.variant_config("ipo", {"lam": 3.0}).effective_beta == 0.01  # the experiment's β stays

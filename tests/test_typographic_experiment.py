@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from benchmarks.typographic_variant import run_variant
 from vlalign.experiments.typographic import ROW_ORDER, run_typographic_experiment
 
 
@@ -31,6 +34,17 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert "| gap to clean (pt) | reading effect (pt) |" in report
     pre = written["methods"]["pretrained"]
     assert f"{100 * (pre['nonreading'] - pre['typographic']):+.1f}" in report.split("| Pretrained")[1].split("\n")[0]
+    # benchmarks.typographic_variant trains the DPO row alone: on the test draw, with the experiment's settings, it
+    # reproduces the table's row and its pretrained row, and its differences and gap share follow from them.
+    variant = run_variant("dpo", {}, tmp_path / "variant", seed=0, gallery="test", quick=True)
+    for name, row in (("dpo", variant["row"]), ("pretrained", variant["pretrained"])):
+        assert {k: row[k] for k in accuracies} == {k: written["methods"][name][k] for k in accuracies}
+        assert row["kl_clean"] == pytest.approx(written["methods"][name]["kl_clean"], abs=1e-6)
+    dpo = written["methods"]["dpo"]
+    assert variant["difference"]["typographic"] == pytest.approx(dpo["typographic"] - pre["typographic"])
+    assert variant["gap_closed_heldout"] == pytest.approx((dpo["typographic_heldout"] - pre["typographic_heldout"])
+                                                          / (pre["clean_heldout"] - pre["typographic_heldout"]))
+    assert json.loads((tmp_path / "variant" / "variant.json").read_text())["draw_seed"] == 5000
     assert metrics["summary"]["reading_effect_pretrained"] == pre["nonreading"] - pre["typographic"]
     # vlalign report RUN_DIR rebuilds the same report from metrics.json
     from vlalign.commands.report import rebuild

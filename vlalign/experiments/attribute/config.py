@@ -41,6 +41,9 @@ class AttributeExperimentConfig:
     sweep samples ``t_points`` values of t evenly over [0, 1] (step 0.01 by default); ``neutral_half_width`` is
     the half width of the window around t* over which the neutralized parity gap is averaged.
 
+    ``averaging`` and ``ema_decay`` are the loop's weight averaging of the trained head (none, bma or ema; see
+    :class:`vlalign.training.train_config.TrainConfig`).
+
     ``weight_noise`` > 0 multiplies every image-tower weight by (1 + weight_noise · N(0, 1)) (draws seeded by
     ``weight_noise_seed``) before anything is computed: about what another CPU's rounding does to the features
     (1e-6), to measure how far one seed's figures move between machines without another machine.
@@ -59,6 +62,7 @@ class AttributeExperimentConfig:
     batch_size: int = 128
     lr: float = 0.01
     averaging: str = "none"
+    ema_decay: float = 0.99
     seed: int = 0
     device: str = "cpu"
     weight_noise: float = 0.0
@@ -79,6 +83,8 @@ class AttributeExperimentConfig:
             raise ValueError(f"neutral_half_width must lie in [0, 0.5], got {self.neutral_half_width}")
         if not 0 <= self.weight_noise < 0.1:
             raise ValueError(f"weight_noise must lie in [0, 0.1), got {self.weight_noise}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.n_pref < 1 or self.n_reg < 1:
             raise ValueError(f"n_pref and n_reg must be >= 1, got {self.n_pref}, {self.n_reg}")
 
@@ -92,4 +98,4 @@ class AttributeExperimentConfig:
         beta, lam = self.method_params.get(method, (None, None))
         return (PreferenceConfig(method=method, trainable="head", beta=beta, lam=lam),
                 TrainConfig(lr=self.lr, averaging=self.averaging, steps=self.steps, batch_size=self.batch_size,
-                            seed=self.seed, device=self.device))
+                            ema_decay=self.ema_decay, seed=self.seed, device=self.device))

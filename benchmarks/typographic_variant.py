@@ -1,0 +1,100 @@
+"""One preference-optimization row of ``vlalign experiment typographic`` (full image tower) with its objective's
+settings changed, trained as the experiment trains it and scored beside the pretrained model on the same draw, one
+torch thread: how the README's DPO seed spread and its validation cells were measured.
+
+Run: ``python -m benchmarks.typographic_variant METHOD '{"field": value, ...}' OUT_DIR [--seed S] [--gallery G]``,
+where the settings are :class:`vlalign.training.methods.preference.PreferenceConfig` fields applied over the
+experiment's own (``PO_SETTINGS``), e.g. ``python -m benchmarks.typographic_variant dpo '{"lam": 3}' runs/v1``.
+``--seed S`` is the experiment's ``--seed``: preference data seed 100 + S, the loop's seed S. ``--gallery test``
+scores on the experiment's test draw (seed 5000 + S; with the default settings it reproduces that row of
+``vlalign experiment typographic --seed S``), for the seed spread of a setting already chosen; ``--gallery val``
+(the default) scores on a draw of seed 4500 + S that the experiment never uses, to choose settings.
+Prints and writes ``OUT_DIR/variant.json``: both models' metrics (``evaluate_typographic``), the row's difference
+to the pretrained model per metric, and the share of the gap to clean closed, in-domain and held-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import json_object_argument
+from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld
+from vlalign.data.preference import typographic_preference_data
+from vlalign.evaluation.typographic import evaluate_typographic
+from vlalign.experiments.typographic import FULL_LR, PO_METHODS, PO_SETTINGS, TypographicSizes
+from vlalign.io import atomic_write_json
+from vlalign.models.loading import load_model
+from vlalign.training.methods.preference import PreferenceConfig, train_preference
+from vlalign.training.train_config import TrainConfig
+
+#: Offsets of the evaluation draws from the experiment's seed: its test draw, and a validation draw it never uses.
+GALLERY_SEEDS = {"test": 5000, "val": 4500}
+
+
+def variant_config(method: str, changes: dict) -> PreferenceConfig:
+    """The experiment's full-tower config of ``method`` with ``changes`` (PreferenceConfig fields) applied."""
+    if {"method", "trainable"} & set(changes):
+        raise ValueError("method and trainable are fixed by the row (a full-tower PO row); change the other fields")
+    return PreferenceConfig(**{"method": method, "trainable": "full", **PO_SETTINGS[method], **changes})
+
+
+def gap_closed(row: dict, pretrained: dict, suffix: str = "") -> float:
+    """Share of the pretrained model's gap to clean accuracy that ``row`` closes on the typographic split."""
+    gap = pretrained[f"clean{suffix}"] - pretrained[f"typographic{suffix}"]
+    return (row[f"typographic{suffix}"] - pretrained[f"typographic{suffix}"]) / gap if gap > 0 else float("nan")
+
+
+def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: str = "val",
+                quick: bool = False) -> dict:
+    """Train the row, score it and the pretrained model on the ``gallery`` draw, write ``out/variant.json``."""
+    config = variant_config(method, changes)
+    sizes = TypographicSizes.quick() if quick else TypographicSizes()
+    began = time.perf_counter()
+    torch.manual_seed(seed)
+    world = MiniWorld()
+    reference = load_model("mini")
+    pref, reg = typographic_preference_data(sizes.n_pref, sizes.n_reg, seed=100 + seed, classes=INDOMAIN_CLASSES,
+                                            world=world)
+    loop = TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed, averaging="bma",
+                       extra_averaging=["ema"])
+    model = train_preference(reference, pref, reg, config, loop, progress=False).model
+    draw = GALLERY_SEEDS[gallery] + seed
+    row = evaluate_typographic(model, reference, sizes.n_eval, draw, world)
+    pretrained = evaluate_typographic(reference, reference, sizes.n_eval, draw, world)
+    result = {"method": method, "settings": changes, "seed": seed, "gallery": gallery, "draw_seed": draw,
+              "n_eval": sizes.n_eval, "row": row, "pretrained": pretrained,
+              "difference": {k: row[k] - pretrained[k] for k in row},
+              "gap_closed": gap_closed(row, pretrained), "gap_closed_heldout": gap_closed(row, pretrained, "_heldout"),
+              "seconds": time.perf_counter() - began}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "variant.json", result)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("method", choices=PO_METHODS)
+    parser.add_argument("settings", help="JSON object of PreferenceConfig fields to change, e.g. '{\"lam\": 3}'")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0, help="the experiment's seed (data 100 + S, loop S)")
+    parser.add_argument("--gallery", choices=sorted(GALLERY_SEEDS), default="val",
+                        help="where to score: a validation draw (choices) or the experiment's test draw (seed spread)")
+    parser.add_argument("--quick", action="store_true", help="the experiment's --quick sizes (a smoke run)")
+    args = parser.parse_args()
+    changes = json_object_argument(parser, args.settings, "settings")
+    try:
+        variant_config(args.method, changes)
+    except (TypeError, ValueError) as error:
+        parser.error(f"settings: {error}")
+    torch.set_num_threads(1)
+    result = run_variant(args.method, changes, args.out, args.seed, args.gallery, args.quick)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
