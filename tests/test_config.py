@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import pytest
 
@@ -249,6 +249,29 @@ def test_a_section_given_in_part_keeps_the_field_defaults_of_its_run():
     assert (run.train.steps, run.train.averaging) == (3, "bma")  # the preference run's default, not TrainConfig's
     robust = config_from_dict(RobustRun, {"method": "fare", "train": {"steps": 3}})
     assert (robust.train.steps, robust.train.checkpoint_every) == (3, 50)
+
+
+@dataclass
+class _Mode:
+    mode: str = "a"
+    extra: bool | None = None  # resolved: on for mode a, off otherwise
+    size: int = 1
+    RESOLVED_IN_POST_INIT: ClassVar[tuple[str, ...]] = ("extra",)
+
+    def __post_init__(self) -> None:
+        self.extra = self.mode == "a" if self.extra is None else self.extra
+
+
+@dataclass
+class _RunWithMode:
+    section: _Mode = field(default_factory=lambda: _Mode(size=7))
+
+
+def test_a_section_given_in_part_resolves_its_post_init_fields_again():
+    assert config_from_dict(_RunWithMode, {}).section == _Mode(mode="a", extra=True, size=7)
+    # the run's default size stays; extra follows the given mode instead of the default instance's resolved value
+    assert config_from_dict(_RunWithMode, {"section": {"mode": "b"}}).section == _Mode(mode="b", extra=False, size=7)
+    assert config_from_dict(_RunWithMode, {"section": {"mode": "b", "extra": True}}).section.extra is True
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "pretrain_mini_trials").glob("*.yaml")),

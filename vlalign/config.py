@@ -6,6 +6,12 @@ mapping, rejects unknown keys, converts and checks each value against its hint, 
 :class:`ConfigError` naming the file, the dotted field path, the value and what was expected. Each
 dataclass may add semantic checks in ``__post_init__`` by raising ``ValueError``; those are re-raised as
 ``ConfigError`` with the file name attached.
+
+A section given in part keeps its other fields at the run's default for that section (the field's default
+instance), except the fields the section's class names in ``RESOLVED_IN_POST_INIT``: fields whose null default its
+``__post_init__`` replaces by a value that depends on other fields (e.g. AdvLoRA's parts, on for ``trainable:
+advlora``, off otherwise). Those start from their declared default again, so that the section's own fields decide
+them.
 """
 
 from __future__ import annotations
@@ -181,8 +187,11 @@ def _from_mapping(cls: type[T], data: dict, where: str) -> T:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
             if dataclasses.is_dataclass(default) and isinstance(value, dict):
                 # A section given in part keeps its other fields at this field's default (e.g. a run's own loop
-                # defaults), not at the section class's.
-                value = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init}, **value}
+                # defaults), not at the section class's; fields resolved in __post_init__ are resolved again.
+                resolved = set(getattr(default, "RESOLVED_IN_POST_INIT", ()))
+                kept = {g.name: getattr(default, g.name) for g in dataclasses.fields(default)
+                        if g.init and g.name not in resolved}
+                value = {**kept, **value}
             kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
     missing = [
         n for n, f in fields.items()

@@ -6,7 +6,6 @@ saves the merged model as a plain model of its backend and, for the LoRA modes, 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +82,6 @@ class RetrievalEval:
             parse_eps(e)
 
 
-def _options() -> AdvLoRAConfig:
-    """AdvLoRAConfig's defaults with the per-mode ones (the AdvLoRA parts) left null, so that a config setting only
-    ``trainable: lora`` gets plain LoRA's; :class:`AdvLoRARun` resolves them."""
-    options = AdvLoRAConfig()
-    options.cluster_init = options.adaptive_alpha = options.alignment_weight = None
-    return options
-
-
 def _advlora_train() -> TrainConfig:
     return TrainConfig(steps=500, batch_size=64, warmup_fraction=0.1, checkpoint_every=100)
 
@@ -103,14 +94,13 @@ class AdvLoRARun:
     model: str = option("mini-retrieval", "model spec: mini-retrieval, a MiniCLIP, transformers CLIP or BLIP "
                                           "retrieval folder, or a hub id")
     options: AdvLoRAConfig = option(help="what is trained, the AdvLoRA parts and the training attack",
-                                    factory=_options)
+                                    factory=AdvLoRAConfig)
     train: TrainConfig = option(help="loop settings (method defaults: AdamW, lr 1e-4, weight decay 0.01)",
                                 factory=_advlora_train)
     data: RetrievalData = option(help="training images and captions", factory=RetrievalData)
     eval: RetrievalEval = option(help="evaluation after training", factory=RetrievalEval)
 
     def __post_init__(self) -> None:
-        self.options = dataclasses.replace(self.options)  # resolves the per-mode defaults
         if self.data.path is None and self.data.seed == self.eval.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): evaluate on fresh images")
         if self.data.path is not None and self.eval.images and self.eval.split == self.data.split:

@@ -57,6 +57,9 @@ _CAPTION_SALT = 17  # caption draws and attack starts use different seeds of the
 class AdvLoRAConfig:
     """An AdvLoRA-family run; every field is checked in ``__post_init__``."""
 
+    #: Null by default and set in ``__post_init__`` from ``trainable`` (see :mod:`vlalign.config`).
+    RESOLVED_IN_POST_INIT: ClassVar[tuple[str, ...]] = ("cluster_init", "adaptive_alpha", "alignment_weight")
+
     trainable: Literal["full", "lora", "advlora"] = option(
         "advlora", "what is trained: full (the image tower), lora (plain LoRA) or advlora")
     rank: int = option(8, "LoRA rank r, also the number of k-means clusters of the clustering init (1..1024)")
