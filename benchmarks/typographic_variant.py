@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import json_object_argument
-from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld
-from vlalign.data.preference import typographic_preference_data
+from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.typographic import evaluate_typographic
-from vlalign.experiments.typographic import FULL_LR, PO_METHODS, PO_SETTINGS, TypographicSizes
+from vlalign.experiments.typographic import (PO_METHODS, PO_SETTINGS, TypographicSizes, full_tower_loop, gap_closed,
+                                             preference_sets)
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.training.methods.preference import PreferenceConfig, train_preference
-from vlalign.training.train_config import TrainConfig
 
 #: Offsets of the evaluation draws from the experiment's seed: its test draw, and a validation draw it never uses.
 GALLERY_SEEDS = {"test": 5000, "val": 4500}
@@ -43,12 +42,6 @@ def variant_config(method: str, changes: dict) -> PreferenceConfig:
     return PreferenceConfig(**{"method": method, "trainable": "full", **PO_SETTINGS[method], **changes})
 
 
-def gap_closed(row: dict, pretrained: dict, suffix: str = "") -> float:
-    """Share of the pretrained model's gap to clean accuracy that ``row`` closes on the typographic split."""
-    gap = pretrained[f"clean{suffix}"] - pretrained[f"typographic{suffix}"]
-    return (row[f"typographic{suffix}"] - pretrained[f"typographic{suffix}"]) / gap if gap > 0 else float("nan")
-
-
 def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: str = "val",
                 quick: bool = False) -> dict:
     """Train the row, score it and the pretrained model on the ``gallery`` draw, write ``out/variant.json``."""
@@ -58,11 +51,8 @@ def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: s
     torch.manual_seed(seed)
     world = MiniWorld()
     reference = load_model("mini")
-    pref, reg = typographic_preference_data(sizes.n_pref, sizes.n_reg, seed=100 + seed, classes=INDOMAIN_CLASSES,
-                                            world=world)
-    loop = TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed, averaging="bma",
-                       extra_averaging=["ema"])
-    model = train_preference(reference, pref, reg, config, loop, progress=False).model
+    pref, reg = preference_sets(sizes, seed, world)
+    model = train_preference(reference, pref, reg, config, full_tower_loop(sizes, seed), progress=False).model
     draw = GALLERY_SEEDS[gallery] + seed
     row = evaluate_typographic(model, reference, sizes.n_eval, draw, world)
     pretrained = evaluate_typographic(reference, reference, sizes.n_eval, draw, world)

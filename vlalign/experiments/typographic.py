@@ -81,6 +81,19 @@ PO_SETTINGS = {
 FULL_LR = 5e-4
 
 
+def preference_sets(sizes: TypographicSizes, seed: int, world: MiniWorld):
+    """The experiment's preference triplets and clean regularization images for ``--seed seed`` (data seed 100 + seed,
+    in-domain classes only)."""
+    return typographic_preference_data(sizes.n_pref, sizes.n_reg, seed=100 + seed, classes=INDOMAIN_CLASSES,
+                                       world=world)
+
+
+def full_tower_loop(sizes: TypographicSizes, seed: int) -> TrainConfig:
+    """The loop of the full-tower rows: BMA written into the model, EMA kept as the alternate (Table 5)."""
+    return TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed, averaging="bma",
+                       extra_averaging=["ema"])
+
+
 def _validation_score(world: MiniWorld, n: int, seed: int):
     clean = world.sample("indomain-clean", n, seed)
     typo = world.sample("indomain-typographic", n, seed)
@@ -100,7 +113,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
     torch.manual_seed(seed)
     world = MiniWorld()
     reference = load_model("mini")
-    pref, reg = typographic_preference_data(sizes.n_pref, sizes.n_reg, seed=100 + seed, classes=INDOMAIN_CLASSES, world=world)
+    pref, reg = preference_sets(sizes, seed, world)
     eval_seed = 5000 + seed
     evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, eval_seed, world)  # noqa: E731
     methods: dict[str, dict] = {}
@@ -125,8 +138,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
                                                        test_seed=probe_seeds[1]))
     linear_probe = {**{split: row["probe"] for split, row in probe.items()}, "n_train": sizes.probe_train,
                     "n_test": sizes.probe_test, "train_seed": probe_seeds[0], "test_seed": probe_seeds[1]}
-    train = TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=FULL_LR, seed=seed, averaging="bma",
-                        extra_averaging=["ema"])
+    train = full_tower_loop(sizes, seed)
     ce = timed("ce", lambda: train_preference(reference, pref, reg, PreferenceConfig(method="ce", trainable="full"),
                                               replace(train, extra_averaging=[]), progress=False))
     record("ce", ce.model)
