@@ -54,7 +54,8 @@ def main() -> None:
     evaluation = json_object_argument(parser, args.eval, "--eval")
     changed = json_object_argument(parser, args.settings, "--settings")
     try:
-        settings = adpo._merged(adpo._merged(adpo.FULL, changed), {"transfer_vlm": None, "eval": evaluation})
+        settings = adpo.merged_settings(adpo.merged_settings(adpo.FULL, changed),
+                                        {"transfer_vlm": None, "eval": evaluation})
     except ValueError as error:
         parser.error(f"--settings / --eval: {error}")
     if args.lr is not None:
@@ -69,8 +70,8 @@ def main() -> None:
               "targeted_success": row["targeted_success"], "cider": row["cider"], "step_seconds": row["step_seconds"],
               "checks": {}, "seconds": None}
     for question_seed in args.check:
-        check = adpo.confirm_row(args.row, adpo._merged(settings, {"confirm": {"seed": question_seed}}), args.seed,
-                                 args.out)
+        check = adpo.confirm_row(args.row, adpo.merged_settings(settings, {"confirm": {"seed": question_seed}}),
+                                 args.seed, args.out)
         atomic_write_json(args.out / f"check_{question_seed}.json", check)
         result["checks"][str(question_seed)] = {key: check[key] for key in ("clean", "robust", "n")}
     result["seconds"] = time.perf_counter() - began

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlalign.data.preference import PreferenceSet, RegularizationSet, typographic_preference_data
-from vlalign.evaluation.control import is_monotonic, parse_range, sweep_head_power
+from vlalign.evaluation.control import is_monotonic, monotone_violation, parse_range, sweep_head_power
 from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.models.heads import HeadedCLIP, LinearHead
 from vlalign.models.loading import load_model
@@ -131,6 +131,11 @@ def test_parse_range_and_monotonic():
     with pytest.raises(ValueError, match="START:STOP:STEP"):
         parse_range("1:0:0.5")
     assert is_monotonic([0.1, 0.2, 0.2, 0.5]) and is_monotonic([3, 2, 1]) and not is_monotonic([1, 3, 2])
+    # The largest step against the trend, worked by hand: falling 0.76 → 0.70 with one rise of 0.02 (against a
+    # rising trend the worst step would be the fall of 0.04, so falling is the nearer trend).
+    assert monotone_violation([0.76, 0.72, 0.74, 0.70]) == pytest.approx(0.02)
+    assert monotone_violation([0.1, 0.2, 0.2, 0.5]) == 0.0 and monotone_violation([0.5]) == 0.0
+    assert is_monotonic([0.76, 0.72, 0.74, 0.70], 0.021) and not is_monotonic([0.76, 0.72, 0.74, 0.70], 0.019)
 
 
 def test_save_and_load_aligned_models(mini_model, tiny_mini_clip, data, tmp_path):

@@ -58,6 +58,40 @@ def test_quick_run_confirms_the_target_on_fresh_questions_from_the_saved_encoder
     assert "## The target check" in (quick_run / "report.md").read_text()
 
 
+def test_quick_run_picks_the_best_adpo_row_on_the_validation_questions(quick_run):
+    """Every AdPO row is scored on the validation questions as the check scores; the highest APGD 4/255 accuracy
+    (ties: clean) is the best row, the one the check confirms, whatever the table says."""
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    selection = metrics["selection"]
+    assert selection["on"] == "validation" and metrics["targets"]["selected_on"] == "validation"
+    assert (selection["questions"], selection["seed"]) == (adpo.QUICK["select"]["questions"],
+                                                           adpo.QUICK["select"]["seed"])
+    assert selection["seed"] not in (adpo.QUICK["confirm"]["seed"], adpo.QUICK["eval"]["seed"])
+    scores = selection["scores"]
+    assert list(scores) == [r for r in adpo.ADPO_ROWS if r in adpo.ROWS]
+    best = max(scores, key=lambda r: (scores[r]["robust"], scores[r]["clean"]))
+    assert selection["best"] == best == metrics["targets"]["best_adpo"] == list(metrics["confirm"])[0]
+    # a row's validation score is confirm_row on the validation questions, re-computed here from its saved encoder
+    settings = adpo.merged_settings(metrics["settings"], {"confirm": adpo.QUICK["select"]})
+    again = adpo.confirm_row(best, {k: settings[k] for k in adpo.QUICK}, 0, quick_run)
+    assert (again["clean"], again["robust"]["4/255"]) == (scores[best]["clean"], scores[best]["robust"])
+    assert "validation questions" in (quick_run / "report.md").read_text()
+
+
+def test_the_targets_follow_the_selected_row_not_the_table():
+    row = lambda clean, robust: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": 1.0}  # noqa: E731
+    methods = {"original": row(0.9, 0.05), "fare": row(0.8, 0.30), "adpo_dpo": row(0.85, 0.40),
+               "adpo_kto": row(0.85, 0.30)}
+    assert adpo._targets(methods, {}, 10)["best_adpo"] == "adpo_dpo"  # the table's pick
+    selection = {"best": "adpo_kto", "on": "validation"}
+    targets = adpo._targets(methods, {}, 10, None, selection)
+    assert targets["best_adpo"] == "adpo_kto" and targets["selected_on"] == "validation"
+    assert abs(targets["robust_vs_fare"] - 0.0) < 1e-12  # decided on the table for the selected row
+    settings = adpo.merged_settings(adpo.QUICK, {"select": {"questions": 0}})
+    assert adpo.select_best_adpo(methods, settings, 0, None) == {"best": "adpo_dpo", "on": "table", "questions": None,
+                                                                 "seed": None, "scores": {}}
+
+
 def test_quick_run_report_and_rebuild(quick_run):
     text = (quick_run / "report.md").read_text()
     assert "AdPO (SimPO)" in text and "Transferred into the second VLM" in text and "--quick" in text
@@ -90,10 +124,10 @@ def test_full_settings_build_valid_configs():
 
 
 def test_partial_runs_merge_settings_and_score_targets_without_transfer():
-    merged = adpo._merged(adpo.FULL, {"train": {"steps": 40}, "transfer_vlm": None})
+    merged = adpo.merged_settings(adpo.FULL, {"train": {"steps": 40}, "transfer_vlm": None})
     assert merged["train"]["steps"] == 40 and merged["train"]["batch_size"] == 32 and merged["transfer_vlm"] is None
     with pytest.raises(ValueError, match="unknown AdPO experiment setting"):
-        adpo._merged(adpo.FULL, {"trian": {}})
+        adpo.merged_settings(adpo.FULL, {"trian": {}})
     row = lambda clean, robust, seconds: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": seconds}  # noqa: E731
     methods = {"original": row(0.9, 0.05, None), "fare": row(0.8, 0.30, 2.0),
                "adpo_dpo": {**row(0.85, 0.40, 1.0), "precompute_seconds": 20.0}, "adpo_ipo": row(0.9, 0.35, 1.0)}

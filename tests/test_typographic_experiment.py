@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from benchmarks.typographic_linear import run_linear_rows
 from benchmarks.typographic_variant import run_variant
 from vlalign.experiments.typographic import ROW_ORDER, run_typographic_experiment
 
@@ -45,6 +46,14 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert variant["gap_closed_heldout"] == pytest.approx((dpo["typographic_heldout"] - pre["typographic_heldout"])
                                                           / (pre["clean_heldout"] - pre["typographic_heldout"]))
     assert json.loads((tmp_path / "variant" / "variant.json").read_text())["draw_seed"] == 5000
+    # benchmarks.typographic_linear trains the linear rows alone and reproduces them and the head's Σ^t sweep.
+    linear = run_linear_rows(tmp_path / "linear", seed=0, quick=True)
+    assert linear["rows"]["materzynska"] == written["methods"]["materzynska"]
+    assert linear["rows"]["head_dpo"] == {k: v for k, v in written["head_dpo"].items() if k != "orthogonality_error"}
+    assert linear["control"] == written["control"]
+    assert linear["typographic_gain"]["head_dpo"] == pytest.approx(written["head_dpo"]["typographic"]
+                                                                   - pre["typographic"])
+    assert linear["monotone_on_target_range"] == written["summary"]["written_label_rate_monotonic_on_target_range"]
     assert metrics["summary"]["reading_effect_pretrained"] == pre["nonreading"] - pre["typographic"]
     # vlalign report RUN_DIR rebuilds the same report from metrics.json
     from vlalign.commands.report import rebuild

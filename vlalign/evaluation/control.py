@@ -55,7 +55,14 @@ def sweep_head_power(model: HeadedCLIP, image_sets: dict[str, ImageSet], ts: Seq
     return out
 
 
+def monotone_violation(values: Sequence[float]) -> float:
+    """How far ``values`` are from monotone: the largest step against the trend, for the trend (falling or rising)
+    that makes it smallest; 0 for a monotone sequence."""
+    diffs = [b - a for a, b in zip(values, values[1:])]
+    rises, falls = max([0.0, *diffs]), max([0.0, *(-d for d in diffs)])
+    return min(rises, falls)
+
+
 def is_monotonic(values: Sequence[float], tolerance: float = 0.0) -> bool:
     """Whether ``values`` never rise or never fall by more than ``tolerance`` between neighbours."""
-    diffs = [b - a for a, b in zip(values, values[1:])]
-    return all(d <= tolerance for d in diffs) or all(d >= -tolerance for d in diffs)
+    return monotone_violation(values) <= tolerance

@@ -93,8 +93,12 @@ FULL: dict[str, Any] = {
     "data": {"questions": 3840, "captions": 960, "seed": 500, "robust_images": 4800, "robust_seed": 10000},
     "eval": {"questions": 400, "captions": 100, "seed": 4343, "attack_questions": 200, "targeted": 100,
              "steps": 20, "steps_check": True},
-    #: The target check: the best AdPO row of the table and FARE, re-scored clean and under APGD-CE at 4/255 on this
-    #: many fresh questions of another seed (every clean-correct one attacked, ``eval.steps`` steps), paired.
+    #: Which AdPO row is the best, the one the target check compares with FARE: the highest APGD-CE 4/255 accuracy
+    #: (ties: clean) on these validation questions (the ones the learning rates were chosen on), scored as the check
+    #: scores; ``questions: 0`` picks on the table's questions instead.
+    "select": {"questions": 1000, "seed": 4345},
+    #: The target check: the best AdPO row and FARE, re-scored clean and under APGD-CE at 4/255 on this many fresh
+    #: questions of another seed (every clean-correct one attacked, ``eval.steps`` steps), paired.
     "confirm": {"questions": 1000, "seed": 4344},
     "max_new_tokens": 24,
     #: processes the rows are spread over (one torch thread each): both cores of the 2-core machine
@@ -107,7 +111,7 @@ QUICK: dict[str, Any] = {
     "data": {"questions": 6, "captions": 2, "seed": 500, "robust_images": 8, "robust_seed": 10000},
     "eval": {"questions": 8, "captions": 4, "seed": 4343, "attack_questions": 8, "targeted": 4, "steps": 2,
              "steps_check": False},
-    "confirm": {"questions": 8, "seed": 4344},
+    "select": {"questions": 8, "seed": 4345}, "confirm": {"questions": 8, "seed": 4344},
     "max_new_tokens": 6, "workers": 1,
 }
 #: The tiny tower of ``--quick`` (32-pixel images, one block).
@@ -229,12 +233,14 @@ def train_adpo(row: str, vlm: MiniVLM, data: PromptedImages, settings: dict, see
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def _merged(base: dict, overrides: dict) -> dict:
+def merged_settings(base: dict, overrides: dict) -> dict:
+    """A copy of the experiment settings ``base`` (``FULL``, ``QUICK``) with ``overrides`` merged in, section by
+    section; a key ``base`` lacks is a ``ValueError`` naming the keys it has."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         if key not in out:
             raise ValueError(f"unknown AdPO experiment setting {key!r}; expected one of {sorted(out)}")
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out[key], dict) else value
+        out[key] = merged_settings(out[key], value) if isinstance(value, dict) and isinstance(out[key], dict) else value
     return out
 
 
@@ -244,7 +250,9 @@ _SHARED: dict[str, Any] = {}
 
 
 def _shared(settings: dict, seed: int) -> dict[str, Any]:
-    key = json.dumps([settings, seed], sort_keys=True, default=str)
+    # which questions the selection and the check score does not change the models, evaluation set or data
+    built_from = {k: v for k, v in settings.items() if k not in ("select", "confirm")}
+    key = json.dumps([built_from, seed], sort_keys=True, default=str)
     if _SHARED.get("key") != key:
         _SHARED.clear()
         clip, vlm, large = _models(settings, seed)
@@ -309,7 +317,7 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    settings = _merged(QUICK if quick else FULL, overrides or {})
+    settings = merged_settings(QUICK if quick else FULL, overrides or {})
     unknown = sorted(set(rows or ()) - set(ROWS) - set(EXTRA_ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS + EXTRA_ROWS)}")
@@ -319,11 +327,14 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     methods = {row: results[row]["methods"] for row in chosen}
     transfer = {row: results[row]["transfer"] for row in chosen if "transfer" in results[row]}
     seconds = {k: v for row in chosen for k, v in results[row]["seconds"].items()}
+    selected_at = time.perf_counter()
+    selection = select_best_adpo(methods, settings, seed, out, progress)
     confirmed_at = time.perf_counter()
-    confirm = _confirm(_best_adpo(methods), settings, seed, out, progress)
+    seconds["select"] = confirmed_at - selected_at
+    confirm = _confirm(selection["best"], settings, seed, out, progress)
     seconds["confirm"] = time.perf_counter() - confirmed_at
-    metrics = {"methods": methods, "transfer": transfer, "confirm": confirm,
-               "targets": _targets(methods, transfer, settings["train"]["steps"], confirm),
+    metrics = {"methods": methods, "transfer": transfer, "selection": selection, "confirm": confirm,
+               "targets": _targets(methods, transfer, settings["train"]["steps"], confirm, selection),
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
                             # the loop settings every row shares (each family's rate is in "lr")
@@ -354,10 +365,31 @@ def _best_adpo(methods: dict) -> str | None:
     return max(trained, key=lambda r: (methods[r]["robust"]["4/255"], methods[r]["clean"])) if trained else None
 
 
-def _targets(methods: dict, transfer: dict, steps: int, confirm: dict | None = None) -> dict:
-    """The issue's targets, measured: AdPO vs FARE (on the confirmation questions when the run has them, paired,
-    else on the table), transfer retention, step cost."""
-    best = _best_adpo(methods)
+def select_best_adpo(methods: dict, settings: dict, seed: int, out: Path, progress: bool = False) -> dict:
+    """Pick the best of the run's AdPO rows on the validation questions ``settings["select"]``: each row's saved
+    encoder scored as :func:`confirm_row` scores (clean exact match, APGD-CE at 4/255 on every clean-correct
+    question), the highest robust accuracy winning, ties by clean. With ``select.questions`` 0 the pick is made on
+    the table's questions (the rows' ``robust["4/255"]``, then ``clean``). Returns ``{"best", "on", "questions",
+    "seed", "scores": {row: {"clean", "robust", "n"}}}`` (``best`` None without an AdPO row)."""
+    trained = [r for r in ADPO_ROWS if r in methods]
+    spec = settings["select"]
+    if not trained or spec["questions"] < 1:
+        return {"best": _best_adpo(methods), "on": "table", "questions": None, "seed": None, "scores": {}}
+    validation = merged_settings(settings, {"confirm": spec})
+    done = run_in_workers(confirm_row, trained, (validation, seed, out), min(settings["workers"], len(trained)),
+                          "best AdPO row on validation questions", progress)
+    scores = {row: {"clean": done[row]["clean"], "robust": done[row]["robust"][CONFIRM_EPS], "n": done[row]["n"]}
+              for row in trained}
+    best = max(trained, key=lambda r: (scores[r]["robust"], scores[r]["clean"]))
+    return {"best": best, "on": "validation", "questions": spec["questions"], "seed": spec["seed"], "scores": scores}
+
+
+def _targets(methods: dict, transfer: dict, steps: int, confirm: dict | None = None,
+             selection: dict | None = None) -> dict:
+    """The issue's targets, measured for the ``selection``'s best AdPO row (:func:`select_best_adpo`; without one,
+    the table's best): AdPO vs FARE (on the confirmation questions when the run has them, paired, else on the
+    table), transfer retention, step cost."""
+    best = selection["best"] if selection else _best_adpo(methods)
     if best is None:
         return {"best_adpo": None}
     fare = methods["fare"]
@@ -382,6 +414,7 @@ def _targets(methods: dict, transfer: dict, steps: int, confirm: dict | None = N
                    "clean_vs_fare": table["clean_vs_fare_table"]}
     return {
         "best_adpo": best,
+        "selected_on": selection["on"] if selection else "table",
         **decided,
         **table,
         # a hair of slack: 0.522 − 0.492 is not exactly 0.03 in floating point
