@@ -42,7 +42,8 @@ def plot_frontier(control: dict, path: Path) -> Path:
     ax.set_xlabel("t  (W_t = U Σ^t Vᵀ; 0 = pretrained, 1 = trained head)")
     ax.set_ylabel("fraction")
     ax.grid(alpha=0.3)
-    ax.legend()
+    # Above the axes: inside, any corner covers a curve somewhere along the sweep.
+    ax.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax = axes[1]
     points = ax.scatter(control["written_label_rate"], control["clean"], c=control["t"], cmap="coolwarm")
     fig.colorbar(points, ax=ax, label="t")
