@@ -6,8 +6,8 @@ t ∈ [−2, 3] with each step within 0.01, Materzynska+ gains ≥ 4 points).
 Run: ``python -m benchmarks.typographic_linear OUT_DIR [--seed S] [--quick]``. ``--seed S`` is the experiment's
 ``--seed`` (preference data 100 + S, loop seed S, test draw 5000 + S); with it the rows reproduce that run's
 ``materzynska``, ``head_dpo`` and ``control``. Prints and writes ``OUT_DIR/linear.json``: the three models' metrics
-(``evaluate_typographic``), both gains, the sweep, whether it is monotone on the target range and its largest step
-against the trend there (``monotone_violation``).
+(``evaluate_typographic``), both gains, the sweep, whether it is monotone on the target range, its largest step
+against the trend there (``monotone_violation``) and its smallest step (how far the sweep is from a flat stretch).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.control import monotone_violation
 from vlalign.evaluation.typographic import evaluate_typographic
 from vlalign.experiments.control import control_sweep
-from vlalign.experiments.typographic import (MONOTONE_T_RANGE, TypographicSizes, head_dpo_loop, head_loop,
-                                             monotone_on, preference_sets)
+from vlalign.experiments.typographic import (MONOTONE_T_RANGE, TEST_DRAW_OFFSET, TypographicSizes, head_dpo_config,
+                                             head_dpo_loop, head_loop, monotone_on, preference_sets, values_on)
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.training.methods.baselines import train_materzynska
-from vlalign.training.methods.preference import PreferenceConfig, train_preference
+from vlalign.training.methods.preference import train_preference
 
 
 def run_linear_rows(out: Path, seed: int = 0, quick: bool = False) -> dict:
@@ -40,20 +40,20 @@ def run_linear_rows(out: Path, seed: int = 0, quick: bool = False) -> dict:
     world = MiniWorld()
     reference = load_model("mini")
     pref, reg = preference_sets(sizes, seed, world)
-    draw = 5000 + seed
+    draw = TEST_DRAW_OFFSET + seed
     evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, draw, world)  # noqa: E731
     materzynska = train_materzynska(reference, pref, reg, head_loop(sizes, seed))
-    head = train_preference(reference, pref, reg, PreferenceConfig(method="dpo", trainable="head"),
-                            head_dpo_loop(sizes, seed), progress=False).model
+    head = train_preference(reference, pref, reg, head_dpo_config(), head_dpo_loop(sizes, seed), progress=False).model
     rows = {"pretrained": evaluate(reference), "materzynska": evaluate(materzynska), "head_dpo": evaluate(head)}
     control = control_sweep(head, world, sizes.control_t, sizes.n_eval, draw)
-    low, high = MONOTONE_T_RANGE
-    in_range = [rate for t, rate in zip(control["t"], control["written_label_rate"]) if low <= t <= high]
+    in_range = values_on(control)
+    steps = [b - a for a, b in zip(in_range, in_range[1:])]
     gains = {f"{row}{suffix}": rows[row][f"typographic{suffix}"] - rows["pretrained"][f"typographic{suffix}"]
              for suffix in ("", "_heldout") for row in ("materzynska", "head_dpo")}
     result = {"seed": seed, "draw_seed": draw, "n_eval": sizes.n_eval, "rows": rows, "typographic_gain": gains,
               "control": control, "monotone_t_range": list(MONOTONE_T_RANGE),
               "monotone_on_target_range": monotone_on(control), "monotone_violation": monotone_violation(in_range),
+              "smallest_step_on_target_range": min((abs(d) for d in steps), default=None),
               "seconds": time.perf_counter() - began}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "linear.json", result)

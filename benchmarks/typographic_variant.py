@@ -9,8 +9,9 @@ experiment's own (``PO_SETTINGS``), e.g. ``python -m benchmarks.typographic_vari
 scores on the experiment's test draw (seed 5000 + S; with the default settings it reproduces that row of
 ``vlalign experiment typographic --seed S``), for the seed spread of a setting already chosen; ``--gallery val``
 (the default) scores on a draw of seed 4500 + S that the experiment never uses, to choose settings.
-Prints and writes ``OUT_DIR/variant.json``: both models' metrics (``evaluate_typographic``), the row's difference
-to the pretrained model per metric, and the share of the gap to clean closed, in-domain and held-out.
+Prints and writes ``OUT_DIR/variant.json``: the row's resolved config, both models' metrics
+(``evaluate_typographic``), the row's difference to the pretrained model per metric, and the share of the gap to
+clean closed, in-domain and held-out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,14 +27,14 @@ import torch
 from benchmarks.common import json_object_argument
 from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.typographic import evaluate_typographic
-from vlalign.experiments.typographic import (PO_METHODS, PO_SETTINGS, TypographicSizes, full_tower_loop, gap_closed,
-                                             preference_sets)
+from vlalign.experiments.typographic import (PO_METHODS, PO_SETTINGS, TEST_DRAW_OFFSET, TypographicSizes,
+                                             full_tower_loop, gap_closed, preference_sets)
 from vlalign.io import atomic_write_json
 from vlalign.models.loading import load_model
 from vlalign.training.methods.preference import PreferenceConfig, train_preference
 
 #: Offsets of the evaluation draws from the experiment's seed: its test draw, and a validation draw it never uses.
-GALLERY_SEEDS = {"test": 5000, "val": 4500}
+GALLERY_SEEDS = {"test": TEST_DRAW_OFFSET, "val": 4500}
 
 
 def variant_config(method: str, changes: dict) -> PreferenceConfig:
@@ -56,8 +58,9 @@ def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: s
     draw = GALLERY_SEEDS[gallery] + seed
     row = evaluate_typographic(model, reference, sizes.n_eval, draw, world)
     pretrained = evaluate_typographic(reference, reference, sizes.n_eval, draw, world)
-    result = {"method": method, "settings": changes, "seed": seed, "gallery": gallery, "draw_seed": draw,
-              "n_eval": sizes.n_eval, "row": row, "pretrained": pretrained,
+    # the resolved fields too: what "{}" means changes when the experiment's defaults do
+    result = {"method": method, "settings": changes, "config": asdict(config), "seed": seed, "gallery": gallery,
+              "draw_seed": draw, "n_eval": sizes.n_eval, "row": row, "pretrained": pretrained,
               "difference": {k: row[k] - pretrained[k] for k in row},
               "gap_closed": gap_closed(row, pretrained), "gap_closed_heldout": gap_closed(row, pretrained, "_heldout"),
               "seconds": time.perf_counter() - began}

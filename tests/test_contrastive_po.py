@@ -136,6 +136,9 @@ def test_parse_range_and_monotonic():
     assert monotone_violation([0.76, 0.72, 0.74, 0.70]) == pytest.approx(0.02)
     assert monotone_violation([0.1, 0.2, 0.2, 0.5]) == 0.0 and monotone_violation([0.5]) == 0.0
     assert is_monotonic([0.76, 0.72, 0.74, 0.70], 0.021) and not is_monotonic([0.76, 0.72, 0.74, 0.70], 0.019)
+    assert monotone_violation([0.5, float("nan"), 0.3]) == float("inf") and not is_monotonic([0.5, float("nan")], 1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        is_monotonic([0.5], -0.1)
 
 
 def test_save_and_load_aligned_models(mini_model, tiny_mini_clip, data, tmp_path):

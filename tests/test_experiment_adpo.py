@@ -78,7 +78,7 @@ def test_quick_run_picks_the_best_adpo_row_on_the_validation_questions(quick_run
     assert "validation questions" in (quick_run / "report.md").read_text()
 
 
-def test_the_targets_follow_the_selected_row_not_the_table():
+def test_the_targets_follow_the_selected_row_not_the_table(tmp_path):
     row = lambda clean, robust: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": 1.0}  # noqa: E731
     methods = {"original": row(0.9, 0.05), "fare": row(0.8, 0.30), "adpo_dpo": row(0.85, 0.40),
                "adpo_kto": row(0.85, 0.30)}
@@ -86,7 +86,14 @@ def test_the_targets_follow_the_selected_row_not_the_table():
     selection = {"best": "adpo_kto", "on": "validation"}
     targets = adpo._targets(methods, {}, 10, None, selection)
     assert targets["best_adpo"] == "adpo_kto" and targets["selected_on"] == "validation"
-    assert abs(targets["robust_vs_fare"] - 0.0) < 1e-12  # decided on the table for the selected row
+    # no check in this run: decided on the table, for the selected row
+    assert targets["decided_on"] == "table" and abs(targets["robust_vs_fare"]) < 1e-12
+    assert abs(targets["clean_vs_fare"] - 0.05) < 1e-12
+    # a tie in robust accuracy goes to the cleaner row
+    assert adpo._most_robust({"adpo_dpo": (0.5, 0.80), "adpo_kto": (0.5, 0.85), "adpo_ipo": (0.4, 0.99)}) == "adpo_kto"
+    with pytest.raises(ValueError, match="select.seed 4344 is also confirm.seed"):
+        adpo.run_adpo_experiment(tmp_path / "run", quick=True, overrides={"select": {"seed": 4344}})
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     settings = adpo.merged_settings(adpo.QUICK, {"select": {"questions": 0}})
     assert adpo.select_best_adpo(methods, settings, 0, None) == {"best": "adpo_dpo", "on": "table", "questions": None,
                                                                  "seed": None, "scores": {}}
@@ -178,8 +185,9 @@ def test_a_run_written_before_the_target_check_still_rebuilds_its_report(quick_r
     shutil.copytree(quick_run, old)
     metrics = json.loads((old / "metrics.json").read_text())
     metrics.pop("confirm")
-    for key in ("decided_on", "questions", "robust_vs_fare_se", "clean_vs_fare_se", "robust_vs_fare_table",
-                "clean_vs_fare_table"):
+    metrics.pop("selection")  # and before the best row was picked on validation questions
+    for key in ("decided_on", "selected_on", "questions", "robust_vs_fare_se", "clean_vs_fare_se",
+                "robust_vs_fare_table", "clean_vs_fare_table"):
         metrics["targets"].pop(key, None)
     metrics["settings"].pop("lr")  # and before each family had its own learning rate
     metrics["settings"]["loop"]["lr"] = 3e-4
@@ -187,6 +195,7 @@ def test_a_run_written_before_the_target_check_still_rebuilds_its_report(quick_r
     assert main(["report", str(old)]) == 0
     text = (old / "report.md").read_text()
     assert "No target check in this run." in text and "on the table: robust accuracy at 4/255 vs FARE" in text
+    assert "(by APGD 4/255 in the table)" in text and "validation questions" not in text
     assert "(AdamW, lr 0.0003, seed 0)" in text
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.typographic_linear import run_linear_rows
 from benchmarks.typographic_variant import run_variant
-from vlalign.experiments.typographic import ROW_ORDER, run_typographic_experiment
+from vlalign.experiments.typographic import MONOTONE_TOLERANCE, ROW_ORDER, run_typographic_experiment
 
 
 def test_quick_typographic_experiment_writes_table1(tmp_path):
@@ -54,6 +54,10 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert linear["typographic_gain"]["head_dpo"] == pytest.approx(written["head_dpo"]["typographic"]
                                                                    - pre["typographic"])
     assert linear["monotone_on_target_range"] == written["summary"]["written_label_rate_monotonic_on_target_range"]
+    assert linear["monotone_on_target_range"] == (linear["monotone_violation"] <= MONOTONE_TOLERANCE)
+    assert linear["typographic_gain"]["materzynska_heldout"] == pytest.approx(
+        written["methods"]["materzynska"]["typographic_heldout"] - pre["typographic_heldout"])
+    assert json.loads((tmp_path / "linear" / "linear.json").read_text())["rows"] == linear["rows"]
     assert metrics["summary"]["reading_effect_pretrained"] == pre["nonreading"] - pre["typographic"]
     # vlalign report RUN_DIR rebuilds the same report from metrics.json
     from vlalign.commands.report import rebuild

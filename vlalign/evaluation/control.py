@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -57,12 +58,16 @@ def sweep_head_power(model: HeadedCLIP, image_sets: dict[str, ImageSet], ts: Seq
 
 def monotone_violation(values: Sequence[float]) -> float:
     """How far ``values`` are from monotone: the largest step against the trend, for the trend (falling or rising)
-    that makes it smallest; 0 for a monotone sequence."""
+    that makes it smallest; 0 for a monotone sequence, infinite when a value is NaN."""
     diffs = [b - a for a, b in zip(values, values[1:])]
+    if any(math.isnan(d) for d in diffs):
+        return math.inf
     rises, falls = max([0.0, *diffs]), max([0.0, *(-d for d in diffs)])
     return min(rises, falls)
 
 
 def is_monotonic(values: Sequence[float], tolerance: float = 0.0) -> bool:
-    """Whether ``values`` never rise or never fall by more than ``tolerance`` between neighbours."""
+    """Whether ``values`` never rise or never fall by more than ``tolerance`` (≥ 0) between neighbours."""
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     return monotone_violation(values) <= tolerance

@@ -12,10 +12,12 @@ request (:data:`EXTRA_ROWS`). ``transfer`` holds the same keys for the second VL
 encoder put in unchanged.
 
 The target check (``confirm``): the table's 200 attacked questions give one accuracy near 50% a standard error of
-3.5 points, too coarse for the issue's 3-point margin, so the best AdPO row of the table and FARE are re-scored
-clean and under APGD-CE at 4/255 on 1,000 fresh questions of another seed (every clean-correct one attacked, from
-the encoders each row saved), and the AdPO-vs-FARE target is decided there on the paired per-question differences
-(:mod:`vlalign.evaluation.uncertainty`).
+3.5 points, too coarse for the issue's 3-point margin (and for picking the best AdPO row), so the best AdPO row and
+FARE are re-scored clean and under APGD-CE at 4/255 on 1,000 fresh questions of another seed (every clean-correct
+one attacked, from the encoders each row saved), and the AdPO-vs-FARE target is decided there on the paired
+per-question differences (:mod:`vlalign.evaluation.uncertainty`). The best AdPO row (``selection``) is picked
+before that, each AdPO row scored the same way on 1,000 validation questions (the seed the learning rates were
+chosen on), so neither the table's questions nor the check's choose it.
 
 Columns: clean exact match on fresh questions, CIDEr-D on fresh captions, accuracy under untargeted APGD-CE at
 2/255 and 4/255 (per sample the worst of clean and attacked, as :func:`robust_evaluate_vlm` scores it), targeted
@@ -313,11 +315,13 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     Python API only (a partial measurement; the command runs everything): ``rows`` picks a subset of :data:`ROWS`
     and :data:`EXTRA_ROWS` (``original`` and ``fare`` are always kept: the targets compare against them),
     ``overrides`` changes settings of :data:`FULL` / :data:`QUICK` (nested dicts merge; ``transfer_vlm: None`` skips
-    the transfer rows, ``confirm.questions: 0`` the target check)."""
+    the transfer rows, ``confirm.questions: 0`` the target check, ``select.questions: 0`` picks the best AdPO row
+    on the table)."""
+    settings = merged_settings(QUICK if quick else FULL, overrides or {})
+    _check_question_seeds(settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    settings = merged_settings(QUICK if quick else FULL, overrides or {})
     unknown = sorted(set(rows or ()) - set(ROWS) - set(EXTRA_ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}; expected some of {list(ROWS + EXTRA_ROWS)}")
@@ -349,6 +353,15 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     return metrics
 
 
+def _check_question_seeds(settings: dict) -> None:
+    """The validation questions that pick the best row must be neither the table's nor the check's."""
+    used = {"eval.seed": settings["eval"]["seed"], "confirm.seed": settings["confirm"]["seed"]}
+    if settings["select"]["questions"] > 0 and settings["select"]["seed"] in used.values():
+        clash = [name for name, value in used.items() if value == settings["select"]["seed"]]
+        raise ValueError(f"select.seed {settings['select']['seed']} is also {' and '.join(clash)}: the questions "
+                         "that pick the best AdPO row must be other questions than the table's and the check's")
+
+
 def _confirm(best: str | None, settings: dict, seed: int, out: Path, progress: bool) -> dict[str, dict]:
     """:func:`confirm_row` of the best AdPO row and FARE, side by side in two workers (none without an AdPO row or
     with ``confirm.questions`` 0)."""
@@ -360,9 +373,18 @@ def _confirm(best: str | None, settings: dict, seed: int, out: Path, progress: b
     return {row: done[row] for row in rows}
 
 
+def _adpo_rows(methods: dict) -> list[str]:
+    return [r for r in ADPO_ROWS if r in methods]
+
+
+def _most_robust(scores: dict[str, tuple[float, float]]) -> str | None:
+    """The row whose (robust accuracy, clean accuracy) is highest: robust first, ties by clean, then the first."""
+    return max(scores, key=lambda row: scores[row]) if scores else None
+
+
 def _best_adpo(methods: dict) -> str | None:
-    trained = [r for r in ADPO_ROWS if r in methods]
-    return max(trained, key=lambda r: (methods[r]["robust"]["4/255"], methods[r]["clean"])) if trained else None
+    """The table's best AdPO row (its APGD 4/255 accuracy, then clean)."""
+    return _most_robust({r: (methods[r]["robust"][CONFIRM_EPS], methods[r]["clean"]) for r in _adpo_rows(methods)})
 
 
 def select_best_adpo(methods: dict, settings: dict, seed: int, out: Path, progress: bool = False) -> dict:
@@ -371,7 +393,7 @@ def select_best_adpo(methods: dict, settings: dict, seed: int, out: Path, progre
     question), the highest robust accuracy winning, ties by clean. With ``select.questions`` 0 the pick is made on
     the table's questions (the rows' ``robust["4/255"]``, then ``clean``). Returns ``{"best", "on", "questions",
     "seed", "scores": {row: {"clean", "robust", "n"}}}`` (``best`` None without an AdPO row)."""
-    trained = [r for r in ADPO_ROWS if r in methods]
+    trained = _adpo_rows(methods)
     spec = settings["select"]
     if not trained or spec["questions"] < 1:
         return {"best": _best_adpo(methods), "on": "table", "questions": None, "seed": None, "scores": {}}
@@ -380,7 +402,7 @@ def select_best_adpo(methods: dict, settings: dict, seed: int, out: Path, progre
                           "best AdPO row on validation questions", progress)
     scores = {row: {"clean": done[row]["clean"], "robust": done[row]["robust"][CONFIRM_EPS], "n": done[row]["n"]}
               for row in trained}
-    best = max(trained, key=lambda r: (scores[r]["robust"], scores[r]["clean"]))
+    best = _most_robust({r: (scores[r]["robust"], scores[r]["clean"]) for r in trained})
     return {"best": best, "on": "validation", "questions": spec["questions"], "seed": spec["seed"], "scores": scores}
 
 
@@ -400,7 +422,7 @@ def _targets(methods: dict, transfer: dict, steps: int, confirm: dict | None = N
     if methods[best]["step_seconds"] and fare["step_seconds"]:
         ratio = methods[best]["step_seconds"] / fare["step_seconds"]
         steps = max(1, steps)
-        precompute = max((methods[r].get("precompute_seconds") or 0.0) for r in ADPO_ROWS if r in methods)
+        precompute = max((methods[r].get("precompute_seconds") or 0.0) for r in _adpo_rows(methods))
         amortized = (methods[best]["step_seconds"] + precompute / steps) / fare["step_seconds"]
     table = {"robust_vs_fare_table": methods[best]["robust"]["4/255"] - fare["robust"]["4/255"],
              "clean_vs_fare_table": methods[best]["clean"] - fare["clean"]}

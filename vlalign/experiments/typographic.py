@@ -97,6 +97,15 @@ def full_tower_loop(sizes: TypographicSizes, seed: int) -> TrainConfig:
                        extra_averaging=["ema"])
 
 
+#: The experiment's test draw is seed TEST_DRAW_OFFSET + its seed (600 fresh images per split).
+TEST_DRAW_OFFSET = 5000
+
+
+def head_dpo_config() -> PreferenceConfig:
+    """The linear-head DPO row's objective: the method's defaults (β = λ = 1, KL(π_θ‖π_ref)) on a head W = UΣVᵀ."""
+    return PreferenceConfig(method="dpo", trainable="head")
+
+
 def head_loop(sizes: TypographicSizes, seed: int) -> TrainConfig:
     """The loop of the linear rows: Materzynska+ and Defense-Prefix train with it as it is, the linear-head DPO
     with BMA added (:func:`head_dpo_loop`)."""
@@ -128,7 +137,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
     world = MiniWorld()
     reference = load_model("mini")
     pref, reg = preference_sets(sizes, seed, world)
-    eval_seed = 5000 + seed
+    eval_seed = TEST_DRAW_OFFSET + seed
     evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, eval_seed, world)  # noqa: E731
     methods: dict[str, dict] = {}
     seconds: dict[str, float] = {}
@@ -169,7 +178,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         record(method, result.model)
         ema[method] = evaluate(result.alternates["ema"])
 
-    head_cfg = PreferenceConfig(method="dpo", trainable="head")
+    head_cfg = head_dpo_config()
     head_dpo_train = head_dpo_loop(sizes, seed)
     head = timed("dpo_head", lambda: train_preference(reference, pref, reg, head_cfg, head_dpo_train,
                                                       progress=False)).model
@@ -230,11 +239,16 @@ def gap_closed(row: dict, pretrained: dict, suffix: str = "") -> float:
     return (row[f"typographic{suffix}"] - pretrained[f"typographic{suffix}"]) / gap if gap > 0 else float("nan")
 
 
+def values_on(control: dict, key: str = "written_label_rate", t_range: tuple[float, float] = MONOTONE_T_RANGE
+              ) -> list[float]:
+    """``control[key]`` at the sweep's t within ``t_range`` (inclusive), in the sweep's order."""
+    return [v for t, v in zip(control["t"], control[key]) if t_range[0] <= t <= t_range[1]]
+
+
 def monotone_on(control: dict, key: str = "written_label_rate", t_range: tuple[float, float] = MONOTONE_T_RANGE,
                 tolerance: float = MONOTONE_TOLERANCE) -> bool:
     """Whether ``control[key]`` is monotone (each step within ``tolerance``) over the sweep's t in ``t_range``."""
-    values = [v for t, v in zip(control["t"], control[key]) if t_range[0] <= t <= t_range[1]]
-    return is_monotonic(values, tolerance)
+    return is_monotonic(values_on(control, key, t_range), tolerance)
 
 
 def _summary(methods: dict, control: dict) -> dict:
