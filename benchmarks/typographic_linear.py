@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.control import monotone_violation
 from vlalign.evaluation.typographic import evaluate_typographic
 from vlalign.experiments.control import control_sweep
-from vlalign.experiments.typographic import (MONOTONE_T_RANGE, TEST_DRAW_OFFSET, TypographicSizes, head_dpo_config,
-                                             head_dpo_loop, head_loop, monotone_on, preference_sets, values_on)
+from vlalign.experiments.typographic import (MONOTONE_T_RANGE, TEST_DRAW_OFFSET, experiment_inputs, head_dpo_config,
+                                             head_dpo_loop, head_loop, monotone_on, values_on)
 from vlalign.io import atomic_write_json
-from vlalign.models.loading import load_model
 from vlalign.training.methods.baselines import train_materzynska
 from vlalign.training.methods.preference import train_preference
 
@@ -34,12 +32,8 @@ from vlalign.training.methods.preference import train_preference
 def run_linear_rows(out: Path, seed: int = 0, quick: bool = False) -> dict:
     """Train Materzynska+ and the linear-head DPO of seed ``seed``, score them and the pretrained model on the test
     draw, sweep the head's Σ^t, write ``out/linear.json``."""
-    sizes = TypographicSizes.quick() if quick else TypographicSizes()
     began = time.perf_counter()
-    torch.manual_seed(seed)
-    world = MiniWorld()
-    reference = load_model("mini")
-    pref, reg = preference_sets(sizes, seed, world)
+    sizes, world, reference, pref, reg = experiment_inputs(seed, quick)
     draw = TEST_DRAW_OFFSET + seed
     evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, draw, world)  # noqa: E731
     materzynska = train_materzynska(reference, pref, reg, head_loop(sizes, seed))

@@ -25,12 +25,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import json_object_argument
-from vlalign.data.mini_world import MiniWorld
 from vlalign.evaluation.typographic import evaluate_typographic
-from vlalign.experiments.typographic import (PO_METHODS, PO_SETTINGS, TEST_DRAW_OFFSET, TypographicSizes,
-                                             full_tower_loop, gap_closed, preference_sets)
+from vlalign.experiments.typographic import (PO_METHODS, PO_SETTINGS, TEST_DRAW_OFFSET, experiment_inputs,
+                                             full_tower_loop, gap_closed)
 from vlalign.io import atomic_write_json
-from vlalign.models.loading import load_model
 from vlalign.training.methods.preference import PreferenceConfig, train_preference
 
 #: Offsets of the evaluation draws from the experiment's seed: its test draw, and a validation draw it never uses.
@@ -48,12 +46,8 @@ def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: s
                 quick: bool = False) -> dict:
     """Train the row, score it and the pretrained model on the ``gallery`` draw, write ``out/variant.json``."""
     config = variant_config(method, changes)
-    sizes = TypographicSizes.quick() if quick else TypographicSizes()
     began = time.perf_counter()
-    torch.manual_seed(seed)
-    world = MiniWorld()
-    reference = load_model("mini")
-    pref, reg = preference_sets(sizes, seed, world)
+    sizes, world, reference, pref, reg = experiment_inputs(seed, quick)
     model = train_preference(reference, pref, reg, config, full_tower_loop(sizes, seed), progress=False).model
     draw = GALLERY_SEEDS[gallery] + seed
     row = evaluate_typographic(model, reference, sizes.n_eval, draw, world)

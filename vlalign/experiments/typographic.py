@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld  # noqa: E402
-from vlalign.data.preference import typographic_preference_data  # noqa: E402
+from vlalign.data.preference import PreferenceSet, RegularizationSet, typographic_preference_data  # noqa: E402
 from vlalign.evaluation.control import is_monotonic  # noqa: E402
 from vlalign.evaluation.probe import object_probe  # noqa: E402
 from vlalign.evaluation.typographic import evaluate_typographic  # noqa: E402
@@ -84,6 +85,29 @@ PO_SETTINGS = {
 FULL_LR = 5e-4
 
 
+class TypographicInputs(NamedTuple):
+    """What every row of one run shares: its sizes, the mini world, the shipped ``mini`` (the reference every row
+    starts from) and the preference triplets with their clean regularization images."""
+
+    sizes: TypographicSizes
+    world: MiniWorld
+    reference: ContrastiveModel
+    pref: PreferenceSet
+    reg: RegularizationSet
+
+
+def experiment_inputs(seed: int, quick: bool = False) -> TypographicInputs:
+    """The inputs of ``vlalign experiment typographic --seed seed`` (``--quick`` sizes if ``quick``), built as the
+    experiment builds them (it seeds torch's global generator with ``seed`` first), so that a row trained from them
+    alone reproduces the experiment's."""
+    sizes = TypographicSizes.quick() if quick else TypographicSizes()
+    torch.manual_seed(seed)
+    world = MiniWorld()
+    reference = load_model("mini")
+    pref, reg = preference_sets(sizes, seed, world)
+    return TypographicInputs(sizes, world, reference, pref, reg)
+
+
 def preference_sets(sizes: TypographicSizes, seed: int, world: MiniWorld):
     """The experiment's preference triplets and clean regularization images for ``--seed seed`` (data seed 100 + seed,
     in-domain classes only)."""
@@ -132,11 +156,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    sizes = TypographicSizes.quick() if quick else TypographicSizes()
-    torch.manual_seed(seed)
-    world = MiniWorld()
-    reference = load_model("mini")
-    pref, reg = preference_sets(sizes, seed, world)
+    sizes, world, reference, pref, reg = experiment_inputs(seed, quick)
     eval_seed = TEST_DRAW_OFFSET + seed
     evaluate = lambda model: evaluate_typographic(model, reference, sizes.n_eval, eval_seed, world)  # noqa: E731
     methods: dict[str, dict] = {}
