@@ -350,6 +350,14 @@ def _plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path) -> N
     plt.close(fig)
 
 
+def _po_settings_text(po: dict) -> str:
+    """Each full-tower PO method's (β, λ) and KL direction, as the run recorded them (a run from before the field
+    recorded none: it used the default, KL(π_θ‖π_ref))."""
+    kl = {"policy_ref": "KL(π_θ‖π_ref)", "ref_policy": "KL(π_ref‖π_θ)"}
+    return "; ".join(f"{ROW_NAMES[m]} β = {v['beta']}, λ = {v['lam']}, {kl[v.get('kl_direction', 'policy_ref')]}"
+                     for m, v in po.items())
+
+
 def _report(metrics: dict) -> str:
     methods, s = metrics["methods"], metrics["summary"]
     if "gap_closed" not in s:  # a run written before the best PO method had to keep clean accuracy: summarize anew
@@ -374,7 +382,8 @@ typographic images of the 8 in-domain classes (words also from those classes) wi
 regularization: {sizes.n_reg} clean in-domain images. Evaluation: {sizes.n_eval} fresh images per split (seed
 {metrics['settings']['eval_seed']}), classification among all 12 classes; held-out = moon, diamond, hexagon, bolt,
 never seen in preference training. Full image tower, {sizes.steps} steps of batch {sizes.batch_size}, Adamax, warm-up
-10% + cosine, BMA (γ=0.7). PAINT α = {metrics['paint_alpha']} (chosen on a validation split).
+10% + cosine, BMA (γ=0.7). PAINT α = {metrics['paint_alpha']} (chosen on a validation split). PO objectives:
+{_po_settings_text(metrics['settings']['po'])}.
 
 Non-reading control: the typographic images' scenes, with random letters (no class name, no word of the
 vocabulary, as long as the class name) in the same boxes, fonts, sizes and colours. **Reading effect** = control −
