@@ -22,8 +22,9 @@ import torch
 from vlalign.evaluation.control import monotone_violation
 from vlalign.evaluation.typographic import evaluate_typographic
 from vlalign.experiments.control import control_sweep
-from vlalign.experiments.typographic import (MONOTONE_T_RANGE, TEST_DRAW_OFFSET, experiment_inputs, head_dpo_config,
-                                             head_dpo_loop, head_loop, monotone_on, values_on)
+from vlalign.experiments.typographic import (TEST_DRAW_OFFSET, experiment_inputs, head_dpo_config, head_dpo_loop,
+                                             head_loop)
+from vlalign.experiments.typographic_report import MONOTONE_T_RANGE, monotone_on, values_on
 from vlalign.io import atomic_write_json
 from vlalign.training.methods.baselines import train_materzynska
 from vlalign.training.methods.preference import train_preference

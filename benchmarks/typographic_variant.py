@@ -26,8 +26,8 @@ import torch
 
 from benchmarks.common import json_object_argument
 from vlalign.evaluation.typographic import evaluate_typographic
-from vlalign.experiments.typographic import (PO_METHODS, PO_SETTINGS, TEST_DRAW_OFFSET, experiment_inputs,
-                                             full_tower_loop, gap_closed)
+from vlalign.experiments.typographic import PO_SETTINGS, TEST_DRAW_OFFSET, experiment_inputs, full_tower_loop
+from vlalign.experiments.typographic_report import PO_METHODS, gap_closed
 from vlalign.io import atomic_write_json
 from vlalign.training.methods.preference import PreferenceConfig, train_preference
 

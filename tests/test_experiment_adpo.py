@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vlalign.cli import main
-from vlalign.experiments import adpo
+from vlalign.experiments import adpo, adpo_targets
 from vlalign.training.methods.adpo import AdPOConfig
 from vlalign.training.train_config import TrainConfig
 
@@ -82,18 +82,18 @@ def test_the_targets_follow_the_selected_row_not_the_table(tmp_path):
     row = lambda clean, robust: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": 1.0}  # noqa: E731
     methods = {"original": row(0.9, 0.05), "fare": row(0.8, 0.30), "adpo_dpo": row(0.85, 0.40),
                "adpo_kto": row(0.85, 0.30)}
-    assert adpo._targets(methods, {}, 10)["best_adpo"] == "adpo_dpo"  # the table's pick
-    selection = {"best": "adpo_kto", "on": "validation"}
-    targets = adpo._targets(methods, {}, 10, None, selection)
+    targets = adpo_targets.targets(methods, {}, 10, "adpo_kto", selected_on="validation")
     assert targets["best_adpo"] == "adpo_kto" and targets["selected_on"] == "validation"
     # no check in this run: decided on the table, for the selected row
     assert targets["decided_on"] == "table" and abs(targets["robust_vs_fare"]) < 1e-12
     assert abs(targets["clean_vs_fare"] - 0.05) < 1e-12
     # a tie in robust accuracy goes to the cleaner row
-    assert adpo._most_robust({"adpo_dpo": (0.5, 0.80), "adpo_kto": (0.5, 0.85), "adpo_ipo": (0.4, 0.99)}) == "adpo_kto"
+    tied = {"adpo_dpo": (0.5, 0.80), "adpo_kto": (0.5, 0.85), "adpo_ipo": (0.4, 0.99)}
+    assert adpo_targets.most_robust(tied) == "adpo_kto"
     with pytest.raises(ValueError, match="select.seed 4344 is also confirm.seed"):
         adpo.run_adpo_experiment(tmp_path / "run", quick=True, overrides={"select": {"seed": 4344}})
     assert not (tmp_path / "run").exists()  # refused before anything is written
+    # without validation questions the table picks: DPO, not KTO
     settings = adpo.merged_settings(adpo.QUICK, {"select": {"questions": 0}})
     assert adpo.select_best_adpo(methods, settings, 0, None) == {"best": "adpo_dpo", "on": "table", "questions": None,
                                                                  "seed": None, "scores": {}}
@@ -138,13 +138,13 @@ def test_partial_runs_merge_settings_and_score_targets_without_transfer():
     row = lambda clean, robust, seconds: {"clean": clean, "robust": {"4/255": robust}, "step_seconds": seconds}  # noqa: E731
     methods = {"original": row(0.9, 0.05, None), "fare": row(0.8, 0.30, 2.0),
                "adpo_dpo": {**row(0.85, 0.40, 1.0), "precompute_seconds": 20.0}, "adpo_ipo": row(0.9, 0.35, 1.0)}
-    targets = adpo._targets(methods, {}, steps=10)
-    assert targets["best_adpo"] == "adpo_dpo" and targets["met_robust_and_clean"]
+    targets = adpo_targets.targets(methods, {}, 10, "adpo_dpo")
+    assert targets["best_adpo"] == "adpo_dpo" and targets["selected_on"] == "table" and targets["met_robust_and_clean"]
     assert abs(targets["robust_vs_fare"] - 0.10) < 1e-12 and abs(targets["clean_vs_fare"] - 0.05) < 1e-12
     assert targets["transfer_retention"] is None
     assert targets["step_cost_vs_fare"] == 0.5 and targets["step_cost_vs_fare_amortized"] == (1.0 + 2.0) / 2.0
     transfer = {"original": row(0.9, 0.05, None), "adpo_dpo": row(0.8, 0.32, 1.0)}
-    assert abs(adpo._targets(methods, transfer, 10)["transfer_retention"] - 0.27 / 0.35) < 1e-12
+    assert abs(adpo_targets.targets(methods, transfer, 10, "adpo_dpo")["transfer_retention"] - 0.27 / 0.35) < 1e-12
 
 
 def test_the_target_is_decided_on_the_confirmation_questions_when_the_run_has_them():
@@ -153,7 +153,7 @@ def test_the_target_is_decided_on_the_confirmation_questions_when_the_run_has_th
     # on the table AdPO leads by 10 points; on the 4 confirmation questions by 1/4 robust and 0 clean
     confirm = {"adpo_dpo": {"n": 4, "clean_scores": [1, 1, 1, 0], "robust_scores": [1, 1, 0, 0]},
                "fare": {"n": 4, "clean_scores": [1, 1, 0, 1], "robust_scores": [1, 0, 0, 0]}}
-    targets = adpo._targets(methods, {}, 10, confirm)
+    targets = adpo_targets.targets(methods, {}, 10, "adpo_dpo", confirm)
     assert targets["decided_on"] == "confirmation" and targets["questions"] == 4
     assert targets["robust_vs_fare"] == 0.25 and targets["clean_vs_fare"] == 0.0
     # differences 0, 1, 0, 0: sample sd 1/2, standard error 1/4
@@ -161,7 +161,7 @@ def test_the_target_is_decided_on_the_confirmation_questions_when_the_run_has_th
     assert abs(targets["robust_vs_fare_table"] - 0.10) < 1e-12
     assert targets["met_robust_and_clean"]
     confirm["adpo_dpo"]["clean_scores"] = [1, 0, 0, 0]  # clean 2 questions (50 points) below FARE: not met
-    assert not adpo._targets(methods, {}, 10, confirm)["met_robust_and_clean"]
+    assert not adpo_targets.targets(methods, {}, 10, "adpo_dpo", confirm)["met_robust_and_clean"]
 
 
 def test_rows_spread_over_two_worker_processes_give_the_same_numbers(quick_run, tmp_path):

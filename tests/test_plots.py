@@ -37,14 +37,14 @@ def overlaps(a, b) -> bool:
 
 
 def test_table1_legend_hides_no_bar(captured, tmp_path, tiny_mini_clip):
-    from vlalign.experiments import typographic
+    from vlalign.experiments import typographic_report as typographic
 
     figures = captured(typographic, "save_figure")
     methods = {m: {"clean": 0.93, "typographic": 0.2 + 0.05 * i, "clean_heldout": 0.9, "typographic_heldout": 0.15,
                    "nonreading": 0.45} for i, m in enumerate(typographic.ROW_ORDER)}
     control = {"t": [0.0, 1.0], "clean": [0.9, 0.9], "typographic": [0.2, 0.3], "written_label_rate": [0.7, 0.6]}
     beta = {"beta": [0.1, 1.0], "kl_clean": [0.2, 0.1]}
-    typographic._plots(methods, control, beta, HeadedCLIP(tiny_mini_clip, LinearHead(16)), tmp_path)
+    typographic.write_plots(methods, control, beta, HeadedCLIP(tiny_mini_clip, LinearHead(16)), tmp_path)
     fig = figures["table1.png"]
     ax = fig.axes[0]
     renderer = fig.canvas.get_renderer()

@@ -6,7 +6,8 @@ import pytest
 
 from benchmarks.typographic_linear import run_linear_rows
 from benchmarks.typographic_variant import run_variant
-from vlalign.experiments.typographic import MONOTONE_TOLERANCE, ROW_ORDER, run_typographic_experiment
+from vlalign.experiments.typographic import run_typographic_experiment
+from vlalign.experiments.typographic_report import MONOTONE_TOLERANCE, ROW_ORDER
 
 
 def test_quick_typographic_experiment_writes_table1(tmp_path):
@@ -71,7 +72,7 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
 def test_summary_figures_on_the_measured_table():
     """Hand-worked on the 2026-12-06 run: IPO has the most typographic accuracy but loses 2.5 clean points, so the
     best PO method is DPO; it closes (0.778 − 0.402) / (0.950 − 0.402) = 68.6% of the gap."""
-    from vlalign.experiments.typographic import best_po_method, gap_closed, monotone_on
+    from vlalign.experiments.typographic_report import best_po_method, gap_closed, monotone_on
 
     methods = {"pretrained": {"clean": 0.950, "typographic": 0.402, "clean_heldout": 0.935, "typographic_heldout": 0.252},
                "dpo": {"clean": 0.955, "typographic": 0.778, "clean_heldout": 0.917, "typographic_heldout": 0.628},

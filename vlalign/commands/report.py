@@ -21,7 +21,7 @@ BUILDERS: dict[str, str] = {
     "experiment-advlora": "vlalign.experiments.advlora_report:report_from_run",
     "experiment-advlora-select": "vlalign.experiments.advlora_report:selection_report_from_run",
     "experiment-adpo": "vlalign.experiments.adpo_report:report_from_run",
-    "experiment-typographic": "vlalign.experiments.typographic:report_from_run",
+    "experiment-typographic": "vlalign.experiments.typographic_report:report_from_run",
     "demo": "vlalign.experiments.demo:report_from_run",
     "experiment-attribute": "vlalign.experiments.attribute.run:report_from_run",
     "probe": "vlalign.reporting.probe:report_from_run",

@@ -45,9 +45,9 @@ import torch
 from vlalign.data.datasets import TensorImageDataset
 from vlalign.data.mini_world import MiniWorld, vocabulary
 from vlalign.data.vqa import MiniCaptions, MiniVQA, vlm_vocabulary
-from vlalign.evaluation.uncertainty import paired_difference
 from vlalign.experiments.adpo_eval import EvalSet, Questions, confirm_scores, evaluate_row
 from vlalign.experiments.adpo_report import report_from_run, results_table
+from vlalign.experiments.adpo_targets import CONFIRM_EPS, check_question_seeds, most_robust, targets
 from vlalign.processes import run_in_workers
 from vlalign.io import atomic_write_json, save_tensors
 from vlalign.models.checkpoint import load_state_checked, load_tensors
@@ -74,8 +74,6 @@ ADPO_ROWS: dict[str, dict[str, Any]] = {
     # the paper's description taken literally: x_adv (the embedding attack) and y_l once, on the frozen reference
     "adpo_dpo_reference": {"loss": "dpo", "attack_on": "reference", "attack_objective": "embedding"},
 }
-#: The ε of the issue's robustness target, the one the confirmation re-scores.
-CONFIRM_EPS = "4/255"
 #: Each trained row's image tower, saved in its run folder (the confirmation reloads it).
 ENCODER_FILE = "encoder.safetensors"
 
@@ -318,7 +316,7 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     the transfer rows, ``confirm.questions: 0`` the target check, ``select.questions: 0`` picks the best AdPO row
     on the table)."""
     settings = merged_settings(QUICK if quick else FULL, overrides or {})
-    _check_question_seeds(settings)
+    check_question_seeds(settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -338,7 +336,8 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     confirm = _confirm(selection["best"], settings, seed, out, progress)
     seconds["confirm"] = time.perf_counter() - confirmed_at
     metrics = {"methods": methods, "transfer": transfer, "selection": selection, "confirm": confirm,
-               "targets": _targets(methods, transfer, settings["train"]["steps"], confirm, selection),
+               "targets": targets(methods, transfer, settings["train"]["steps"], selection["best"], confirm,
+                                  selection["on"]),
                "settings": {**settings, "quick": quick, "seed": seed, "rows": chosen,
                             "adpo": {r: ADPO_ROWS[r] for r in ADPO_ROWS if r in chosen},
                             # the loop settings every row shares (each family's rate is in "lr")
@@ -353,15 +352,6 @@ def run_adpo_experiment(out: str | Path, quick: bool = False, seed: int = 0, pro
     return metrics
 
 
-def _check_question_seeds(settings: dict) -> None:
-    """The validation questions that pick the best row must be neither the table's nor the check's."""
-    used = {"eval.seed": settings["eval"]["seed"], "confirm.seed": settings["confirm"]["seed"]}
-    if settings["select"]["questions"] > 0 and settings["select"]["seed"] in used.values():
-        clash = [name for name, value in used.items() if value == settings["select"]["seed"]]
-        raise ValueError(f"select.seed {settings['select']['seed']} is also {' and '.join(clash)}: the questions "
-                         "that pick the best AdPO row must be other questions than the table's and the check's")
-
-
 def _confirm(best: str | None, settings: dict, seed: int, out: Path, progress: bool) -> dict[str, dict]:
     """:func:`confirm_row` of the best AdPO row and FARE, side by side in two workers (none without an AdPO row or
     with ``confirm.questions`` 0)."""
@@ -373,79 +363,24 @@ def _confirm(best: str | None, settings: dict, seed: int, out: Path, progress: b
     return {row: done[row] for row in rows}
 
 
-def _adpo_rows(methods: dict) -> list[str]:
-    return [r for r in ADPO_ROWS if r in methods]
-
-
-def _most_robust(scores: dict[str, tuple[float, float]]) -> str | None:
-    """The row whose (robust accuracy, clean accuracy) is highest: robust first, ties by clean, then the first."""
-    return max(scores, key=lambda row: scores[row]) if scores else None
-
-
-def _best_adpo(methods: dict) -> str | None:
-    """The table's best AdPO row (its APGD 4/255 accuracy, then clean)."""
-    return _most_robust({r: (methods[r]["robust"][CONFIRM_EPS], methods[r]["clean"]) for r in _adpo_rows(methods)})
-
-
 def select_best_adpo(methods: dict, settings: dict, seed: int, out: Path, progress: bool = False) -> dict:
     """Pick the best of the run's AdPO rows on the validation questions ``settings["select"]``: each row's saved
     encoder scored as :func:`confirm_row` scores (clean exact match, APGD-CE at 4/255 on every clean-correct
     question), the highest robust accuracy winning, ties by clean. With ``select.questions`` 0 the pick is made on
     the table's questions (the rows' ``robust["4/255"]``, then ``clean``). Returns ``{"best", "on", "questions",
     "seed", "scores": {row: {"clean", "robust", "n"}}}`` (``best`` None without an AdPO row)."""
-    trained = _adpo_rows(methods)
+    trained = [r for r in ADPO_ROWS if r in methods]
     spec = settings["select"]
     if not trained or spec["questions"] < 1:
-        return {"best": _best_adpo(methods), "on": "table", "questions": None, "seed": None, "scores": {}}
+        table = {r: (methods[r]["robust"][CONFIRM_EPS], methods[r]["clean"]) for r in trained}
+        return {"best": most_robust(table), "on": "table", "questions": None, "seed": None, "scores": {}}
     validation = merged_settings(settings, {"confirm": spec})
     done = run_in_workers(confirm_row, trained, (validation, seed, out), min(settings["workers"], len(trained)),
                           "best AdPO row on validation questions", progress)
     scores = {row: {"clean": done[row]["clean"], "robust": done[row]["robust"][CONFIRM_EPS], "n": done[row]["n"]}
               for row in trained}
-    best = _most_robust({r: (scores[r]["robust"], scores[r]["clean"]) for r in trained})
+    best = most_robust({r: (scores[r]["robust"], scores[r]["clean"]) for r in trained})
     return {"best": best, "on": "validation", "questions": spec["questions"], "seed": spec["seed"], "scores": scores}
-
-
-def _targets(methods: dict, transfer: dict, steps: int, confirm: dict | None = None,
-             selection: dict | None = None) -> dict:
-    """The issue's targets, measured for the ``selection``'s best AdPO row (:func:`select_best_adpo`; without one,
-    the table's best): AdPO vs FARE (on the confirmation questions when the run has them, paired, else on the
-    table), transfer retention, step cost."""
-    best = selection["best"] if selection else _best_adpo(methods)
-    if best is None:
-        return {"best_adpo": None}
-    fare = methods["fare"]
-    gain = methods[best]["robust"]["4/255"] - methods["original"]["robust"]["4/255"]
-    transferred_gain = (transfer[best]["robust"]["4/255"] - transfer["original"]["robust"]["4/255"]
-                        if best in transfer else None)
-    ratio = amortized = None
-    if methods[best]["step_seconds"] and fare["step_seconds"]:
-        ratio = methods[best]["step_seconds"] / fare["step_seconds"]
-        steps = max(1, steps)
-        precompute = max((methods[r].get("precompute_seconds") or 0.0) for r in _adpo_rows(methods))
-        amortized = (methods[best]["step_seconds"] + precompute / steps) / fare["step_seconds"]
-    table = {"robust_vs_fare_table": methods[best]["robust"]["4/255"] - fare["robust"]["4/255"],
-             "clean_vs_fare_table": methods[best]["clean"] - fare["clean"]}
-    if confirm and best in confirm and "fare" in confirm:
-        robust, robust_se = paired_difference(confirm[best]["robust_scores"], confirm["fare"]["robust_scores"])
-        clean, clean_se = paired_difference(confirm[best]["clean_scores"], confirm["fare"]["clean_scores"])
-        decided = {"decided_on": "confirmation", "questions": confirm[best]["n"], "robust_vs_fare": robust,
-                   "robust_vs_fare_se": robust_se, "clean_vs_fare": clean, "clean_vs_fare_se": clean_se}
-    else:
-        decided = {"decided_on": "table", "robust_vs_fare": table["robust_vs_fare_table"],
-                   "clean_vs_fare": table["clean_vs_fare_table"]}
-    return {
-        "best_adpo": best,
-        "selected_on": selection["on"] if selection else "table",
-        **decided,
-        **table,
-        # a hair of slack: 0.522 − 0.492 is not exactly 0.03 in floating point
-        "met_robust_and_clean": decided["robust_vs_fare"] >= 0.03 - 1e-9 and decided["clean_vs_fare"] >= -0.01 - 1e-9,
-        "transfer_retention": transferred_gain / gain if gain > 0 and transferred_gain is not None else None,
-        "step_cost_vs_fare": ratio,
-        #: with the one-off pair precomputation spread over the run's steps
-        "step_cost_vs_fare_amortized": amortized,
-    }
 
 
 def _command(quick: bool, seed: int, rows=None, overrides=None) -> str:
