@@ -222,6 +222,54 @@ def test_conv_stem_targets_cluster_init_merge_and_export(base, tmp_path):
     assert max_diff(outputs(restored), adapted) <= 1e-5
 
 
+@pytest.mark.parametrize("cluster_init", [True, False])
+def test_rank_pattern_gives_each_layer_its_rank_through_init_merge_and_export(base, tmp_path, cluster_init):
+    """Per-layer ranks (peft's rank_pattern): each layer's factors have its rank, the parameter count is the sum of
+    the layers' LoRA costs, the clustering init clusters into that many centres, and merged and peft-exported
+    models (mixed ranks) equal the adapted one."""
+    from vlalign.models.adapters.rank_profile import lora_parameter_count
+
+    model = copy.deepcopy(base)
+    spec = AdapterSpec(rank=2, rank_pattern={"stem.3": 5, "blocks.0.attn.proj": 1}, image_targets=["stem.0", "stem.3",
+                       "attn.proj"], cluster_init=cluster_init, adaptive_alpha=cluster_init)
+    adapter = apply_advlora(model, spec)
+    ranks = {r.path: r.layer.lora_A["default"].weight.shape[0] for r in adapter.layers}
+    expected = {"visual.stem.0": 2, "visual.stem.3": 5, "visual.blocks.0.attn.proj": 1}
+    expected.update({f"visual.blocks.{i}.attn.proj": 2 for i in range(1, len(model.visual.blocks))})
+    assert ranks == expected
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name and not name.endswith(".alpha"))
+    assert lora == sum(lora_parameter_count(base.get_submodule(path).weight.shape, r) for path, r in ranks.items())
+    assert max_diff(outputs(model), outputs(base)) <= 1e-5
+    if cluster_init:
+        record = next(r for r in adapter.layers if r.path == "visual.stem.3")
+        original = base.get_submodule(record.path).weight.detach()
+        centres, labels = kmeans(original.flatten(1), 5, seed=1_000_003 * spec.seed + 1)
+        torch.testing.assert_close(adapter.initial_delta(record), centres[labels].view_as(original), atol=1e-6, rtol=0)
+    perturb_adapters(model)
+    adapted = outputs(model)
+    adapter.save_peft(tmp_path / "adapter")
+    save_model(adapter.merge(), tmp_path / "merged")
+    assert max_diff(outputs(load_model(tmp_path / "merged")), adapted) <= 1e-5
+    assert max_diff(outputs(load_peft_adapter(copy.deepcopy(base), tmp_path / "adapter")), adapted) <= 1e-5
+
+
+def test_rank_pattern_errors_name_the_problem(base):
+    from vlalign.models.adapters.advlora import layer_ranks
+
+    paths = ["visual.stem.0", "visual.stem.3", "visual.stem.12"]
+    assert layer_ranks(paths, AdapterSpec(rank=2, rank_pattern={"stem.3": 4})) == {
+        "visual.stem.0": 2, "visual.stem.3": 4, "visual.stem.12": 2}
+    with pytest.raises(ValueError, match=r"\['stem.9'\] match no adapted layer"):
+        layer_ranks(paths, AdapterSpec(rank=2, rank_pattern={"stem.9": 4}))
+    with pytest.raises(ValueError, match="more than one rank_pattern name"):
+        layer_ranks(paths, AdapterSpec(rank=2, rank_pattern={"stem.0": 4, "visual.stem.0": 3}))
+    with pytest.raises(ValueError, match="rank_pattern"):
+        AdapterSpec(rank=2, rank_pattern={"stem.0": 0})
+    rows = base.visual.stem[0].weight.shape[0]
+    with pytest.raises(ValueError, match=f"rank <= the layer's {rows} output units"):
+        apply_advlora(copy.deepcopy(base), AdapterSpec(rank=2, rank_pattern={"stem.0": rows + 1}, image_targets=["stem.0"]))
+
+
 # --- transformers backends ----------------------------------------------------------------------------------
 
 transformers = pytest.importorskip("transformers")

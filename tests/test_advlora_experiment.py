@@ -11,7 +11,7 @@ import torch
 
 from vlalign.data.retrieval_world import RetrievalWorld, retrieval_vocabulary, write_misleading_words
 from vlalign.data.scene_captions import longest_caption_words
-from vlalign.experiments import advlora
+from vlalign.experiments import advlora, advlora_select
 from vlalign.models.loading import load_model, save_model
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 
@@ -184,6 +184,18 @@ def test_only_the_advlora_rows_take_the_experiments_alpha_rate():
     assert scales == {row: 0.01 if fields["trainable"] == "advlora" else 1.0 for row, fields in advlora.ROWS.items()}
 
 
+def test_placement_settings_reach_the_rows_they_are_for():
+    config = advlora.AdvLoRAExperiment(full_parameters=["stem.0."], rank_pattern={"stem.0": 16})
+    for row, fields in advlora.ROWS.items():
+        made = advlora.row_config(row, config)
+        full = fields["trainable"] == "full"
+        assert made.full_parameters == (["stem.0."] if full else None)
+        assert made.image_targets == (None if full else list(advlora.STEM_CONVS))
+        assert made.rank_pattern == ({} if full else {"stem.0": 16})
+    # The rank sweep's rows are uniform in rank.
+    assert advlora.row_config("advlora", config, rank=2).rank_pattern == {}
+
+
 def test_the_rank_sweep_always_holds_the_rows_own_rank():
     assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=5, ranks=[16, 1, 4])) == [1, 4, 5, 16]
     assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=4, ranks=[1, 4])) == [1, 4]
@@ -202,7 +214,7 @@ def test_selection_uses_val_and_picks_each_familys_best_val_recall(tmp_path, mon
     folder = tmp_path / "tiny"
     save_model(tiny_model(), folder)
     monkeypatch.setattr(advlora, "QUICK", {**advlora.QUICK, "model": str(folder)})
-    metrics = advlora.run_advlora_selection(tmp_path / "select", quick=True)
+    metrics = advlora_select.run_advlora_selection(tmp_path / "select", quick=True)
     assert set(metrics["grid"]) == {"advlora", "lora_clean"}
     assert set(metrics["grid"]["advlora"]) == set(metrics["grid"]["lora_clean"]) == {"0.001", "0.003"}
 

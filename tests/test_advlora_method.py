@@ -181,10 +181,30 @@ def test_finish_merges_into_a_plain_model_and_keeps_the_peft_adapter(model, data
     (dict(rank=0), "rank"), (dict(eps="3/0"), "eps"), (dict(eps="2"), "eps"), (dict(attack_steps=0), "attack_steps"),
     (dict(alignment_weight=-1.0), "alignment_weight"), (dict(alpha_init=0.0), "alpha_init"),
     (dict(clean_weight=-0.1), "clean_weight"), (dict(trainable="lora", train_text=True), "train_text"),
+    (dict(trainable="lora", full_parameters=["stem.0."]), "full_parameters"),
+    (dict(trainable="full", full_parameters=[]), "full_parameters"),
+    (dict(rank_pattern={"stem.0": 0}), r"rank_pattern\[stem.0\]"),
 ])
 def test_config_errors_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdvLoRAConfig(**kwargs)
+
+
+def test_full_parameters_trains_only_the_named_part_of_the_image_tower(model, data):
+    m = method(model, data, trainable="full", full_parameters=["stem.0.", "stem.1."])
+    trainable = {name for name, p in m.model.named_parameters() if p.requires_grad}
+    tower = m.model.image_encoder
+    expected = {name for name, p in m.model.named_parameters()
+                if any(p is q for n, q in tower.named_parameters() if n.startswith(("stem.0.", "stem.1.")))}
+    assert trainable == expected and len(expected) == 4  # conv weight and bias, GroupNorm weight and bias
+    before = {name: p.detach().clone() for name, p in m.model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in m.model.parameters() if p.requires_grad], lr=0.1)
+    m(batch_of(data, [0, 1, 2, 3]))["loss"].backward()
+    optimizer.step()
+    moved = {name for name, p in m.model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and moved <= expected
+    with pytest.raises(ValueError, match=r"\['stem\.99\.'\] match no image-tower parameter"):
+        AdvLoRAMethod(model, data, AdvLoRAConfig(trainable="full", full_parameters=["stem.0.", "stem.99."]))
 
 
 def test_config_loads_from_yaml_with_checks(tmp_path):
@@ -194,6 +214,13 @@ def test_config_loads_from_yaml_with_checks(tmp_path):
     path.write_text("trainable: lora\nrank: 4\neps: 4/255\nadversarial: true\n")
     config = load_config(path, AdvLoRAConfig)
     assert (config.rank, config.cluster_init, config.alignment_weight) == (4, False, 0.0)
+    path.write_text("trainable: full\nfull_parameters: [stem.0., stem.1.]\n")
+    assert load_config(path, AdvLoRAConfig).full_parameters == ["stem.0.", "stem.1."]
+    path.write_text("trainable: lora\nrank_pattern: {stem.0: 16}\n")
+    assert load_config(path, AdvLoRAConfig).adapter_spec().rank_pattern == {"stem.0": 16}
+    path.write_text("trainable: lora\nrank_pattern: {stem.0: 2.5}\n")
+    with pytest.raises(ConfigError, match="rank_pattern.stem.0: expected an integer"):
+        load_config(path, AdvLoRAConfig)
     path.write_text("trainable: lora\nranks: 4\n")
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(path, AdvLoRAConfig)

@@ -289,3 +289,28 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert typographic_variant.variant_config("ipo", {"lam": 3.0}).effective_beta == 0.01  # the experiment's β stays
+
+
+def test_rank_profile_prints_and_writes_each_changed_matrix(monkeypatch, tmp_path, capsys, tiny_mini_clip):
+    import copy
+
+    from benchmarks import rank_profile
+    from vlalign.models.loading import save_model
+
+    tuned = copy.deepcopy(tiny_mini_clip)
+    with torch.no_grad():
+        tuned.visual.stem[3].weight.mul_(1.5)  # a change proportional to W₀: its rank is W₀'s
+    save_model(tiny_mini_clip, tmp_path / "base")
+    save_model(tuned, tmp_path / "tuned")
+    out = tmp_path / "profile.json"
+    monkeypatch.setattr("sys.argv", ["rank_profile", str(tmp_path / "base"), str(tmp_path / "tuned"),
+                                     "--ranks", "1,8", "--prefix", "visual.", "--out", str(out)])
+    rank_profile.main()
+    assert "visual.stem.3.weight" in capsys.readouterr().out
+    (layer,) = json.loads(out.read_text())["layers"]
+    assert layer["name"] == "visual.stem.3.weight" and layer["relative_change"] == pytest.approx(0.5, rel=1e-5)
+    assert layer["captured"]["8"] == pytest.approx(1.0)  # 8 output filters: rank <= 8
+    monkeypatch.setattr("sys.argv", ["rank_profile", str(tmp_path / "base"), str(tmp_path / "tuned"), "--ranks", "0"])
+    with pytest.raises(SystemExit):
+        rank_profile.main()
+    assert "--ranks must be integers >= 1" in capsys.readouterr().err

@@ -20,7 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "attribute": "vlalign.experiments.attribute:run_attribute_experiment",
     "robust": "vlalign.experiments.robust:run_robust_experiment",
     "advlora": "vlalign.experiments.advlora:run_advlora_experiment",
-    "advlora-select": "vlalign.experiments.advlora:run_advlora_selection",
+    "advlora-select": "vlalign.experiments.advlora_select:run_advlora_selection",
     "adpo": "vlalign.experiments.adpo:run_adpo_experiment",
 }
 MULTI_SEED: dict[str, str] = {

@@ -25,9 +25,9 @@ written word (:func:`vlalign.data.retrieval_world.write_misleading_words`) plus 
 question 3).
 
 Hyper-parameters (a learning rate per family: what is trained, and whether on clean or adversarial images) were
-chosen on the **val** split by ``vlalign experiment advlora-select`` (a clean family by its val clean mR, an
-adversarial one by its val mR under PGD-10), never on the test gallery; the chosen values are the defaults of
-:class:`AdvLoRAExperiment` below and the measured grid is in the README.
+chosen on the **val** split by ``vlalign experiment advlora-select`` (:mod:`vlalign.experiments.advlora_select`; a
+clean family by its val clean mR, an adversarial one by its val mR under PGD-10), never on the test gallery; the
+chosen values are the defaults of :class:`AdvLoRAExperiment` below and the measured grid is in the README.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.data.retrieval_world import RetrievalWorld, write_misleading_words
 from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retrieval, recall_of_pixels, robust_retrieval
 from vlalign.experiments.advlora_report import (CONDITIONS, command_line, main_table, masking_warnings,
-                                                 report_markdown, selection_report_markdown, targets, write_plots)
+                                                 report_markdown, targets, write_plots)
 from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.loading import load_model, save_model
@@ -116,6 +116,8 @@ class AdvLoRAExperiment:
     attack_batch: int = option(100, "images attacked at once in the evaluation")
     rank: int = option(5, "LoRA rank of the LoRA and AdvLoRA rows (the highest within 5% of the image tower's "
                           "parameters with the default placement)")
+    rank_pattern: dict[str, int] = option(help="per-layer ranks of the LoRA rows (not the sweep) overriding rank, "
+                                                "e.g. {stem.0: 16}", factory=dict)
     image_targets: list[str] | None = option(help="nn.Linear / nn.Conv2d layers of the image tower the LoRA rows "
                                                   "adapt (null: the backend's default, the attention projections)",
                                              factory=lambda: list(STEM_CONVS))
@@ -131,6 +133,7 @@ class AdvLoRAExperiment:
                                                               "lora_clean": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2],
                                                               "lora": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2],
                                                               "advlora": [1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2]})
+    full_parameters: list[str] | None = option(None, "image-tower parameter prefixes the full rows train (null: all)")
     alignment_weight: float = option(0.1, "λ of AdvLoRA's parameter-alignment penalty")
     alpha_lr_scale: float = option(0.0025, "AdvLoRA's α's learning rate as a multiple of its row's, chosen on val")
     compound_seed: int = option(5, "seed of the misleading words of the compound attack")
@@ -180,8 +183,10 @@ def row_config(row: str, config: AdvLoRAExperiment, rank: int | None = None) -> 
     if fields["trainable"] == "advlora":
         fields.setdefault("alignment_weight", config.alignment_weight)
         fields.setdefault("alpha_lr_scale", config.alpha_lr_scale)
-    if fields["trainable"] != "full":
-        fields["image_targets"] = config.image_targets
+    placement = "full_parameters" if fields["trainable"] == "full" else "image_targets"  # what the row trains
+    fields[placement] = getattr(config, placement)
+    if fields["trainable"] != "full" and rank is None:
+        fields["rank_pattern"] = config.rank_pattern
     return AdvLoRAConfig(rank=config.rank if rank is None else rank, eps=config.eps,
                          attack_steps=config.train_attack_steps, seed=config.train.seed, **fields)
 
@@ -286,7 +291,8 @@ def _job(job: tuple) -> tuple[str, dict[str, Any]]:
     return name, facts
 
 
-def _run_jobs(jobs: list[tuple], shared: dict[str, Any], workers: int) -> dict[str, dict[str, Any]]:
+def run_jobs(jobs: list[tuple], shared: dict[str, Any], workers: int) -> dict[str, dict[str, Any]]:
+    """Run :func:`_job` over ``jobs`` in ``workers`` processes that share ``shared`` (config, sets, out); by name."""
     done = run_in_workers(_job, jobs, (), workers, "AdvLoRA jobs", initializer=_init_worker, initargs=(shared,))
     return dict(done.values())
 
@@ -303,11 +309,10 @@ def _row_metrics(facts: dict[str, Any]) -> dict[str, Any]:
             "lr": facts["lr"], "rank": facts["rank"]}
 
 
-def _set_up(out: str | Path, quick: bool, seed: int, workers: int | None,
+def set_up_run(out: str | Path, quick: bool, seed: int, workers: int | None,
             splits: tuple[str, ...]) -> tuple[Path, AdvLoRAExperiment, int, dict[str, RetrievalSet]]:
     """The output folder (created), the experiment's config, the number of workers and the rendered ``splits``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     config = experiment_config(quick, seed)
     workers = default_workers(quick) if workers is None else workers
     check_range("workers", workers, 1)
@@ -318,7 +323,7 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
     """Train and evaluate the eight rows, the rank sweep and the compound attack; write ``metrics.json``, the
     plots and the report into ``out``. Returns the metrics (recalls as fractions)."""
     began = time.perf_counter()
-    out, config, workers, sets = _set_up(out, quick, seed, workers, ("train", "test"))
+    out, config, workers, sets = set_up_run(out, quick, seed, workers, ("train", "test"))
     rendered = time.perf_counter() - began
     # Longest first, so that two workers finish together: adversarial rows, then the sweep, then clean rows.
     order = ["full_adversarial", "advlora", "advlora_no_cluster_init", "advlora_no_alignment",
@@ -326,7 +331,7 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
     jobs: list[tuple] = [("pretrained", "pretrained")] + [("row", r) for r in order]
     jobs += [("sweep", "advlora", r) for r in sweep_ranks(config) if r != config.rank]
     jobs += [("row", "full_clean"), ("row", "lora_clean")]
-    results = _run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
+    results = run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
 
     pretrained = results.pop("pretrained")
     transfer_pixels = pretrained.pop("transfer_pixels")
@@ -365,36 +370,4 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
     write_report(out, "experiment-advlora", report_markdown(metrics), run_info(command=command_line("advlora", quick, seed),
                                                                         seconds=total))
     print(main_table(metrics))
-    return metrics
-
-
-# ------------------------------------------------------------------------------------------ val selection
-def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
-    """Choose each family's learning rate on the **val** split: train one row of each family (:data:`SELECTION_ROWS`)
-    at every rate of ``lr_grid`` and keep the one with the highest val mR of :func:`selection_metric` (clean mR for
-    clean training, mR under PGD-10 for adversarial training; ties: the lower rate). Writes ``metrics.json`` and a
-    report; the test gallery is never touched."""
-    began = time.perf_counter()
-    out, config, workers, sets = _set_up(out, quick, seed, workers, ("train", "val"))
-    # A family with a single rate has nothing to choose: it is not trained here.
-    rows = [row for row in SELECTION_ROWS if len(config.lr_grid[family(row)]) > 1]
-    jobs = [("select", row, None, lr) for row in rows for lr in config.lr_grid[family(row)]]
-    results = _run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
-    grid: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        grid[family(row)] = {f"{lr:g}": {"clean": results[f"{row}_lr{lr:g}"]["clean"], "pgd": results[f"{row}_lr{lr:g}"]["pgd"],
-                                         "seconds": results[f"{row}_lr{lr:g}"]["train_seconds"]}
-                             for lr in config.lr_grid[family(row)]}
-    chosen = {family(row): min(grid[family(row)], key=lambda lr: (-grid[family(row)][lr][selection_metric(row)]["mR"],
-                                                                   float(lr)))
-              for row in rows}
-    chosen.update({family(row): f"{config.lr_grid[family(row)][0]:g}" for row in SELECTION_ROWS if row not in rows})
-    metrics = {"grid": grid, "chosen": {fam: float(lr) for fam, lr in chosen.items()},
-               "criterion": {family(row): selection_metric(row) for row in SELECTION_ROWS},
-               "settings": {"quick": quick, "seed": seed, "workers": workers, **config_to_dict(config),
-                            "seconds": time.perf_counter() - began}}
-    atomic_write_json(out / "metrics.json", metrics)
-    write_report(out, "experiment-advlora-select", selection_report_markdown(metrics),
-                 run_info(command=command_line("advlora-select", quick, seed), seconds=time.perf_counter() - began))
-    print(selection_report_markdown(metrics))
     return metrics

@@ -32,11 +32,17 @@ paper's row-vector notation this is Y = XW₀ + α·XAB.
    ``alpha_init``), a ``torch.nn.utils.parametrize`` parametrization on ``lora_B.weight`` (B_used = α·B), so
    peft's forward, ``get_delta_weight`` and ``merge`` all see it; :meth:`AdvLoRAAdapter.fold_alphas` bakes it
    into B before saving. Without it, α ≡ 1 and the product is peft's plain s·B A.
+
+Ranks may differ per layer (``rank_pattern``, peft's): each layer's k-means then has that layer's rank as k.
+With clustering init the change of the effective weight from W₀ is ``ΔW − ΔW_init`` = s·α·B A − M C, of rank up
+to 2r for the parameters of a rank-r LoRA (so the exported peft adapter has rank 2r); peft's zero-initialized
+LoRA changes W₀ by a product of rank at most r.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -60,6 +66,8 @@ class AdapterSpec:
 
     #: LoRA rank r (= k-means clusters per layer).
     rank: int = 8
+    #: Per-layer ranks overriding ``rank``: target name (matched as the targets are) -> rank, e.g. {"stem.0": 16}.
+    rank_pattern: dict[str, int] = field(default_factory=dict)
     #: peft's lora_alpha; None means r, i.e. a fixed scaling s = lora_alpha / r of 1.
     lora_alpha: float | None = None
     #: Leaf or dotted-suffix names of the nn.Linear layers to adapt in the image tower (peft's matching rule);
@@ -75,8 +83,9 @@ class AdapterSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.rank < 1 or any(not isinstance(r, int) or r < 1 for r in self.rank_pattern.values()):
+            raise ValueError(f"rank and every rank_pattern rank must be integers >= 1, got {self.rank} and "
+                             f"{self.rank_pattern}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not self.alpha_init > 0:
@@ -112,6 +121,24 @@ def resolve_targets(module: nn.Module, names: list[str]) -> list[str]:
     if not paths:
         raise ValueError(f"no nn.Linear or nn.Conv2d layer matches the LoRA targets {names}")
     return paths
+
+
+def layer_ranks(paths: list[str], spec: AdapterSpec) -> dict[str, int]:
+    """The rank of every adapted layer: ``spec.rank`` unless a ``spec.rank_pattern`` name matches its path (the
+    targets' rule: equal, or a dotted suffix). A pattern name that matches no layer, or a layer matched by two
+    names, is an error."""
+    matches = {name: [p for p in paths if p == name or p.endswith("." + name)] for name in spec.rank_pattern}
+    unmatched = [name for name, found in matches.items() if not found]
+    if unmatched:
+        raise ValueError(f"rank_pattern names {unmatched} match no adapted layer (adapted: {paths})")
+    ranks = {path: spec.rank for path in paths}
+    for path in paths:
+        names = [name for name, found in matches.items() if path in found]
+        if len(names) > 1:
+            raise ValueError(f"layer {path} is matched by more than one rank_pattern name: {names}")
+        if names:
+            ranks[path] = spec.rank_pattern[names[0]]
+    return ranks
 
 
 def alignment_penalty(delta: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -216,7 +243,7 @@ class AdvLoRAAdapter:
         (scaling 1). Keys are relative to the backend's own model (the transformers model inside an HF wrapper)
         with peft's "base_model.model." prefix, as ``PeftModel.save_pretrained`` writes them."""
         strip = "model." if hasattr(self.model, "model") and isinstance(self.model.model, nn.Module) else ""
-        tensors, paths, ranks = {}, [], set()
+        tensors, ranks = {}, {}
         for record in self.layers:
             lora_a = record.layer.lora_A["default"].weight.detach()
             lora_b = record.layer.lora_B["default"].weight.detach() * record.layer.scaling["default"]
@@ -226,11 +253,14 @@ class AdvLoRAAdapter:
             path = record.path.removeprefix(strip)
             tensors[f"{_PEFT_PREFIX}{path}.lora_A.weight"] = lora_a.contiguous()
             tensors[f"{_PEFT_PREFIX}{path}.lora_B.weight"] = lora_b.contiguous()
-            paths.append(path)
-            ranks.add(lora_a.shape[0])
-        rank = ranks.pop()
+            ranks[path] = lora_a.shape[0]
+        # Every layer at scaling 1 (lora_alpha = its rank); layers whose rank is not the most common one's are
+        # listed in rank_pattern / alpha_pattern, as exact paths (peft matches the keys as regular expressions).
+        rank = max(sorted(set(ranks.values())), key=list(ranks.values()).count) if ranks else 0
+        others = {re.escape(path): r for path, r in ranks.items() if r != rank}
         config = {"peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
-                  "target_modules": paths, "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True}
+                  "target_modules": list(ranks), "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
+                  "rank_pattern": others, "alpha_pattern": others}
         return config, tensors
 
     def save_peft(self, folder: str | Path) -> Path:
@@ -263,8 +293,11 @@ def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int) -> tuple[torch
     weight = base.weight.detach().flatten(1)
     if getattr(layer, "fan_in_fan_out", False):
         raise ValueError("clustering init expects nn.Linear weights [out, in] (fan_in_fan_out is not supported)")
-    centres, labels = kmeans(weight, spec.rank, seed=seed, iterations=spec.kmeans_iterations)
-    onehot = torch.nn.functional.one_hot(labels, spec.rank).to(weight.dtype)
+    rank = layer.r["default"]
+    if rank > weight.shape[0]:
+        raise ValueError(f"clustering init needs rank <= the layer's {weight.shape[0]} output units (rows), got {rank}")
+    centres, labels = kmeans(weight, rank, seed=seed, iterations=spec.kmeans_iterations)
+    onehot = torch.nn.functional.one_hot(labels, rank).to(weight.dtype)
     scale = layer.scaling["default"] * spec.alpha_init
     centre_norm = float(centres.norm())
     c = math.sqrt(math.sqrt(weight.shape[0]) / (centre_norm * scale)) if centre_norm > 0 else 1.0
@@ -293,8 +326,13 @@ def apply_advlora(model: ContrastiveModel, spec: AdapterSpec) -> AdvLoRAAdapter:
     # Paths are resolved inside each tower but injected from the model's root: a tower may be a view (an HF
     # wrapper's _Tower), and peft replacing a direct child of a view would leave the real model untouched.
     paths = [_named(model, tower.get_submodule(p)) for _, tower, names in towers for p in resolve_targets(tower, names)]
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else spec.rank,
-                        lora_dropout=0.0, target_modules=paths)
+    # Exact paths as peft's rank_pattern keys (it matches them as regular expressions); lora_alpha follows the rank,
+    # so that every layer keeps the scaling lora_alpha / r of the spec.
+    ranks = layer_ranks(paths, spec)
+    scaling = (spec.lora_alpha if spec.lora_alpha is not None else spec.rank) / spec.rank
+    config = LoraConfig(r=spec.rank, lora_alpha=scaling * spec.rank, lora_dropout=0.0, target_modules=paths,
+                        rank_pattern={re.escape(p): r for p, r in ranks.items() if r != spec.rank},
+                        alpha_pattern={re.escape(p): scaling * r for p, r in ranks.items() if r != spec.rank})
     # peft draws lora_A from the global generator: seed it, so a plain-LoRA run does not depend on what ran before.
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)

@@ -63,6 +63,8 @@ class AdvLoRAConfig:
     trainable: Literal["full", "lora", "advlora"] = option(
         "advlora", "what is trained: full (the image tower), lora (plain LoRA) or advlora")
     rank: int = option(8, "LoRA rank r, also the number of k-means clusters of the clustering init (1..1024)")
+    rank_pattern: dict[str, int] = option(help="per-layer ranks overriding rank, by target name (peft's "
+                                                "rank_pattern), e.g. {stem.0: 16}", factory=dict)
     lora_alpha: float | None = option(None, "peft's lora_alpha, a fixed scaling lora_alpha / r (null: r, scaling 1)")
     image_targets: list[str] | None = option(None, "nn.Linear / nn.Conv2d names to adapt in the image tower "
                                                    "(null: the backend's attention projections)")
@@ -70,6 +72,9 @@ class AdvLoRAConfig:
                                                  "frozen and its caption embeddings are cached; null: the backend's "
                                                  "default)", factory=list)
     train_text: bool = option(False, "in full mode, fine-tune the text tower too")
+    full_parameters: list[str] | None = option(None, "in full mode, train only the image-tower parameters whose "
+                                                     "names inside the tower start with one of these prefixes, e.g. "
+                                                     "[stem.0., stem.1.] (null: all of them)")
     cluster_init: bool | None = option(None, "AdvLoRA part 1, clustering-based initialization (null: on for "
                                              "advlora; must be off otherwise)")
     alignment_weight: float | None = option(None, "AdvLoRA part 2, weight λ of the parameter-alignment penalty "
@@ -102,6 +107,8 @@ class AdvLoRAConfig:
                              f"trainable={self.trainable!r} they must be off, got {self.cluster_init}, "
                              f"{self.adaptive_alpha}, {self.alignment_weight}")
         check_range("rank", self.rank, 1, 1024)
+        for name, rank in self.rank_pattern.items():
+            check_range(f"rank_pattern[{name}]", rank, 1, 1024)
         if self.lora_alpha is not None:
             check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
         check_range("alignment_weight", self.alignment_weight, 0)
@@ -113,15 +120,34 @@ class AdvLoRAConfig:
         check_range("attack_steps", self.attack_steps, 1, 100)
         check_range("clean_weight", self.clean_weight, 0)
         check_range("kmeans_iterations", self.kmeans_iterations, 1)
+        if self.full_parameters is not None and (self.trainable != "full" or not self.full_parameters):
+            raise ValueError(f"full_parameters must be a non-empty list of name prefixes and needs trainable='full', "
+                             f"got {self.full_parameters!r} with trainable={self.trainable!r}")
         if self.train_text and self.trainable != "full":
             raise ValueError("train_text applies to trainable='full'; LoRA modes adapt the text tower through text_targets")
 
     def adapter_spec(self) -> AdapterSpec:
         """The adapter placement and AdvLoRA parts of a LoRA-mode config."""
-        return AdapterSpec(rank=self.rank, lora_alpha=self.lora_alpha, image_targets=self.image_targets,
+        return AdapterSpec(rank=self.rank, rank_pattern=dict(self.rank_pattern), lora_alpha=self.lora_alpha, image_targets=self.image_targets,
                            text_targets=self.text_targets, cluster_init=bool(self.cluster_init),
                            adaptive_alpha=bool(self.adaptive_alpha), alpha_init=self.alpha_init,
                            kmeans_iterations=self.kmeans_iterations, seed=self.seed)
+
+
+def train_only(tower: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Freeze every parameter of ``tower`` whose name does not start with one of ``prefixes``; returns the names
+    left trainable. A prefix that matches no parameter is an error (a typo would otherwise train nothing)."""
+    names = [name for name, _ in tower.named_parameters()]
+    unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if unmatched:
+        raise ValueError(f"full_parameters: {unmatched} match no image-tower parameter; its names look like "
+                         f"{names[:4]}")
+    kept = []
+    for name, param in tower.named_parameters():
+        param.requires_grad_(param.requires_grad and name.startswith(tuple(prefixes)))
+        if param.requires_grad:
+            kept.append(name)
+    return kept
 
 
 def sample_captions(seed: int, step: int, indices: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
@@ -156,6 +182,8 @@ class AdvLoRAMethod(Method):
             for tower in towers:
                 for param in tower.parameters():
                     param.requires_grad_(True)
+            if config.full_parameters is not None:
+                train_only(self.model.image_encoder, config.full_parameters)
             self.text_trainable = config.train_text
         else:
             self.adapter = apply_advlora(self.model, config.adapter_spec())
