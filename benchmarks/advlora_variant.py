@@ -48,8 +48,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the loop and of the adapters' init")
     args = parser.parse_args()
     changes = json_object_argument(parser, args.settings, "settings")
+    row_fields = advlora.ROWS[args.row]
+    unused = {"full": ("rank", "rank_pattern", "image_targets", "alignment_weight", "alpha_lr_scale"),
+              "lora": ("full_parameters", "alignment_weight", "alpha_lr_scale"),
+              "advlora": ("full_parameters",)}[row_fields["trainable"]]
+    if set(changes) & set(unused):
+        parser.error(f"settings {sorted(set(changes) & set(unused))} do not apply to the row {args.row!r} "
+                     f"(trainable={row_fields['trainable']!r})")
     try:
         config = variant_config(changes, args.seed)
+        advlora.check_row(args.row, config, load_model(config.model))
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(1)

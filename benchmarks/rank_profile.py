@@ -43,7 +43,8 @@ def main() -> None:
     print(header)
     for change in changes:
         cells = "  ".join(f"{change.captured[r]:.2f} ({change.lora_params[r]:>5d})" for r in ranks)
-        print(f"{change.name:34s} {str(change.shape):>16s} {change.relative_change:9.3f}  {cells}")
+        relative = "—" if change.relative_change is None else f"{change.relative_change:.3f}"
+        print(f"{change.name:34s} {str(change.shape):>16s} {relative:>9s}  {cells}")
     if args.out:
         atomic_write_json(args.out, {"base": args.base, "tuned": args.tuned, "ranks": ranks,
                                      "layers": [asdict(change) for change in changes]})

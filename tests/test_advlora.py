@@ -222,17 +222,20 @@ def test_conv_stem_targets_cluster_init_merge_and_export(base, tmp_path):
     assert max_diff(outputs(restored), adapted) <= 1e-5
 
 
-@pytest.mark.parametrize("cluster_init", [True, False])
-def test_rank_pattern_gives_each_layer_its_rank_through_init_merge_and_export(base, tmp_path, cluster_init):
+@pytest.mark.parametrize("cluster_init, lora_alpha", [(True, None), (False, None), (True, 8.0), (False, 8.0)])
+def test_rank_pattern_gives_each_layer_its_rank_through_init_merge_and_export(base, tmp_path, cluster_init, lora_alpha):
     """Per-layer ranks (peft's rank_pattern): each layer's factors have its rank, the parameter count is the sum of
     the layers' LoRA costs, the clustering init clusters into that many centres, and merged and peft-exported
     models (mixed ranks) equal the adapted one."""
     from vlalign.models.adapters.rank_profile import lora_parameter_count
 
     model = copy.deepcopy(base)
-    spec = AdapterSpec(rank=2, rank_pattern={"stem.3": 5, "blocks.0.attn.proj": 1}, image_targets=["stem.0", "stem.3",
-                       "attn.proj"], cluster_init=cluster_init, adaptive_alpha=cluster_init)
+    spec = AdapterSpec(rank=2, rank_pattern={"stem.3": 5, "blocks.0.attn.proj": 1}, lora_alpha=lora_alpha,
+                       image_targets=["stem.0", "stem.3", "attn.proj"], cluster_init=cluster_init,
+                       adaptive_alpha=cluster_init)
     adapter = apply_advlora(model, spec)
+    # One scaling, lora_alpha / rank, on every layer, whatever its own rank.
+    assert {r.layer.scaling["default"] for r in adapter.layers} == {1.0 if lora_alpha is None else lora_alpha / 2}
     ranks = {r.path: r.layer.lora_A["default"].weight.shape[0] for r in adapter.layers}
     expected = {"visual.stem.0": 2, "visual.stem.3": 5, "visual.blocks.0.attn.proj": 1}
     expected.update({f"visual.blocks.{i}.attn.proj": 2 for i in range(1, len(model.visual.blocks))})
@@ -266,8 +269,9 @@ def test_rank_pattern_errors_name_the_problem(base):
     with pytest.raises(ValueError, match="rank_pattern"):
         AdapterSpec(rank=2, rank_pattern={"stem.0": 0})
     rows = base.visual.stem[0].weight.shape[0]
-    with pytest.raises(ValueError, match=f"rank <= the layer's {rows} output units"):
-        apply_advlora(copy.deepcopy(base), AdapterSpec(rank=2, rank_pattern={"stem.0": rows + 1}, image_targets=["stem.0"]))
+    with pytest.raises(ValueError, match=f"visual.stem.0: .* <= the layer's {rows} output units"):
+        apply_advlora(copy.deepcopy(base), AdapterSpec(rank=2, rank_pattern={"stem.0": rows + 1},
+                                                       image_targets=["stem.0"]))
 
 
 # --- transformers backends ----------------------------------------------------------------------------------

@@ -196,6 +196,22 @@ def test_placement_settings_reach_the_rows_they_are_for():
     assert advlora.row_config("advlora", config, rank=2).rank_pattern == {}
 
 
+def test_with_per_layer_ranks_the_sweep_still_trains_its_uniform_point(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    folder = tmp_path / "tiny"
+    save_model(tiny_model(), folder)
+    quick = {**advlora.QUICK, "model": str(folder), "rank_pattern": {"stem.0": 2}}
+    monkeypatch.setattr(advlora, "QUICK", quick)
+    metrics = advlora.run_advlora_experiment(tmp_path / "run", quick=True)
+    assert metrics["methods"]["advlora"]["rank_pattern"] == {"stem.0": 2}
+    assert metrics["methods"]["full_adversarial"]["rank_pattern"] is None
+    rank = metrics["settings"]["rank"]
+    assert set(metrics["rank_sweep"]) == {"1", str(rank)}
+    # stem.0 (3 -> 8 channels, 3 x 3) costs r·(27 + 8): the uniform point has rank - 2 more ranks there than the row.
+    assert metrics["rank_sweep"][str(rank)]["trainable_params"] == (
+        metrics["methods"]["advlora"]["trainable_params"] + (rank - 2) * (27 + 8))
+
+
 def test_the_rank_sweep_always_holds_the_rows_own_rank():
     assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=5, ranks=[16, 1, 4])) == [1, 4, 5, 16]
     assert advlora.sweep_ranks(advlora.AdvLoRAExperiment(rank=4, ranks=[1, 4])) == [1, 4]

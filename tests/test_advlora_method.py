@@ -184,6 +184,7 @@ def test_finish_merges_into_a_plain_model_and_keeps_the_peft_adapter(model, data
     (dict(trainable="lora", full_parameters=["stem.0."]), "full_parameters"),
     (dict(trainable="full", full_parameters=[]), "full_parameters"),
     (dict(rank_pattern={"stem.0": 0}), r"rank_pattern\[stem.0\]"),
+    (dict(trainable="full", rank_pattern={"stem.0": 4}), "no LoRA"),
 ])
 def test_config_errors_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -205,6 +206,21 @@ def test_full_parameters_trains_only_the_named_part_of_the_image_tower(model, da
     assert moved and moved <= expected
     with pytest.raises(ValueError, match=r"\['stem\.99\.'\] match no image-tower parameter"):
         AdvLoRAMethod(model, data, AdvLoRAConfig(trainable="full", full_parameters=["stem.0.", "stem.99."]))
+
+
+def test_full_parameters_prefixes_end_on_a_dot_boundary_and_leave_train_text_alone(model, data):
+    from vlalign.training.methods.advlora import train_only, under_prefix
+
+    assert [under_prefix("stem.12.weight", p) for p in ("stem.1", "stem.1.", "stem.12", "stem")] == [
+        False, False, True, True]
+    assert under_prefix("pos", "pos") and not under_prefix("position", "pos")
+    tower = MiniCLIP(model.config).image_encoder  # a fresh copy: every parameter trainable
+    kept = train_only(tower, ["stem.0"])
+    assert kept == [name for name, _ in tower.named_parameters() if name.startswith("stem.0.")]
+    m = method(model, data, trainable="full", full_parameters=["stem.0"], train_text=True)
+    assert all(p.requires_grad for p in m.model.text_parameters())
+    image = {name for name, p in m.model.image_encoder.named_parameters() if p.requires_grad}
+    assert image == {"stem.0.weight", "stem.0.bias"}
 
 
 def test_config_loads_from_yaml_with_checks(tmp_path):

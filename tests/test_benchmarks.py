@@ -222,8 +222,15 @@ def test_adpo_variant_passes_its_settings_and_seed_to_the_row(monkeypatch, tmp_p
 def test_advlora_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
     from benchmarks import advlora_variant
 
-    for settings, message in (("[1, 2]", "settings: expected a JSON object"), ('{"rank": 0}', "rank")):
-        monkeypatch.setattr("sys.argv", ["advlora_variant", "advlora", settings, str(tmp_path)])
+    for row, settings, message in (
+            ("advlora", "[1, 2]", "settings: expected a JSON object"), ("advlora", '{"rank": 0}', "rank"),
+            ("advlora", '{"full_parameters": ["stem.0"]}', "do not apply to the row 'advlora'"),
+            ("full_adversarial", '{"rank_pattern": {"stem.0": 4}}', "do not apply"),
+            ("full_adversarial", '{"full_parameters": []}', "full_parameters must be null"),
+            ("full_adversarial", '{"full_parameters": ["stem.99"]}', "match no image-tower parameter"),
+            ("lora_adversarial", '{"rank_pattern": {"stem.99": 3}}', "match no adapted layer"),
+            ("advlora", '{"rank_pattern": {"stem.0": 0}}', "rank_pattern")):
+        monkeypatch.setattr("sys.argv", ["advlora_variant", row, settings, str(tmp_path)])
         with pytest.raises(SystemExit):
             advlora_variant.main()
         assert message in capsys.readouterr().err
@@ -310,6 +317,8 @@ def test_rank_profile_prints_and_writes_each_changed_matrix(monkeypatch, tmp_pat
     (layer,) = json.loads(out.read_text())["layers"]
     assert layer["name"] == "visual.stem.3.weight" and layer["relative_change"] == pytest.approx(0.5, rel=1e-5)
     assert layer["captured"]["8"] == pytest.approx(1.0)  # 8 output filters: rank <= 8
+    squared = torch.linalg.svdvals(tiny_mini_clip.visual.stem[3].weight.detach().double().flatten(1)).pow(2)
+    assert layer["captured"]["1"] == pytest.approx(float(squared[0] / squared.sum()))  # ΔW = 0.5 W₀: W₀'s own share
     monkeypatch.setattr("sys.argv", ["rank_profile", str(tmp_path / "base"), str(tmp_path / "tuned"), "--ranks", "0"])
     with pytest.raises(SystemExit):
         rank_profile.main()

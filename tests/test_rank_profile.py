@@ -57,5 +57,12 @@ def test_weight_change_profile_reports_only_changed_matrices():
     assert change.relative_change == pytest.approx(expected)
     assert change.lora_params == {1: 14, 2: 28}
     assert weight_change_profile(base, tuned, prefix="0.") == []
+    zero = nn.Sequential(nn.Linear(3, 2, bias=False))
+    nn.init.zeros_(zero[0].weight)
+    moved = copy.deepcopy(zero)
+    with torch.no_grad():
+        moved[0].weight += 1.0
+    assert weight_change_profile(zero, moved)[0].relative_change is None  # no size to be relative to
     with pytest.raises(ValueError, match="no parameter 3.weight"):
-        weight_change_profile(base, nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(8, 5)))
+        other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(8, 5))
+        weight_change_profile(base, other)

@@ -49,13 +49,13 @@ from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retri
 from vlalign.experiments.advlora_report import (CONDITIONS, command_line, main_table, masking_warnings,
                                                  report_markdown, targets, write_plots)
 from vlalign.io import atomic_write_json
-from vlalign.models.adapters.advlora import trainable_parameter_count
+from vlalign.models.adapters.advlora import apply_advlora, trainable_parameter_count
 from vlalign.models.loading import load_model, save_model
 from vlalign.processes import run_in_workers
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import read_metrics_csv
 from vlalign.training.loop import fit
-from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod
+from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod, train_only
 from vlalign.training.train_config import TrainConfig
 
 #: Row key -> the AdvLoRAConfig fields that make it (rank, lr and the shared settings come from the experiment).
@@ -152,6 +152,10 @@ class AdvLoRAExperiment:
                                  f"{sorted(getattr(self, what))}")
         check_range("alignment_weight", self.alignment_weight, 0)
         check_range("alpha_lr_scale", self.alpha_lr_scale, 0, low_open=True)
+        for name, rank in self.rank_pattern.items():
+            check_range(f"rank_pattern[{name}]", rank, 1)
+        if self.full_parameters is not None and not self.full_parameters:
+            raise ValueError("full_parameters must be null (the whole tower) or a non-empty list of name prefixes")
 
 
 #: The full run: 21.3 min with two workers on the idle 2-core machine; the selection's 29 runs 32 min (README).
@@ -189,6 +193,16 @@ def row_config(row: str, config: AdvLoRAExperiment, rank: int | None = None) -> 
         fields["rank_pattern"] = config.rank_pattern
     return AdvLoRAConfig(rank=config.rank if rank is None else rank, eps=config.eps,
                          attack_steps=config.train_attack_steps, seed=config.train.seed, **fields)
+
+
+def check_row(row: str, config: AdvLoRAExperiment, model: Any) -> None:
+    """Raise ``ValueError`` now, before any data is rendered, if ``row``'s placement settings (``full_parameters``,
+    ``image_targets``, ``rank_pattern``) do not fit ``model`` (which is left untouched)."""
+    made = row_config(row, config)
+    if made.trainable != "full":
+        apply_advlora(copy.deepcopy(model), made.adapter_spec())
+    elif made.full_parameters is not None:
+        train_only(copy.deepcopy(model).image_encoder, made.full_parameters)
 
 
 def build_sets(config: AdvLoRAExperiment, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, RetrievalSet]:
@@ -248,6 +262,7 @@ def train_row(row: str, config: AdvLoRAExperiment, base, data: RetrievalSet, out
     facts = {"trainable_params": trainable, "trainable_fraction": trainable / sum(p.numel() for p in base.parameters()),
              "train_seconds": result.seconds, "lr": lr,
              "rank": None if method.config.trainable == "full" else method.config.rank,
+             "rank_pattern": method.config.rank_pattern or None,
              "alpha": {"step": columns.get("step", []), "alpha_mean": columns["alpha_mean"]}
              if "alpha_mean" in columns else None}
     return result.model, method, facts
@@ -306,11 +321,11 @@ def default_workers(quick: bool) -> int:
 def _row_metrics(facts: dict[str, Any]) -> dict[str, Any]:
     keys = ("trainable_params", "trainable_fraction", *CONDITIONS)
     return {**{k: facts[k] for k in keys}, "seconds": facts["train_seconds"], "eval_seconds": facts["eval_seconds"],
-            "lr": facts["lr"], "rank": facts["rank"]}
+            "lr": facts["lr"], "rank": facts["rank"], "rank_pattern": facts["rank_pattern"]}
 
 
 def set_up_run(out: str | Path, quick: bool, seed: int, workers: int | None,
-            splits: tuple[str, ...]) -> tuple[Path, AdvLoRAExperiment, int, dict[str, RetrievalSet]]:
+               splits: tuple[str, ...]) -> tuple[Path, AdvLoRAExperiment, int, dict[str, RetrievalSet]]:
     """The output folder (created), the experiment's config, the number of workers and the rendered ``splits``."""
     (out := Path(out)).mkdir(parents=True, exist_ok=True)
     config = experiment_config(quick, seed)
@@ -329,7 +344,9 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
     order = ["full_adversarial", "advlora", "advlora_no_cluster_init", "advlora_no_alignment",
              "advlora_no_adaptive_alpha", "lora_adversarial"]
     jobs: list[tuple] = [("pretrained", "pretrained")] + [("row", r) for r in order]
-    jobs += [("sweep", "advlora", r) for r in sweep_ranks(config) if r != config.rank]
+    # The sweep is uniform in rank: the rows' own point is the advlora row unless that row has per-layer ranks.
+    own = () if config.rank_pattern else (config.rank,)
+    jobs += [("sweep", "advlora", r) for r in sweep_ranks(config) if r not in own]
     jobs += [("row", "full_clean"), ("row", "lora_clean")]
     results = run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
 
@@ -343,7 +360,7 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
     methods = {name: _row_metrics(results[name]) for name in ROWS}
     sweep = {}
     for rank in sweep_ranks(config):
-        facts = results["advlora"] if rank == config.rank else results[f"advlora_r{rank}"]
+        facts = results["advlora"] if rank in own else results[f"advlora_r{rank}"]
         sweep[str(rank)] = {"trainable_params": facts["trainable_params"],
                             "trainable_fraction": facts["trainable_fraction"], "clean": facts["clean"],
                             "pgd": facts["pgd"], "seconds": facts["train_seconds"]}
@@ -351,7 +368,7 @@ def run_advlora_experiment(out: str | Path, quick: bool = False, seed: int = 0, 
                        "pgd": facts["pgd"]["mR"], "word_pgd": facts["compound"]["word_pgd"]}
                 for name, facts in [("pretrained", pretrained), *((n, results[n]) for n in COMPOUND_ROWS)]}
     alpha = {name: results[name]["alpha"] for name in ROWS if results[name]["alpha"] is not None}
-    alpha.update({f"advlora_r{r}": results[f"advlora_r{r}"]["alpha"] for r in sweep_ranks(config) if r != config.rank})
+    alpha.update({f"advlora_r{r}": results[f"advlora_r{r}"]["alpha"] for r in sweep_ranks(config) if r not in own})
     total = time.perf_counter() - began
     metrics = {
         "methods": methods,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vlalign.config import config_to_dict
-from vlalign.experiments.advlora import SELECTION_ROWS, run_jobs, set_up_run, family, selection_metric
+from vlalign.experiments.advlora import SELECTION_ROWS, family, run_jobs, selection_metric, set_up_run
 from vlalign.experiments.advlora_report import command_line, selection_report_markdown
 from vlalign.io import atomic_write_json
 from vlalign.reporting.run_report import run_info, write_report
@@ -29,9 +29,9 @@ def run_advlora_selection(out: str | Path, quick: bool = False, seed: int = 0, w
     results = run_jobs(jobs, {"config": config, "sets": sets, "out": out}, workers)
     grid: dict[str, dict[str, Any]] = {}
     for row in rows:
-        grid[family(row)] = {f"{lr:g}": {"clean": results[f"{row}_lr{lr:g}"]["clean"], "pgd": results[f"{row}_lr{lr:g}"]["pgd"],
-                                         "seconds": results[f"{row}_lr{lr:g}"]["train_seconds"]}
-                             for lr in config.lr_grid[family(row)]}
+        runs = {f"{lr:g}": results[f"{row}_lr{lr:g}"] for lr in config.lr_grid[family(row)]}
+        grid[family(row)] = {lr: {"clean": run["clean"], "pgd": run["pgd"], "seconds": run["train_seconds"]}
+                             for lr, run in runs.items()}
     chosen = {family(row): min(grid[family(row)], key=lambda lr: (-grid[family(row)][lr][selection_metric(row)]["mR"],
                                                                    float(lr)))
               for row in rows}

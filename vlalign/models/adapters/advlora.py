@@ -67,6 +67,7 @@ class AdapterSpec:
     #: LoRA rank r (= k-means clusters per layer).
     rank: int = 8
     #: Per-layer ranks overriding ``rank``: target name (matched as the targets are) -> rank, e.g. {"stem.0": 16}.
+    #: Every layer keeps the scaling lora_alpha / rank (peft's alpha_pattern is set to match).
     rank_pattern: dict[str, int] = field(default_factory=dict)
     #: peft's lora_alpha; None means r, i.e. a fixed scaling s = lora_alpha / r of 1.
     lora_alpha: float | None = None
@@ -285,7 +286,7 @@ def write_peft_adapter(folder: str | Path, config: dict, tensors: dict[str, torc
     return folder
 
 
-def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Set A, B from k-means on the base weight's rows and subtract their product from the base (see the
     module docstring); returns the initial product's factors (A, s·α₀·B), flattened to 2-D. A Conv2d weight's
     rows are its output filters, flattened to [out, in·k·k]."""
@@ -295,7 +296,8 @@ def _cluster_init(layer: nn.Module, spec: AdapterSpec, seed: int) -> tuple[torch
         raise ValueError("clustering init expects nn.Linear weights [out, in] (fan_in_fan_out is not supported)")
     rank = layer.r["default"]
     if rank > weight.shape[0]:
-        raise ValueError(f"clustering init needs rank <= the layer's {weight.shape[0]} output units (rows), got {rank}")
+        raise ValueError(f"{path}: clustering init needs a rank (rank, or its rank_pattern entry) <= the layer's "
+                         f"{weight.shape[0]} output units (rows), got {rank}")
     centres, labels = kmeans(weight, rank, seed=seed, iterations=spec.kmeans_iterations)
     onehot = torch.nn.functional.one_hot(labels, rank).to(weight.dtype)
     scale = layer.scaling["default"] * spec.alpha_init
@@ -342,7 +344,10 @@ def apply_advlora(model: ContrastiveModel, spec: AdapterSpec) -> AdvLoRAAdapter:
         layer = model.get_submodule(path)
         if not isinstance(layer, LoraLayer):
             raise RuntimeError(f"peft did not wrap {path}")
-        initial_a, initial_b = _cluster_init(layer, spec, spec.seed * 1_000_003 + i) if spec.cluster_init \
+        if layer.r["default"] != ranks[path] or not math.isclose(layer.scaling["default"], scaling):
+            raise RuntimeError(f"peft gave {path} rank {layer.r['default']} and scaling {layer.scaling['default']}, "
+                               f"not {ranks[path]} and {scaling}: this rank_pattern needs peft >= 0.15")
+        initial_a, initial_b = _cluster_init(layer, spec, spec.seed * 1_000_003 + i, path) if spec.cluster_init \
             else (torch.empty(0), torch.empty(0))
         if spec.adaptive_alpha:
             parametrize.register_parametrization(layer.lora_B["default"], "weight", ScaleParametrization(spec.alpha_init))

@@ -3,10 +3,11 @@ layer, and what a LoRA of rank r on that layer costs: the measurement behind "co
 reached full fine-tuning here?".
 
 By Eckart–Young, the best rank-r approximation of ΔW (in Frobenius norm) is its truncated SVD, and it holds
-``Σ_{i<r} σ_i² / Σ_i σ_i²`` of ΔW's squared norm. A LoRA of rank r can only ever add a rank-r product, so on a layer
-where full fine-tuning's ΔW holds, say, 40% of its energy in the top r directions, a rank-r adapter can reproduce at
-most that share of it. A Conv2d's change is taken, as LoRA factorizes it, over its output filters flattened to
-``[out, in·k·k]``.
+``Σ_{i<r} σ_i² / Σ_i σ_i²`` of ΔW's squared norm. A zero-initialized LoRA of rank r (peft's) can only ever add a
+rank-r product, so on a layer where full fine-tuning's ΔW holds, say, 40% of its energy in the top r directions,
+such an adapter can reproduce at most that share of it. (AdvLoRA's clustering init moves the weight by the trained
+product minus the initial one, of rank up to 2r: :mod:`vlalign.models.adapters.advlora`.) A Conv2d's change is
+taken, as LoRA factorizes it, over its output filters flattened to ``[out, in·k·k]``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class LayerChange:
 
     name: str
     shape: tuple[int, ...]
-    #: ‖ΔW‖_F / ‖W₀‖_F.
-    relative_change: float
+    #: ‖ΔW‖_F / ‖W₀‖_F (None when W₀ is all zeros).
+    relative_change: float | None
     #: rank -> share of ‖ΔW‖² its best rank-r approximation holds.
     captured: dict[int, float]
     #: rank -> parameters of a rank-r LoRA on this layer.
@@ -68,10 +69,12 @@ def weight_change_profile(base: nn.Module, tuned: nn.Module, ranks: Sequence[int
             continue
         if name not in tuned_parameters or tuned_parameters[name].shape != weight.shape:
             raise ValueError(f"the tuned model has no parameter {name} of shape {tuple(weight.shape)}")
-        delta = (tuned_parameters[name].detach() - weight.detach()).double()
+        original = weight.detach().to("cpu", torch.float64)
+        delta = tuned_parameters[name].detach().to("cpu", torch.float64) - original
         if not delta.any():
             continue
-        changes.append(LayerChange(name, tuple(weight.shape), float(delta.norm() / weight.detach().double().norm()),
+        size = float(original.norm())
+        changes.append(LayerChange(name, tuple(weight.shape), float(delta.norm()) / size if size > 0 else None,
                                    dict(zip(ranks, captured_energy(delta, ranks))),
                                    {r: lora_parameter_count(weight.shape, r) for r in ranks if r >= 1}))
     return changes

@@ -64,7 +64,8 @@ class AdvLoRAConfig:
         "advlora", "what is trained: full (the image tower), lora (plain LoRA) or advlora")
     rank: int = option(8, "LoRA rank r, also the number of k-means clusters of the clustering init (1..1024)")
     rank_pattern: dict[str, int] = option(help="per-layer ranks overriding rank, by target name (peft's "
-                                                "rank_pattern), e.g. {stem.0: 16}", factory=dict)
+                                                "rank_pattern), e.g. {stem.0: 16}; every layer keeps the scaling "
+                                                "lora_alpha / rank", factory=dict)
     lora_alpha: float | None = option(None, "peft's lora_alpha, a fixed scaling lora_alpha / r (null: r, scaling 1)")
     image_targets: list[str] | None = option(None, "nn.Linear / nn.Conv2d names to adapt in the image tower "
                                                    "(null: the backend's attention projections)")
@@ -72,9 +73,10 @@ class AdvLoRAConfig:
                                                  "frozen and its caption embeddings are cached; null: the backend's "
                                                  "default)", factory=list)
     train_text: bool = option(False, "in full mode, fine-tune the text tower too")
-    full_parameters: list[str] | None = option(None, "in full mode, train only the image-tower parameters whose "
-                                                     "names inside the tower start with one of these prefixes, e.g. "
-                                                     "[stem.0., stem.1.] (null: all of them)")
+    full_parameters: list[str] | None = option(None, "in full mode, train only the image-tower parameters under "
+                                                     "these dotted name prefixes, as the tower's named_parameters() "
+                                                     "names them, e.g. [stem.0, stem.1] (null: all of them; "
+                                                     "train_text still trains the whole text tower)")
     cluster_init: bool | None = option(None, "AdvLoRA part 1, clustering-based initialization (null: on for "
                                              "advlora; must be off otherwise)")
     alignment_weight: float | None = option(None, "AdvLoRA part 2, weight λ of the parameter-alignment penalty "
@@ -123,28 +125,40 @@ class AdvLoRAConfig:
         if self.full_parameters is not None and (self.trainable != "full" or not self.full_parameters):
             raise ValueError(f"full_parameters must be a non-empty list of name prefixes and needs trainable='full', "
                              f"got {self.full_parameters!r} with trainable={self.trainable!r}")
+        if self.rank_pattern and self.trainable == "full":
+            raise ValueError(f"rank_pattern sets LoRA ranks; with trainable='full' there is no LoRA, got "
+                             f"{self.rank_pattern}")
         if self.train_text and self.trainable != "full":
             raise ValueError("train_text applies to trainable='full'; LoRA modes adapt the text tower through text_targets")
 
     def adapter_spec(self) -> AdapterSpec:
         """The adapter placement and AdvLoRA parts of a LoRA-mode config."""
-        return AdapterSpec(rank=self.rank, rank_pattern=dict(self.rank_pattern), lora_alpha=self.lora_alpha, image_targets=self.image_targets,
-                           text_targets=self.text_targets, cluster_init=bool(self.cluster_init),
-                           adaptive_alpha=bool(self.adaptive_alpha), alpha_init=self.alpha_init,
+        return AdapterSpec(rank=self.rank, rank_pattern=dict(self.rank_pattern), lora_alpha=self.lora_alpha,
+                           image_targets=self.image_targets, text_targets=self.text_targets,
+                           cluster_init=bool(self.cluster_init), adaptive_alpha=bool(self.adaptive_alpha),
+                           alpha_init=self.alpha_init,
                            kmeans_iterations=self.kmeans_iterations, seed=self.seed)
 
 
+def under_prefix(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` lies under ``prefix`` on a dotted boundary: ``stem.1`` and ``stem.1.`` take
+    ``stem.1.weight`` but not ``stem.12.weight``; ``pos`` takes ``pos``."""
+    stem = prefix.rstrip(".")
+    return name == stem or name.startswith(stem + ".")
+
+
 def train_only(tower: nn.Module, prefixes: Sequence[str]) -> list[str]:
-    """Freeze every parameter of ``tower`` whose name does not start with one of ``prefixes``; returns the names
-    left trainable. A prefix that matches no parameter is an error (a typo would otherwise train nothing)."""
+    """Freeze every parameter of ``tower`` that is not under one of ``prefixes`` (:func:`under_prefix`; names as
+    ``tower.named_parameters()`` gives them); returns the names left trainable. A prefix that matches no parameter
+    is an error (a typo would otherwise train nothing)."""
     names = [name for name, _ in tower.named_parameters()]
-    unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    unmatched = [prefix for prefix in prefixes if not any(under_prefix(name, prefix) for name in names)]
     if unmatched:
         raise ValueError(f"full_parameters: {unmatched} match no image-tower parameter; its names look like "
                          f"{names[:4]}")
     kept = []
     for name, param in tower.named_parameters():
-        param.requires_grad_(param.requires_grad and name.startswith(tuple(prefixes)))
+        param.requires_grad_(param.requires_grad and any(under_prefix(name, prefix) for prefix in prefixes))
         if param.requires_grad:
             kept.append(name)
     return kept
