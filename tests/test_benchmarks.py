@@ -294,8 +294,19 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
         with pytest.raises(SystemExit):
             typographic_variant.main()
         assert message in capsys.readouterr().err
+    for train, message in (("[1]", "--train: expected a JSON object"), ('{"lr": -1}', "lr"),
+                           ('{"seed": 3}', "pass --seed instead"), ('{"epochs": 2}', "epochs")):
+        monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", "{}", str(tmp_path / "out"), "--train", train])
+        with pytest.raises(SystemExit):
+            typographic_variant.main()
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert typographic_variant.variant_config("ipo", {"lam": 3.0}).effective_beta == 0.01  # the experiment's β stays
+    # --train changes only the named loop fields; the rest stay the experiment's full-tower loop for that seed
+    sizes = typographic_variant.TypographicSizes()
+    loop = typographic_variant.variant_loop(sizes, 3, {"lr": 1e-3})
+    expected = typographic_variant.full_tower_loop(sizes, 3)
+    assert (loop.lr, loop.steps, loop.seed, loop.averaging) == (1e-3, expected.steps, 3, expected.averaging)
 
 
 def test_rank_profile_prints_and_writes_each_changed_matrix(monkeypatch, tmp_path, capsys, tiny_mini_clip):
