@@ -235,12 +235,14 @@ def environment(settings: Settings) -> dict[str, Any]:
     return info
 
 
-def json_object_argument(parser: argparse.ArgumentParser, text: str, name: str) -> dict[str, Any]:
-    """``text`` parsed as a JSON object, or ``parser.error`` naming the argument ``name`` and what was expected."""
+def json_object_argument(parser: argparse.ArgumentParser, text: str, name: str,
+                         example: str = '{"rank": 8}') -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or ``parser.error`` naming the argument ``name`` and what was expected
+    (``example``: a valid value for this argument)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        parser.error(f"{name}: expected a JSON object such as '{{\"rank\": 8}}', got {text!r} ({error.msg})")
+        parser.error(f"{name}: expected a JSON object such as '{example}', got {text!r} ({error.msg})")
     if not isinstance(value, dict):
         parser.error(f"{name}: expected a JSON object ({{...}}), got {text!r}")
     return value

@@ -12,9 +12,9 @@ Run: ``python -m benchmarks.typographic_variant METHOD '{"field": value, ...}' O
 scores on the experiment's test draw (seed 5000 + S; with the default settings it reproduces that row of
 ``vlalign experiment typographic --seed S``), for the seed spread of a setting already chosen; ``--gallery val``
 (the default) scores on a draw of seed 4500 + S that the experiment never uses, to choose settings.
-Prints and writes ``OUT_DIR/variant.json``: the row's resolved config, both models' metrics
-(``evaluate_typographic``), the row's difference to the pretrained model per metric, and the share of the gap to
-clean closed, in-domain and held-out.
+Prints and writes ``OUT_DIR/variant.json``: the row's resolved config and loop (``config``, ``loop``) beside the
+changes asked for (``settings``, ``train_settings``), both models' metrics (``evaluate_typographic``), the row's
+difference to the pretrained model per metric, and the share of the gap to clean closed, in-domain and held-out.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import json_object_argument
+from vlalign.config import config_from_dict, config_to_dict
 from vlalign.evaluation.typographic import evaluate_typographic
 from vlalign.experiments.typographic import (PO_SETTINGS, TEST_DRAW_OFFSET, TypographicSizes, experiment_inputs,
                                              full_tower_loop)
@@ -48,10 +49,11 @@ def variant_config(method: str, changes: dict) -> PreferenceConfig:
 
 
 def variant_loop(sizes: TypographicSizes, seed: int, train_changes: dict) -> TrainConfig:
-    """The experiment's full-tower loop for ``seed`` with ``train_changes`` (TrainConfig fields) applied."""
+    """The experiment's full-tower loop for ``seed`` with ``train_changes`` (TrainConfig fields) applied, validated
+    as a config file's ``train:`` section is (types, choices, ranges)."""
     if "seed" in train_changes:
         raise ValueError("seed is the experiment's --seed; pass --seed instead")
-    return replace(full_tower_loop(sizes, seed), **train_changes)
+    return config_from_dict(TrainConfig, {**config_to_dict(full_tower_loop(sizes, seed)), **train_changes}, "--train")
 
 
 def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: str = "val",
@@ -69,7 +71,7 @@ def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: s
     pretrained = evaluate_typographic(reference, reference, sizes.n_eval, draw, world)
     # the resolved fields too: what "{}" means changes when the experiment's defaults do
     result = {"method": method, "settings": changes, "config": asdict(config), "train_settings": train_changes,
-              "loop": {"steps": loop.steps, "batch_size": loop.batch_size, "lr": loop.lr}, "seed": seed,
+              "loop": config_to_dict(loop), "seed": seed,
               "gallery": gallery,
               "draw_seed": draw, "n_eval": sizes.n_eval, "row": row, "pretrained": pretrained,
               "difference": {k: row[k] - pretrained[k] for k in row},
@@ -92,14 +94,14 @@ def main() -> None:
     parser.add_argument("--train", default="{}",
                         help="JSON object of TrainConfig fields to change in the row's loop, e.g. '{\"lr\": 1e-3}'")
     args = parser.parse_args()
-    changes = json_object_argument(parser, args.settings, "settings")
-    train_changes = json_object_argument(parser, args.train, "--train")
+    changes = json_object_argument(parser, args.settings, "settings", '{"lam": 3}')
+    train_changes = json_object_argument(parser, args.train, "--train", '{"lr": 1e-3}')
     try:
         variant_config(args.method, changes)
     except (TypeError, ValueError) as error:
         parser.error(f"settings: {error}")
     try:
-        variant_loop(TypographicSizes(), args.seed, train_changes)
+        variant_loop(TypographicSizes.quick() if args.quick else TypographicSizes(), args.seed, train_changes)
     except (TypeError, ValueError) as error:
         parser.error(f"--train: {error}")
     torch.set_num_threads(1)

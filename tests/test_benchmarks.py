@@ -295,7 +295,10 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
             typographic_variant.main()
         assert message in capsys.readouterr().err
     for train, message in (("[1]", "--train: expected a JSON object"), ('{"lr": -1}', "lr"),
-                           ('{"seed": 3}', "pass --seed instead"), ('{"epochs": 2}', "epochs")):
+                           ("{lr: 1}", """--train: expected a JSON object such as '{"lr": 1e-3}'"""),
+                           ('{"seed": 3}', "pass --seed instead"), ('{"epochs": 2}', "epochs"),
+                           ('{"schedule": "Constant"}', "schedule: expected one of ['cosine', 'constant']"),
+                           ('{"extra_averaging": "ema"}', "extra_averaging: expected a list")):
         monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", "{}", str(tmp_path / "out"), "--train", train])
         with pytest.raises(SystemExit):
             typographic_variant.main()
@@ -307,6 +310,34 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
     loop = typographic_variant.variant_loop(sizes, 3, {"lr": 1e-3})
     expected = typographic_variant.full_tower_loop(sizes, 3)
     assert (loop.lr, loop.steps, loop.seed, loop.averaging) == (1e-3, expected.steps, 3, expected.averaging)
+    assert typographic_variant.variant_loop(sizes, 3, {}) == expected
+
+
+def test_typographic_variant_trains_with_the_changed_loop_and_records_it(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks import typographic_variant
+
+    sizes = typographic_variant.TypographicSizes.quick()
+    monkeypatch.setattr(typographic_variant, "experiment_inputs", lambda seed, quick: (sizes, "world", "ref", "p", "r"))
+    loops = []
+
+    def fake_train(reference, pref, reg, config, loop, progress):
+        loops.append(loop)
+        return SimpleNamespace(model="tuned")
+
+    monkeypatch.setattr(typographic_variant, "train_preference", fake_train)
+    scores = {"tuned": {"clean": 0.9, "typographic": 0.6, "clean_heldout": 0.8, "typographic_heldout": 0.5},
+              "ref": {"clean": 0.9, "typographic": 0.4, "clean_heldout": 0.9, "typographic_heldout": 0.3}}
+    monkeypatch.setattr(typographic_variant, "evaluate_typographic", lambda model, *args: scores[model])
+    result = typographic_variant.run_variant("dpo", {}, tmp_path, seed=2, quick=True,
+                                             train_changes={"steps": 7, "lr": 2e-3})
+    assert (loops[0].steps, loops[0].lr, loops[0].seed) == (7, 2e-3, 2)
+    assert loops[0].batch_size == sizes.batch_size  # the rest stays the quick loop's
+    written = json.loads((tmp_path / "variant.json").read_text())
+    assert written["train_settings"] == {"steps": 7, "lr": 2e-3} == result["train_settings"]
+    assert (written["loop"]["steps"], written["loop"]["lr"], written["loop"]["averaging"]) == (7, 2e-3, "bma")
+    assert written["gap_closed"] == pytest.approx(0.2 / 0.5)
 
 
 def test_rank_profile_prints_and_writes_each_changed_matrix(monkeypatch, tmp_path, capsys, tiny_mini_clip):

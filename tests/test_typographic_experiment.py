@@ -34,7 +34,7 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     # The reading effect sits beside the gap to clean in the report's table, for every method.
     report = (tmp_path / "report.md").read_text()
     assert "| gap to clean (pt) | reading effect (pt) |" in report
-    assert "DPO β = 0.3, λ = 1.0, KL(π_ref‖π_θ); IPO β = 0.01, λ = 0.01, KL(π_θ‖π_ref)" in report  # what each row used
+    assert "DPO β = 0.05, λ = 1.0, KL(π_ref‖π_θ); IPO β = 0.01, λ = 0.01, KL(π_θ‖π_ref)" in report  # what each row used
     pre = written["methods"]["pretrained"]
     assert f"{100 * (pre['nonreading'] - pre['typographic']):+.1f}" in report.split("| Pretrained")[1].split("\n")[0]
     # benchmarks.typographic_variant trains the DPO row alone: on the test draw, with the experiment's settings, it
