@@ -71,7 +71,8 @@ def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: s
     pretrained = evaluate_typographic(reference, reference, sizes.n_eval, draw, world)
     # the resolved fields too: what "{}" means changes when the experiment's defaults do
     result = {"method": method, "settings": changes, "config": asdict(config), "train_settings": train_changes,
-              "loop": config_to_dict(loop), "seed": seed, "gallery": gallery, "draw_seed": draw, "n_eval": sizes.n_eval, "row": row, "pretrained": pretrained,
+              "loop": config_to_dict(loop), "seed": seed, "gallery": gallery, "draw_seed": draw,
+              "n_eval": sizes.n_eval, "row": row, "pretrained": pretrained,
               "difference": {k: row[k] - pretrained[k] for k in row},
               "gap_closed": gap_closed(row, pretrained), "gap_closed_heldout": gap_closed(row, pretrained, "_heldout"),
               "seconds": time.perf_counter() - began}
