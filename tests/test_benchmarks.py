@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -303,14 +304,31 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
         with pytest.raises(SystemExit):
             typographic_variant.main()
         assert message in capsys.readouterr().err
+    for sizes_arg, message in (("[1]", "--sizes: expected a JSON object"),
+                               ('{"steps": 9}', "unknown field(s) ['steps']"),
+                               ('{"n_pref": 0}', "n_pref must be a positive integer"),
+                               ('{"n_reg": 2.5}', "n_reg must be a positive integer")):
+        argv = ["typographic_variant", "dpo", "{}", str(tmp_path / "out"), "--sizes", sizes_arg]
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit):
+            typographic_variant.main()
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", "{}", str(tmp_path / "out"), "--box-pairs", "-1"])
+    with pytest.raises(SystemExit):
+        typographic_variant.main()
+    assert "--box-pairs: expected a number of triplets >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert typographic_variant.variant_config("ipo", {"lam": 3.0}).effective_beta == 0.01  # the experiment's β stays
+    assert typographic_variant.variant_config("ce", {}).method == "ce"  # the baseline row, no PO settings
     # --train changes only the named loop fields; the rest stay the experiment's full-tower loop for that seed
     sizes = typographic_variant.TypographicSizes()
     loop = typographic_variant.variant_loop(sizes, 3, {"lr": 1e-3})
     expected = typographic_variant.full_tower_loop(sizes, 3)
     assert (loop.lr, loop.steps, loop.seed, loop.averaging) == (1e-3, expected.steps, 3, expected.averaging)
     assert typographic_variant.variant_loop(sizes, 3, {}) == expected
+    # the CE row trains without the EMA alternate, as the experiment's CE row does
+    assert typographic_variant.variant_loop(sizes, 3, {}, "ce") == replace(expected, extra_averaging=[])
+    assert typographic_variant.variant_sizes(False, {"n_pref": 8000}) == replace(sizes, n_pref=8000)
 
 
 def test_typographic_variant_trains_with_the_changed_loop_and_records_it(monkeypatch, tmp_path):
@@ -319,7 +337,13 @@ def test_typographic_variant_trains_with_the_changed_loop_and_records_it(monkeyp
     from benchmarks import typographic_variant
 
     sizes = typographic_variant.TypographicSizes.quick()
-    monkeypatch.setattr(typographic_variant, "experiment_inputs", lambda seed, quick: (sizes, "world", "ref", "p", "r"))
+    asked_sizes = []
+
+    def fake_inputs(seed, quick, changed_sizes):
+        asked_sizes.append(changed_sizes)
+        return changed_sizes, "world", "ref", "p", "r"
+
+    monkeypatch.setattr(typographic_variant, "experiment_inputs", fake_inputs)
     loops = []
 
     def fake_train(reference, pref, reg, config, loop, progress):
@@ -331,11 +355,14 @@ def test_typographic_variant_trains_with_the_changed_loop_and_records_it(monkeyp
               "ref": {"clean": 0.9, "typographic": 0.4, "clean_heldout": 0.9, "typographic_heldout": 0.3}}
     monkeypatch.setattr(typographic_variant, "evaluate_typographic", lambda model, *args: scores[model])
     result = typographic_variant.run_variant("dpo", {}, tmp_path, seed=2, quick=True,
-                                             train_changes={"steps": 7, "lr": 2e-3})
+                                             train_changes={"steps": 7, "lr": 2e-3}, size_changes={"n_pref": 50})
+    assert asked_sizes == [replace(sizes, n_pref=50)]  # the quick sizes with the data size changed
     assert (loops[0].steps, loops[0].lr, loops[0].seed) == (7, 2e-3, 2)
     assert loops[0].batch_size == sizes.batch_size  # the rest stays the quick loop's
     written = json.loads((tmp_path / "variant.json").read_text())
     assert written["train_settings"] == {"steps": 7, "lr": 2e-3} == result["train_settings"]
+    assert written["size_settings"] == {"n_pref": 50} and written["sizes"]["n_pref"] == 50
+    assert written["sizes"]["n_reg"] == sizes.n_reg
     assert (written["loop"]["steps"], written["loop"]["lr"], written["loop"]["averaging"]) == (7, 2e-3, "bma")
     assert written["gap_closed"] == pytest.approx(0.2 / 0.5)
 
@@ -365,3 +392,29 @@ def test_rank_profile_prints_and_writes_each_changed_matrix(monkeypatch, tmp_pat
     with pytest.raises(SystemExit):
         rank_profile.main()
     assert "--ranks must be integers >= 1" in capsys.readouterr().err
+
+
+def test_box_pairs_prefer_the_object_over_the_reference_models_hardest_other_in_domain_class():
+    from benchmarks import typographic_variant
+    from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld
+    from vlalign.data.preference import class_prompts
+    from vlalign.models.embeddings import class_text_embeddings, image_embeddings
+    from vlalign.models.loading import load_model
+
+    model, world = load_model("mini"), MiniWorld()
+    prompts = class_prompts(world.classnames)
+    box = typographic_variant.box_preference_pairs(model, world, 12, 7, prompts)
+    images = world.sample("nonreading", 12, 7, classes=INDOMAIN_CLASSES, word_classes=INDOMAIN_CLASSES)
+    assert torch.equal(box.images, images.images) and torch.equal(box.chosen, images.labels)
+    # brute force: one image and one class at a time, the best-scoring in-domain class other than the object
+    texts = {c: class_text_embeddings(model, [c])[0] for c in INDOMAIN_CLASSES}
+    for i in range(12):
+        feature = image_embeddings(model, images.images[i:i + 1])[0]
+        others = [c for c in INDOMAIN_CLASSES if world.classnames.index(c) != int(images.labels[i])]
+        hardest = max(others, key=lambda c: float(feature @ texts[c]))
+        assert int(box.rejected[i]) == world.classnames.index(hardest)
+    pref = typographic_variant.PreferenceSet(box.images[:3], box.chosen[:3], box.rejected[:3], prompts)
+    joined = typographic_variant.with_box_pairs(pref, box)
+    assert len(joined) == 15 and torch.equal(joined.rejected[3:], box.rejected)
+    with pytest.raises(ValueError, match="one prompt per class"):
+        typographic_variant.box_preference_pairs(model, world, 4, 7, prompts[:8])

@@ -90,11 +90,11 @@ class TypographicInputs(NamedTuple):
     reg: RegularizationSet
 
 
-def experiment_inputs(seed: int, quick: bool = False) -> TypographicInputs:
+def experiment_inputs(seed: int, quick: bool = False, sizes: TypographicSizes | None = None) -> TypographicInputs:
     """The inputs of ``vlalign experiment typographic --seed seed`` (``--quick`` sizes if ``quick``), built as the
     experiment builds them (it seeds torch's global generator with ``seed`` first), so that a row trained from them
-    alone reproduces the experiment's."""
-    sizes = TypographicSizes.quick() if quick else TypographicSizes()
+    alone reproduces the experiment's. ``sizes`` replaces the experiment's sizes (e.g. more preference data)."""
+    sizes = sizes or (TypographicSizes.quick() if quick else TypographicSizes())
     torch.manual_seed(seed)
     world = MiniWorld()
     reference = load_model("mini")
