@@ -1,11 +1,11 @@
-"""One preference-optimization row of ``vlalign experiment typographic`` (full image tower) with its objective's
-settings changed, trained as the experiment trains it and scored beside the pretrained model on the same draw, one
-torch thread: how the README's DPO seed spread and its validation cells were measured.
+"""One full-tower row of ``vlalign experiment typographic`` (a PO row or CE fine-tuning) with its settings, loop or
+training data changed, trained as the experiment trains it and scored beside the pretrained model on the same draw,
+one torch thread: how the README's DPO seed spread and its validation cells were measured.
 
-Run: ``python -m benchmarks.typographic_variant METHOD '{"field": value, ...}' OUT_DIR [--seed S] [--gallery G]
-[--train '{"lr": ..., "steps": ...}'] [--sizes '{"n_pref": ..., "n_reg": ...}'] [--box-pairs N [--box-scenes
-same]]``, where METHOD is a PO row (dpo,
-ipo, kto) or ``ce``, the cross-entropy fine-tuning baseline (the experiment's CE row), and the settings are
+Run: ``python -m benchmarks.typographic_variant METHOD '{"field": value, ...}' OUT_DIR [--seed S]
+[--gallery val|test] [--train '{"lr": ..., "steps": ...}'] [--sizes '{"n_pref": ..., "n_reg": ...}']
+[--box-pairs N [--box-scenes fresh|same]] [--quick]``, where METHOD is a PO row (dpo, ipo, kto) or ``ce``, the
+cross-entropy fine-tuning baseline (the experiment's CE row), and the settings are
 :class:`vlalign.training.methods.preference.PreferenceConfig` fields applied over the experiment's own
 (``PO_SETTINGS``), e.g. ``python -m benchmarks.typographic_variant dpo '{"lam": 3}' runs/v1``, and ``--train`` takes
 :class:`vlalign.training.train_config.TrainConfig` fields applied over the full-tower rows' loop
@@ -39,7 +39,7 @@ import torch
 from benchmarks.common import json_object_argument
 from vlalign.config import config_from_dict, config_to_dict
 from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld
-from vlalign.data.preference import PreferenceSet
+from vlalign.data.preference import PreferenceSet, class_prompts
 from vlalign.evaluation.typographic import evaluate_typographic
 from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.experiments.typographic import (PO_SETTINGS, TEST_DRAW_OFFSET, TypographicSizes, experiment_inputs,
@@ -68,8 +68,9 @@ def box_preference_pairs(reference: ContrastiveModel, world: MiniWorld, n: int, 
     ``reference`` scores highest among the others (its hardest wrong answer, computed once, in fixed batches).
     Indices refer to ``prompts``, which must be the class prompts of the world's classes in order."""
     images = world.sample("nonreading", n, seed, classes=INDOMAIN_CLASSES, word_classes=INDOMAIN_CLASSES)
-    if len(prompts) != len(images.classnames):
-        raise ValueError(f"expected one prompt per class of the world ({len(images.classnames)}), got {len(prompts)}")
+    expected = class_prompts(images.classnames)
+    if tuple(prompts) != expected:
+        raise ValueError(f"prompts must be the world's class prompts in order, {list(expected)}, got {list(prompts)}")
     logits = zero_shot_evaluate(reference, images).logits.clone()
     allowed = torch.zeros(len(images.classnames), dtype=torch.bool)
     allowed[[images.classnames.index(c) for c in INDOMAIN_CLASSES]] = True
@@ -122,6 +123,8 @@ def run_variant(method: str, changes: dict, out: Path, seed: int = 0, gallery: s
     """Train the row (its loop changed by ``train_changes``, its data sizes by ``size_changes``, ``box_pairs``
     box triplets added), score it and the pretrained model on the ``gallery`` draw, write ``out/variant.json``."""
     config = variant_config(method, changes)
+    if box_scenes not in BOX_SCENE_SEEDS:
+        raise ValueError(f"box_scenes must be one of {sorted(BOX_SCENE_SEEDS)}, got {box_scenes!r}")
     train_changes, size_changes = train_changes or {}, size_changes or {}
     began = time.perf_counter()
     sizes, world, reference, pref, reg = experiment_inputs(seed, quick, variant_sizes(quick, size_changes))
@@ -173,14 +176,20 @@ def main() -> None:
         parser.error(f"settings: {error}")
     if args.box_pairs < 0:
         parser.error(f"--box-pairs: expected a number of triplets >= 0, got {args.box_pairs}")
+    if args.box_scenes != "fresh" and not args.box_pairs:
+        parser.error("--box-scenes chooses the scenes of --box-pairs triplets; give --box-pairs N too")
     try:
         sizes = variant_sizes(args.quick, size_changes)
     except ValueError as error:
         parser.error(f"--sizes: {error}")
     try:
-        variant_loop(sizes, args.seed, train_changes, args.method)
+        loop = variant_loop(sizes, args.seed, train_changes, args.method)
     except (TypeError, ValueError) as error:
         parser.error(f"--train: {error}")
+    for name, count in (("n_pref (with --box-pairs)", sizes.n_pref + args.box_pairs), ("n_reg", sizes.n_reg)):
+        if count < loop.batch_size:
+            parser.error(f"--sizes: {name} gives {count} training examples, fewer than one batch of "
+                         f"{loop.batch_size}; give more images or a smaller --train batch_size")
     torch.set_num_threads(1)
     result = run_variant(args.method, changes, args.out, args.seed, args.gallery, args.quick, train_changes,
                          size_changes, args.box_pairs, args.box_scenes)

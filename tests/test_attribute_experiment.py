@@ -263,3 +263,17 @@ def test_perturb_image_tower_scales_each_weight_by_a_small_random_factor():
         assert torch.equal(p, q)  # the text tower and the original model are untouched
     again = perturb_image_tower(model, 1e-3, seed=0)
     assert all(torch.equal(p, q) for p, q in zip(noisy.image_encoder.parameters(), again.image_encoder.parameters()))
+
+
+def test_report_names_the_settings_the_command_would_not_run():
+    import dataclasses
+    import json
+
+    from vlalign.experiments.attribute.report import settings_beyond_command
+
+    quick = json.loads(json.dumps(dataclasses.asdict(AttributeExperimentConfig.quick(3))))  # as metrics.json holds it
+    assert settings_beyond_command(quick) == (True, {})
+    full = dataclasses.asdict(AttributeExperimentConfig(seed=3, weight_noise=1e-6))
+    assert settings_beyond_command(full) == (False, {})  # weight noise is reported apart
+    older = {**full, "n_pref": 2048, "n_reg": 2048}  # a run of the earlier default sizes
+    assert settings_beyond_command(older) == (False, {"n_pref": 2048, "n_reg": 2048})

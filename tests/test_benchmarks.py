@@ -313,10 +313,16 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
         with pytest.raises(SystemExit):
             typographic_variant.main()
         assert message in capsys.readouterr().err
-    monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", "{}", str(tmp_path / "out"), "--box-pairs", "-1"])
-    with pytest.raises(SystemExit):
-        typographic_variant.main()
-    assert "--box-pairs: expected a number of triplets >= 0, got -1" in capsys.readouterr().err
+    out = str(tmp_path / "out")
+    too_few = "training examples, fewer than one batch of"
+    for extra, message in ((["--box-pairs", "-1"], "--box-pairs: expected a number of triplets >= 0, got -1"),
+                           (["--box-scenes", "same"], "give --box-pairs N too"),
+                           (["--quick", "--sizes", '{"n_pref": 8}'], f"n_pref (with --box-pairs) gives 8 {too_few} 16"),
+                           (["--sizes", '{"n_reg": 10}'], f"n_reg gives 10 {too_few} 64")):
+        monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", "{}", out, *extra])
+        with pytest.raises(SystemExit):
+            typographic_variant.main()
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert typographic_variant.variant_config("ipo", {"lam": 3.0}).effective_beta == 0.01  # the experiment's β stays
     assert typographic_variant.variant_config("ce", {}).method == "ce"  # the baseline row, no PO settings
@@ -365,6 +371,43 @@ def test_typographic_variant_trains_with_the_changed_loop_and_records_it(monkeyp
     assert written["sizes"]["n_reg"] == sizes.n_reg
     assert (written["loop"]["steps"], written["loop"]["lr"], written["loop"]["averaging"]) == (7, 2e-3, "bma")
     assert written["gap_closed"] == pytest.approx(0.2 / 0.5)
+    assert written["box_pairs"] == 0 and written["box_scenes"] is None
+
+
+def test_typographic_variant_adds_the_box_pairs_from_the_chosen_scenes(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks import typographic_variant
+
+    def triplets(n: int, label: int) -> typographic_variant.PreferenceSet:
+        prompts = tuple(f"a photo of a {c}" for c in "abc")
+        return typographic_variant.PreferenceSet(torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+                                                 torch.full((n,), label), torch.full((n,), 2), prompts)
+
+    monkeypatch.setattr(typographic_variant, "experiment_inputs",
+                        lambda seed, quick, changed: (changed, "world", "ref", triplets(5, 0), "reg"))
+    asked, trained_on = [], []
+
+    def fake_box(reference, world, n, seed, prompts):
+        asked.append((reference, world, n, seed))
+        return triplets(n, 1)
+
+    def fake_train(reference, pref, reg, config, loop, progress):
+        trained_on.append(pref)
+        return SimpleNamespace(model="tuned")
+
+    monkeypatch.setattr(typographic_variant, "box_preference_pairs", fake_box)
+    monkeypatch.setattr(typographic_variant, "train_preference", fake_train)
+    scores = {"clean": 0.9, "typographic": 0.5, "clean_heldout": 0.9, "typographic_heldout": 0.3}
+    monkeypatch.setattr(typographic_variant, "evaluate_typographic", lambda model, *args: scores)
+    for scenes, seed in (("fresh", 300 + 4), ("same", 100 + 4)):  # same: the preference images' own data seed
+        result = typographic_variant.run_variant("dpo", {}, tmp_path / scenes, seed=4, quick=True, box_pairs=3,
+                                                 box_scenes=scenes)
+        assert asked[-1] == ("ref", "world", 3, seed)
+        assert trained_on[-1].chosen.tolist() == [0] * 5 + [1] * 3  # the experiment's triplets, then the box ones
+        assert (result["box_pairs"], result["box_scenes"], result["n_triplets"]) == (3, scenes, 8)
+    with pytest.raises(ValueError, match="box_scenes must be one of"):
+        typographic_variant.run_variant("dpo", {}, tmp_path / "bad", quick=True, box_pairs=3, box_scenes="new")
 
 
 def test_rank_profile_prints_and_writes_each_changed_matrix(monkeypatch, tmp_path, capsys, tiny_mini_clip):
@@ -416,5 +459,5 @@ def test_box_pairs_prefer_the_object_over_the_reference_models_hardest_other_in_
     pref = typographic_variant.PreferenceSet(box.images[:3], box.chosen[:3], box.rejected[:3], prompts)
     joined = typographic_variant.with_box_pairs(pref, box)
     assert len(joined) == 15 and torch.equal(joined.rejected[3:], box.rejected)
-    with pytest.raises(ValueError, match="one prompt per class"):
-        typographic_variant.box_preference_pairs(model, world, 4, 7, prompts[:8])
+    with pytest.raises(ValueError, match="the world's class prompts in order"):
+        typographic_variant.box_preference_pairs(model, world, 4, 7, prompts[::-1])

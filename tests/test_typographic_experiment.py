@@ -48,6 +48,10 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert variant["gap_closed_heldout"] == pytest.approx((dpo["typographic_heldout"] - pre["typographic_heldout"])
                                                           / (pre["clean_heldout"] - pre["typographic_heldout"]))
     assert json.loads((tmp_path / "variant" / "variant.json").read_text())["draw_seed"] == 5000
+    # ... and the CE row alone reproduces the table's CE row.
+    ce = run_variant("ce", {}, tmp_path / "variant-ce", seed=0, gallery="test", quick=True)
+    assert {k: ce["row"][k] for k in accuracies} == {k: written["methods"]["ce"][k] for k in accuracies}
+    assert ce["row"]["kl_clean"] == pytest.approx(written["methods"]["ce"]["kl_clean"], abs=1e-6)
     # benchmarks.typographic_linear trains the linear rows alone and reproduces them and the head's Σ^t sweep.
     linear = run_linear_rows(tmp_path / "linear", seed=0, quick=True)
     assert linear["rows"]["materzynska"] == written["methods"]["materzynska"]

@@ -93,7 +93,8 @@ class TypographicInputs(NamedTuple):
 def experiment_inputs(seed: int, quick: bool = False, sizes: TypographicSizes | None = None) -> TypographicInputs:
     """The inputs of ``vlalign experiment typographic --seed seed`` (``--quick`` sizes if ``quick``), built as the
     experiment builds them (it seeds torch's global generator with ``seed`` first), so that a row trained from them
-    alone reproduces the experiment's. ``sizes`` replaces the experiment's sizes (e.g. more preference data)."""
+    alone reproduces the experiment's. ``sizes``, when given, replaces the experiment's sizes (e.g. more preference
+    data) and ``quick`` is then ignored."""
     sizes = sizes or (TypographicSizes.quick() if quick else TypographicSizes())
     torch.manual_seed(seed)
     world = MiniWorld()

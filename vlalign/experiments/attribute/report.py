@@ -123,9 +123,24 @@ def _bounds_section(metrics: dict) -> list[str]:
     return lines
 
 
+def settings_beyond_command(cfg: dict) -> tuple[bool, dict]:
+    """Whether the run is the command's ``--quick`` one, and the settings in which it differs from what the
+    command runs (``AttributeExperimentConfig`` fields; weight noise is reported apart). Compared as JSON values, so
+    a config read back from ``metrics.json`` (lists for tuples) compares alike."""
+    import json
+
+    as_json = lambda config: json.loads(json.dumps(dataclasses.asdict(config)))  # noqa: E731
+    quick = as_json(AttributeExperimentConfig.quick(cfg["seed"]))
+    is_quick = json.loads(json.dumps(cfg)) == quick
+    base = quick if is_quick else as_json(AttributeExperimentConfig(seed=cfg["seed"]))
+    skip = {"weight_noise", "weight_noise_seed"}
+    return is_quick, {k: v for k, v in cfg.items() if k not in skip and base.get(k) != json.loads(json.dumps(v))}
+
+
 def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | None) -> str:
     cfg = metrics["config"]
     primary = metrics["method"]
+    is_quick, beyond = settings_beyond_command(cfg)
     lines = [
         "# Disentangling an attribute: flip, neutralize and measure bias (contrastive-PO §4.2)",
         "",
@@ -133,7 +148,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         f"regularization images (unbiased `train` split), {cfg['n_test']} unbiased `test` images in "
         f"{cfg['n_galleries']} retrieval galleries; linear head trained {cfg['steps']} steps (batch {cfg['batch_size']}), "
         f"seed {cfg['seed']}. Reproduce: `vlalign experiment attribute --out DIR --seed {cfg['seed']}"
-        + (" --quick" if cfg == dataclasses.asdict(AttributeExperimentConfig.quick(cfg["seed"])) else "") + "`."
+        + (" --quick" if is_quick else "") + "`"
+        + (" with these `AttributeExperimentConfig` fields changed from the command's: "
+           + ", ".join(f"`{k}={v}`" for k, v in beyond.items()) if beyond else "") + "."
         + (f" Image-tower weights perturbed by {cfg['weight_noise']:g} relative noise (noise seed "
            f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else ""),
         "",
