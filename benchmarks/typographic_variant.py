@@ -186,7 +186,8 @@ def main() -> None:
         loop = variant_loop(sizes, args.seed, train_changes, args.method)
     except (TypeError, ValueError) as error:
         parser.error(f"--train: {error}")
-    for name, count in (("n_pref (with --box-pairs)", sizes.n_pref + args.box_pairs), ("n_reg", sizes.n_reg)):
+    pref_name = "n_pref with --box-pairs" if args.box_pairs else "n_pref"
+    for name, count in ((pref_name, sizes.n_pref + args.box_pairs), ("n_reg", sizes.n_reg)):
         if count < loop.batch_size:
             parser.error(f"--sizes: {name} gives {count} training examples, fewer than one batch of "
                          f"{loop.batch_size}; give more images or a smaller --train batch_size")

@@ -317,7 +317,7 @@ def test_typographic_variant_names_a_bad_setting(monkeypatch, tmp_path, capsys):
     too_few = "training examples, fewer than one batch of"
     for extra, message in ((["--box-pairs", "-1"], "--box-pairs: expected a number of triplets >= 0, got -1"),
                            (["--box-scenes", "same"], "give --box-pairs N too"),
-                           (["--quick", "--sizes", '{"n_pref": 8}'], f"n_pref (with --box-pairs) gives 8 {too_few} 16"),
+                           (["--quick", "--sizes", '{"n_pref": 8}'], f"n_pref gives 8 {too_few} 16"),
                            (["--sizes", '{"n_reg": 10}'], f"n_reg gives 10 {too_few} 64")):
         monkeypatch.setattr("sys.argv", ["typographic_variant", "dpo", "{}", out, *extra])
         with pytest.raises(SystemExit):
@@ -449,13 +449,15 @@ def test_box_pairs_prefer_the_object_over_the_reference_models_hardest_other_in_
     box = typographic_variant.box_preference_pairs(model, world, 12, 7, prompts)
     images = world.sample("nonreading", 12, 7, classes=INDOMAIN_CLASSES, word_classes=INDOMAIN_CLASSES)
     assert torch.equal(box.images, images.images) and torch.equal(box.chosen, images.labels)
-    # brute force: one image and one class at a time, the best-scoring in-domain class other than the object
+    # brute force: one image and one class at a time, the best-scoring in-domain class other than the object (up to
+    # float noise between batch compositions: a rejected class scoring within 1e-5 of the best is the same answer)
     texts = {c: class_text_embeddings(model, [c])[0] for c in INDOMAIN_CLASSES}
     for i in range(12):
         feature = image_embeddings(model, images.images[i:i + 1])[0]
-        others = [c for c in INDOMAIN_CLASSES if world.classnames.index(c) != int(images.labels[i])]
-        hardest = max(others, key=lambda c: float(feature @ texts[c]))
-        assert int(box.rejected[i]) == world.classnames.index(hardest)
+        scores = {c: float(feature @ texts[c]) for c in INDOMAIN_CLASSES
+                  if world.classnames.index(c) != int(images.labels[i])}
+        rejected = world.classnames[int(box.rejected[i])]
+        assert rejected in scores and scores[rejected] >= max(scores.values()) - 1e-5
     pref = typographic_variant.PreferenceSet(box.images[:3], box.chosen[:3], box.rejected[:3], prompts)
     joined = typographic_variant.with_box_pairs(pref, box)
     assert len(joined) == 15 and torch.equal(joined.rejected[3:], box.rejected)
