@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -127,14 +128,12 @@ def settings_beyond_command(cfg: dict) -> tuple[bool, dict]:
     """Whether the run is the command's ``--quick`` one, and the settings in which it differs from what the
     command runs (``AttributeExperimentConfig`` fields; weight noise is reported apart). Compared as JSON values, so
     a config read back from ``metrics.json`` (lists for tuples) compares alike."""
-    import json
-
-    as_json = lambda config: json.loads(json.dumps(dataclasses.asdict(config)))  # noqa: E731
-    quick = as_json(AttributeExperimentConfig.quick(cfg["seed"]))
-    is_quick = json.loads(json.dumps(cfg)) == quick
-    base = quick if is_quick else as_json(AttributeExperimentConfig(seed=cfg["seed"]))
+    as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731
+    run = as_json(cfg)
+    quick = as_json(dataclasses.asdict(AttributeExperimentConfig.quick(cfg["seed"])))
+    base = quick if run == quick else as_json(dataclasses.asdict(AttributeExperimentConfig(seed=cfg["seed"])))
     skip = {"weight_noise", "weight_noise_seed"}
-    return is_quick, {k: v for k, v in cfg.items() if k not in skip and base.get(k) != json.loads(json.dumps(v))}
+    return run == quick, {k: v for k, v in run.items() if k not in skip and base.get(k) != v}
 
 
 def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | None) -> str:
