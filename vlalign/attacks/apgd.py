@@ -24,6 +24,10 @@ from vlalign.attacks.base import Attack, AttackResult, BestTracker, Objective, s
 from vlalign.attacks.threat_model import ascent_direction, check_counts, project, random_start
 from vlalign.attacks.objectives import LogitObjective
 
+#: The targeted form of each untargeted loss APGD can swap in, for objectives whose success is reaching a target.
+TARGETED_FORM = {"ce": "ce-targeted", "dlr": "dlr-targeted", "ce-targeted": "ce-targeted",
+                 "dlr-targeted": "dlr-targeted"}
+
 
 def apgd_checkpoints(steps: int) -> list[int]:
     """The paper's checkpoints w_0 = 0 < w_1 < … ≤ ``steps``.
@@ -70,6 +74,13 @@ class APGD(Attack):
         if not isinstance(objective, LogitObjective):
             raise TypeError(f"APGD with loss {self.loss!r} needs a logit objective (zero-shot or retrieval), got "
                             f"{type(objective).__name__}; use loss=None to maximize that objective's own loss")
+        if objective.success == "targeted":
+            # A targeted objective keeps its target: CE / DLR become their targeted forms (the untargeted ones would
+            # push away from the label while success is still counted as reaching the target).
+            if self.loss not in TARGETED_FORM:
+                raise ValueError(f"APGD loss {self.loss!r} has no targeted form, and the objective is targeted; use "
+                                 f"loss='ce' or 'dlr' (their targeted forms are used) or loss=None")
+            return objective.with_loss(TARGETED_FORM[self.loss])
         return objective.with_loss(self.loss)
 
     def run(self, objective: Objective, images: torch.Tensor, generator: torch.Generator) -> AttackResult:
