@@ -105,6 +105,51 @@ def test_model_is_in_eval_mode_during_the_attack_and_restored_after(tiny_mini_cl
     assert all(p.requires_grad for name, p in model.named_parameters() if name != "text.head.weight")
 
 
+def test_modes_of_submodules_survive_attacks_and_evaluations(tiny_mini_clip, world):
+    # A training model whose stem is deliberately in eval (e.g. frozen): every wrapper puts it back as it was,
+    # where model.train(was_training) would have put the stem in train mode too.
+    from vlalign.evaluation.robust import robust_evaluate
+
+    model = tiny_mini_clip.train()
+    model.visual.stem.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    EmbeddingObjective.from_images(model, _images(2, 32, 0))
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    robust_evaluate(model, world.sample("clean", 4, 0), "fgsm", [2 / 255], batch_size=4, steps_check=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def _norm_objective(x0: torch.Tensor) -> LossObjective:
+    """‖x − x0‖₂ written as sqrt(Σ δ²): its gradient at δ = 0 is NaN in every entry."""
+    return LossObjective(torch.nn.Linear(1, 1), lambda p, idx: (p - x0[idx]).pow(2).flatten(1).sum(1).sqrt(), 2)
+
+
+def test_a_nan_gradient_never_becomes_a_nan_image():
+    x = _images(2, 8, 0)
+    for attack in (PGD(0.5, norm="l2", steps=3, random_start=False, keep="last"),
+                   APGD(0.5, norm="l2", steps=3, loss=None, random_start=False),
+                   PGD(4 / 255, steps=3, random_start=False, keep="last")):
+        adversarial = attack(_norm_objective(x.clone()), x).adversarial
+        assert bool(torch.isfinite(adversarial).all()), attack
+
+
+def test_l2_direction_treats_nan_as_zero_and_follows_infinite_entries():
+    from vlalign.attacks.threat_model import ascent_direction
+
+    grad = torch.tensor([[3.0, float("nan"), 4.0, 0.0], [1.0, float("inf"), float("-inf"), 2.0]])
+    direction = ascent_direction(grad, "l2")
+    assert torch.allclose(direction[0], torch.tensor([0.6, 0.0, 0.8, 0.0]))
+    assert torch.allclose(direction[1], torch.tensor([0.0, 1.0, -1.0, 0.0]) / math.sqrt(2))
+
+
+def test_the_output_contract_refuses_non_finite_pixels():
+    x = _images(1, 8, 0)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="non-finite"):
+        PGD(0.1)._check_contract(x, bad)
+
+
 def test_errors_name_the_problem(tiny_mini_clip):
     with pytest.raises(ValueError, match="unknown attack 'pgdd'.*apgd-ce"):
         build_attack("pgdd", 4 / 255)

@@ -144,23 +144,32 @@ class AttackResult:
 
 
 @contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration of the block; restores every submodule's own mode afterwards (``module.train(
+    was_training)`` would not: it would put a submodule that was deliberately in eval, a frozen stem, in train)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def attack_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters for the duration of an attack; restores both exactly afterwards.
 
     Freezing parameters means autograd keeps no buffers for weight gradients: the backward pass computes the
     input gradient only.
     """
-    modes = [(m, m.training) for m in module.modules()]
     flags = [(p, p.requires_grad) for p in module.parameters()]
-    module.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        with torch.enable_grad():
+        with eval_mode(module), torch.enable_grad():
             yield
     finally:
-        for m, training in modes:
-            m.training = training
         for p, flag in flags:
             p.requires_grad_(flag)
 
@@ -217,6 +226,10 @@ class Attack(ABC):
     def _check_contract(self, images: torch.Tensor, adversarial: torch.Tensor) -> None:
         if adversarial.shape != images.shape:
             raise RuntimeError(f"{type(self).__name__} returned shape {tuple(adversarial.shape)} for {tuple(images.shape)}")
+        if not bool(torch.isfinite(adversarial).all()):
+            # Checked first: every comparison below is False for NaN, so a NaN image would pass them all.
+            raise RuntimeError(f"{type(self).__name__} returned non-finite pixels (NaN or inf): the objective's "
+                               f"gradient is likely non-finite at these images")
         if float(adversarial.min()) < 0 or float(adversarial.max()) > 1:
             raise RuntimeError(f"{type(self).__name__} left [0, 1]")
         if self.norm in NORMS and adversarial.numel():

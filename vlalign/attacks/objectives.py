@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from vlalign.attacks.base import Objective
+from vlalign.attacks.base import Objective, eval_mode
 from vlalign.attacks.losses import LOGIT_LOSSES, TARGETED_LOSSES, logit_loss
 from vlalign.models.embeddings import class_text_embeddings
 from vlalign.models.base import ContrastiveModel
@@ -159,12 +159,8 @@ class EmbeddingObjective(Objective):
                     normalize: bool = False) -> "EmbeddingObjective":
         """References φ_ref(x) from ``reference_model`` (default: ``model`` itself) on the clean ``images``."""
         ref_model = reference_model if reference_model is not None else model
-        was_training = ref_model.training
-        ref_model.eval()
-        try:
+        with eval_mode(ref_model):
             reference = ref_model.encode_image(images.to(ref_model.device), normalize=normalize).float()
-        finally:
-            ref_model.train(was_training)
         return cls(model, reference, normalize)
 
     @property

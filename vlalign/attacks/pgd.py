@@ -10,7 +10,7 @@ backward pass of that batch. Targeted or untargeted is the objective's choice (e
 ``ZeroShotObjective(...).targeted(targets)``): PGD maximizes whatever loss it is given.
 
 ``keep="last"`` returns the final iterate (Madry et al.; what adversarial training uses); ``keep="best"``
-returns per sample the first-found fooled iterate, else the highest-loss one (AutoAttack's bookkeeping,
+returns per sample the highest-loss fooled iterate, else the highest-loss one (AutoAttack's bookkeeping,
 stronger for evaluation, at the cost of one extra forward pass for the final iterate).
 """
 

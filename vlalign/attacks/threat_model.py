@@ -99,11 +99,20 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor, nor
 
 
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction of unit norm: sign(g) for ℓ∞, g/‖g‖₂ for ℓ2 (zero where g is zero)."""
+    """Steepest-ascent direction of unit norm: sign(g) for ℓ∞, g/‖g‖₂ for ℓ2 (zero where g is zero).
+
+    A NaN entry of g counts as zero in both (``sign(nan)`` is 0); for ℓ2, a sample with infinite entries steps
+    along those entries' signs only, so one bad entry never turns the whole step into NaN.
+    """
     if norm == "linf":
         return grad.sign()
     if norm == "l2":
-        norms = grad.flatten(1).norm(dim=1).view(-1, *([1] * (grad.dim() - 1)))
+        shape = (-1, *([1] * (grad.dim() - 1)))
+        if not bool(torch.isfinite(grad).all()):
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+            infinite = torch.isinf(grad)
+            grad = torch.where(infinite.flatten(1).any(1).view(shape), infinite * grad.sign(), grad)
+        norms = grad.flatten(1).norm(dim=1).view(shape)
         return grad / norms.clamp_min(1e-12)
     raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
 

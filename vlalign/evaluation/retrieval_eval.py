@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vlalign.attacks.base import Attack
+from vlalign.attacks.base import Attack, eval_mode
 from vlalign.attacks.objectives import RetrievalObjective
 from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.evaluation.retrieval import (
@@ -61,22 +61,13 @@ class GalleryRetrievalObjective(RetrievalObjective):
         return GalleryRetrievalObjective(model, self.gallery_texts, self.text_to_image, self.labels.cpu())
 
 
-def _was_training(model: ContrastiveModel) -> bool:
-    training = model.training
-    model.eval()
-    return training
-
-
 def evaluate_retrieval(model: ContrastiveModel, data: RetrievalSet, ks: Sequence[int] = DEFAULT_KS,
                        batch_size: int = 256) -> dict:
     """Clean Recall@k of ``model`` on ``data`` (images against all their captions), both directions and mR."""
-    training = _was_training(model)
-    try:
+    with eval_mode(model):
         texts, owner = data.flat_captions()
         return retrieval_recall(image_embeddings(model, data.images, batch_size), text_embeddings(model, texts, batch_size),
                                 owner, ks)
-    finally:
-        model.train(training)
 
 
 def _attacked_batches(model: ContrastiveModel, data: RetrievalSet, attack: Attack, batch_size: int, seed: int,
@@ -112,12 +103,9 @@ def adversarial_pixels(model: ContrastiveModel, data: RetrievalSet, attack: Atta
     seeded as :func:`adversarial_image_embeddings`. For a transfer attack crafted once on a surrogate and then
     scored on many targets with :func:`recall_of_pixels` (what :class:`vlalign.attacks.TransferAttack` does per
     target, without crafting the same images again for each)."""
-    training = _was_training(model)
-    try:
+    with eval_mode(model):
         text_emb = text_embeddings(model, data.flat_captions()[0])
         return torch.cat([x.cpu() for x in _attacked_batches(model, data, attack, batch_size, seed, text_emb, progress)])
-    finally:
-        model.train(training)
 
 
 def recall_of_pixels(model: ContrastiveModel, pixels: torch.Tensor, data: RetrievalSet, ks: Sequence[int] = DEFAULT_KS,
@@ -126,28 +114,22 @@ def recall_of_pixels(model: ContrastiveModel, pixels: torch.Tensor, data: Retrie
     :func:`adversarial_pixels`) in place of ``data``'s images and ``data``'s clean captions."""
     if pixels.shape[0] != len(data):
         raise ValueError(f"got {pixels.shape[0]} images for a gallery of {len(data)}")
-    training = _was_training(model)
-    try:
+    with eval_mode(model):
         texts, owner = data.flat_captions()
         with torch.no_grad():
             images = torch.cat([model.encode_image(pixels[s: s + batch_size].to(model.device)).float().cpu()
                                 for s in range(0, len(pixels), batch_size)])
         return retrieval_recall(images, text_embeddings(model, texts, batch_size), owner, ks)
-    finally:
-        model.train(training)
 
 
 def robust_retrieval(model: ContrastiveModel, data: RetrievalSet, attack: Attack, ks: Sequence[int] = DEFAULT_KS,
                      batch_size: int = 64, seed: int = 0, progress: bool = False) -> dict:
     """Recall@k with every image attacked by ``attack`` and the captions clean (both directions and mR)."""
-    training = _was_training(model)
-    try:
+    with eval_mode(model):
         texts, owner = data.flat_captions()
         text_emb = text_embeddings(model, texts)
         adversarial = adversarial_image_embeddings(model, data, attack, batch_size, seed, text_emb, progress)
         return retrieval_recall(adversarial, text_emb, owner, ks)
-    finally:
-        model.train(training)
 
 
 def has_itm_head(model: ContrastiveModel) -> bool:
@@ -170,8 +152,7 @@ def itm_reranked_recall(model: ContrastiveModel, data: RetrievalSet, k: int = 16
         raise TypeError(f"{type(model).__name__} has no image-text matching head to re-rank with")
     if k < max(ks):
         raise ValueError(f"re-ranking depth k={k} must be at least the largest recall k ({max(ks)})")
-    training = _was_training(model)
-    try:
+    with eval_mode(model):
         device = model.device
         texts, owner = data.flat_captions()
         image_emb = image_embeddings(model, data.images, batch_size)
@@ -198,5 +179,3 @@ def itm_reranked_recall(model: ContrastiveModel, data: RetrievalSet, k: int = 16
         ranked = rerank(candidates, itm.view_as(itc) + itc)
         t2i = recall_from_ranking(ranked, ranked == owner[:, None], ks)
         return recall_summary(i2t, t2i)
-    finally:
-        model.train(training)

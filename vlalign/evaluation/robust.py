@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from vlalign.attacks.registry import attack_class, attack_norm, build_attack, is_bounded, split_attack_names
 from vlalign.attacks.threat_model import format_eps
+from vlalign.attacks.base import eval_mode
 from vlalign.attacks.objectives import ZeroShotObjective
 from vlalign.data.image_set import ImageSet
 from vlalign.models.embeddings import class_text_embeddings
@@ -230,9 +231,7 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
     class_emb = class_embeddings.float().to(model.device)
     pixels = images.pixels()
     labels = images.labels
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = _predict(model, pixels, class_emb, batch_size)
         clean_correct = logits.argmax(1) == labels
         warnings: list[str] = []
@@ -311,8 +310,6 @@ def robust_evaluate(model: ContrastiveModel, images: ImageSet, attacks: Sequence
             acc_few = float(run_attack(name, e, few).float().mean())
             checks["steps"] = {"attack": name, "eps": format_eps(e), "steps": {str(few): acc_few, str(steps): robust[name][e]}}
             warnings += steps_monotonicity_warning(name, e, few, acc_few, steps, robust[name][e], tolerance)
-    finally:
-        model.train(was_training)
     settings = {"attacks": ",".join(names), "eps": ",".join(format_eps(e) for e in eps), "steps": steps,
                 "restarts": restarts, "queries": queries, "seed": seed, "n": n,
                 "attacked (clean-correct) images": int(rows.numel())}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from vlalign.attacks.base import attack_mode
+from vlalign.attacks.base import attack_mode, eval_mode
 from vlalign.attacks.objectives import ResponseObjective
 from vlalign.attacks.registry import attack_class, attack_norm, build_attack, is_bounded, split_attack_names
 from vlalign.attacks.threat_model import format_eps
@@ -137,9 +137,7 @@ def robust_evaluate_vlm(model: GenerativeVLM, pixels: torch.Tensor, prompts: Seq
     max_new_tokens = max_new_tokens or (8 if task == "vqa" else 24)
     tolerance = (1.0 / n + 1e-9 if task == "vqa" else 0.01) if tolerance is None else tolerance
     prompts, targets = list(prompts), [refs[0] for refs in references]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         clean_predictions = generate_answers(model, pixels, prompts, batch_size, max_new_tokens)
         clean = _score(task, clean_predictions, references)
         warnings: list[str] = []
@@ -203,8 +201,6 @@ def robust_evaluate_vlm(model: GenerativeVLM, pixels: torch.Tensor, prompts: Seq
             checks["steps"] = {"attack": name, "eps": format_eps(e), "steps": {str(few): score_few, str(steps): robust[name][e]}}
             warnings += steps_monotonicity_warning(name, e, few, score_few, steps, robust[name][e], tolerance, metric,
                                                    _fmt(task))
-    finally:
-        model.train(was_training)
     settings = {"task": task, "attacks": ",".join(names), "eps": ",".join(format_eps(e) for e in eps), "steps": steps,
                 "restarts": restarts, "seed": seed, "n": n, "attacked images": int(rows.numel()),
                 "max_new_tokens": max_new_tokens}
