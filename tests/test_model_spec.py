@@ -11,6 +11,7 @@ from huggingface_hub import constants
 from vlalign.models import hf_clip, loading
 from vlalign.models.checkpoint import CheckpointError
 from vlalign.models.loading import load_model
+from vlalign.models.vlm_loading import load_vlm
 
 
 @pytest.fixture
@@ -94,3 +95,75 @@ def test_names_that_are_neither_folders_nor_hub_ids(tmp_path, monkeypatch, no_ne
     with pytest.raises(CheckpointError, match="model folder not found"):
         load_model("./runs/x")
     assert calls == []
+
+
+# ------------------------------------------------------------------------------ generative VLMs (load_vlm)
+
+
+@pytest.fixture
+def llava_calls(monkeypatch):
+    """Record HFLlava.from_pretrained calls instead of loading anything."""
+    from vlalign.models.hf_llava import HFLlava
+
+    seen = []
+
+    def fake(name, local_files_only=None, **kwargs):
+        seen.append((str(name), local_files_only))
+        raise CheckpointError(f"fake load of {name}")
+
+    monkeypatch.setattr(HFLlava, "from_pretrained", staticmethod(fake))
+    return seen
+
+
+def _cache_model(cache, repo: str, config: str) -> None:
+    """Put a hub id's config.json into the (temporary) hub cache, laid out as huggingface_hub does."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    (folder / "snapshots" / "abc123" / "config.json").write_text(config)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("abc123")
+
+
+@pytest.mark.parametrize("offline", [None, "1"])
+def test_load_vlm_on_a_mistyped_run_folder_fails_fast(tmp_path, monkeypatch, no_network, empty_cache, llava_calls,
+                                                      offline):
+    """It used to retry the hub for ~50 s (HFLlava.from_pretrained with downloads allowed) and suggest nothing."""
+    (tmp_path / "runs" / "adpo_run").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    if offline is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as info:
+        load_vlm("runs/adpo_rn")
+    assert time.monotonic() - start < 1.0
+    message = str(info.value)
+    assert message.startswith("runs/adpo_rn: no such folder (did you mean runs/adpo_run?), and not in the local "
+                              f"hub cache ({empty_cache})")
+    assert "HF_HUB_OFFLINE=0" in message
+    with pytest.raises(CheckpointError, match=r"^\./runs/adpo_rn: model folder not found \(did you mean "
+                                              r"runs/adpo_run\?\)$"):
+        load_vlm("./runs/adpo_rn")
+    with pytest.raises(CheckpointError, match=r"^runs/a/b: no such model folder, nor a valid hub id$"):
+        load_vlm("runs/a/b")
+    assert llava_calls == []  # transformers was never asked
+
+
+def test_load_vlm_loads_a_cached_llava_from_the_cache_only(monkeypatch, no_network, empty_cache, llava_calls):
+    _cache_model(empty_cache, "someone/tiny-llava", '{"model_type": "llava"}')
+    _cache_model(empty_cache, "someone/tiny-clip", '{"model_type": "clip"}')
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(CheckpointError, match="fake load"):
+        load_vlm("someone/tiny-llava")
+    assert llava_calls == [("someone/tiny-llava", True)]
+    with pytest.raises(CheckpointError, match=r"config.json: model_type 'clip' is not a generative VLM"):
+        load_vlm("someone/tiny-clip")
+    assert len(llava_calls) == 1
+
+
+def test_load_vlm_downloads_only_with_hf_hub_offline_0(monkeypatch, empty_cache, llava_calls):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(CheckpointError, match="fake load"):
+        load_vlm("someone/not-cached")
+    assert llava_calls == [("someone/not-cached", False)]

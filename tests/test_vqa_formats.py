@@ -125,3 +125,75 @@ def test_robust_eval_command_on_a_vlm(tmp_path, capsys, task):
     code = main(["robust-eval", "--task", task, "--model", str(tmp_path / "vlm"), "--attack", "apgd-t",
                  "--out", str(tmp_path / "bad")])
     assert code == 2 and "do not apply to a generative VLM" in capsys.readouterr().err
+
+
+def _duplicate(records: list, index: int, **changes) -> None:
+    records.append({**records[index], **changes})
+
+
+VQA_DEFECTS = {  # name -> (file, mutation of its JSON, expected message)
+    "empty question": ("questions", lambda d: d["questions"][1].update(question=""),
+                       r"questions.json: questions\[1\] field 'question' is empty \(''\)"),
+    "blank question": ("questions", lambda d: d["questions"][2].update(question=" \t"),
+                       r"questions.json: questions\[2\] field 'question' is empty"),
+    "blank answer": ("annotations", lambda d: d["annotations"][2].update(multiple_choice_answer="  "),
+                     r"annotations.json: annotations\[2\] field 'multiple_choice_answer' is empty"),
+    "repeated annotation": ("annotations", lambda d: _duplicate(d["annotations"], 0, multiple_choice_answer="zzz"),
+                            r"annotations.json: annotations\[3\] repeats question_id 0 of annotations\[0\]"),
+    "repeated question": ("questions", lambda d: _duplicate(d["questions"], 1),
+                          r"questions.json: questions\[3\] repeats question_id 1 of questions\[1\]"),
+    "other image": ("annotations", lambda d: d["annotations"][1].update(image_id=2),
+                    r"annotations.json: the annotation of question_id 1 has image_id 2, but .*questions.json "
+                    r"questions\[1\] has image_id 1"),
+    "null subtype": ("questions", lambda d: d.update(data_subtype=None),
+                     r"questions.json: \"data_subtype\" must be a string .*got None"),
+    "numeric subtype": ("annotations", lambda d: d.update(data_subtype=2014),
+                        r"annotations.json: \"data_subtype\" must be a string .*got 2014"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(VQA_DEFECTS))
+def test_vqa_loader_rejects_inconsistent_files(tmp_path, defect):
+    """Each defect was accepted silently before (a wrong pair scored, an empty reference, a 'COCO_None_' path)."""
+    folder = export_vqa(MiniVQA(3, seed=0), tmp_path / "vqa")
+    assert len(load_vqa_folder(folder)) == 3  # the exported files are fine
+    which, mutate, message = VQA_DEFECTS[defect]
+    data = json.loads((folder / f"{which}.json").read_text())
+    mutate(data)
+    (folder / f"{which}.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        load_vqa_folder(folder)
+
+
+CAPTION_DEFECTS = {
+    "empty caption": (lambda d: d["annotations"][4].update(caption=""),
+                      r"captions.json: annotations\[4\] field 'caption' is empty"),
+    "blank caption": (lambda d: d["annotations"][0].update(caption="\n "),
+                      r"captions.json: annotations\[0\] field 'caption' is empty"),
+    "repeated image": (lambda d: _duplicate(d["images"], 0),
+                       r"captions.json: images\[2\] repeats id 0 of images\[0\]"),
+    "caption of no image": (lambda d: d["annotations"][5].update(image_id=99),
+                            r"captions.json: annotations\[5\] has image_id 99, which no entry of \"images\" has"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(CAPTION_DEFECTS))
+def test_caption_loader_rejects_inconsistent_files(tmp_path, defect):
+    folder = export_captions(MiniCaptions(2, seed=0), tmp_path / "c")
+    assert len(load_captions_folder(folder)) == 2
+    mutate, message = CAPTION_DEFECTS[defect]
+    data = json.loads((folder / "captions.json").read_text())
+    mutate(data)
+    (folder / "captions.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        load_captions_folder(folder)
+
+
+def test_vqa_subtype_from_the_annotations_file(tmp_path):
+    """A questions file without data_subtype takes the annotations file's (a valid string) for the image names."""
+    folder = export_vqa(MiniVQA(2, seed=0), tmp_path / "vqa")
+    data = json.loads((folder / "questions.json").read_text())
+    del data["data_subtype"]
+    (folder / "questions.json").write_text(json.dumps(data))
+    loaded = load_vqa_folder(folder)
+    assert loaded.subtype == "mini" and loaded.items[1][2].name == "COCO_mini_000000000001.png"

@@ -37,7 +37,10 @@ def _read_json(path: Path, what: str) -> dict:
     return read_json(path, DatasetError, expect=dict)
 
 
-def _records(data: dict, key: str, fields: dict[str, type | tuple[type, ...]], path: Path) -> list[dict]:
+def _records(data: dict, key: str, fields: dict[str, type | tuple[type, ...]], path: Path,
+             text: tuple[str, ...] = ()) -> list[dict]:
+    """The non-empty list of objects under ``key``, each with ``fields`` of the given types; the ``text`` fields
+    must not be empty or whitespace only (an empty reference would enter exact match and CIDEr-D)."""
     records = data.get(key)
     if not isinstance(records, list) or not records:
         raise DatasetError(f"{path}: expected a non-empty list under {key!r}")
@@ -48,7 +51,33 @@ def _records(data: dict, key: str, fields: dict[str, type | tuple[type, ...]], p
             if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
                 raise DatasetError(f"{path}: {key}[{number}] needs field {name!r} of type "
                                    f"{getattr(kind, '__name__', kind)}, got {record.get(name)!r}")
+        for name in text:
+            if not record[name].strip():
+                raise DatasetError(f"{path}: {key}[{number}] field {name!r} is empty ({record[name]!r}); "
+                                   "expected text")
     return records
+
+
+def _index_by(records: list[dict], field: str, key: str, path: Path) -> dict[int, int]:
+    """``record[field] -> its position`` over ``records`` (the list under ``key`` in ``path``); a repeated value is
+    a :class:`DatasetError` naming both entries (a dict would silently keep the last one)."""
+    seen: dict[int, int] = {}
+    for number, record in enumerate(records):
+        first = seen.setdefault(record[field], number)
+        if first != number:
+            raise DatasetError(f"{path}: {key}[{number}] repeats {field} {record[field]} of {key}[{first}]; "
+                               f"expected each {field} once")
+    return seen
+
+
+def _subtype(data: dict, path: Path) -> str | None:
+    """The ``data_subtype`` string of a VQAv2 file, or None when it has none."""
+    if "data_subtype" not in data:
+        return None
+    if not isinstance(data["data_subtype"], str):
+        raise DatasetError(f"{path}: \"data_subtype\" must be a string such as \"val2014\", "
+                           f"got {data['data_subtype']!r}")
+    return data["data_subtype"]
 
 
 def _to_pixels(array: np.ndarray) -> torch.Tensor:
@@ -67,11 +96,15 @@ class VQADataset(Dataset):
         questions, annotations, self.image_root = Path(questions), Path(annotations), Path(image_root)
         q_data = _read_json(questions, "VQAv2 questions")
         a_data = _read_json(annotations, "VQAv2 annotations")
-        self.subtype = str(q_data.get("data_subtype", a_data.get("data_subtype", "")))
-        records = _records(q_data, "questions", {"image_id": int, "question": str, "question_id": int}, questions)
+        q_subtype, a_subtype = _subtype(q_data, questions), _subtype(a_data, annotations)
+        self.subtype = q_subtype if q_subtype is not None else a_subtype or ""
+        records = _records(q_data, "questions", {"image_id": int, "question": str, "question_id": int}, questions,
+                           text=("question",))
         notes = _records(a_data, "annotations", {"question_id": int, "multiple_choice_answer": str, "answers": list},
-                         annotations)
-        by_id = {note["question_id"]: note for note in notes}
+                         annotations, text=("multiple_choice_answer",))
+        _index_by(records, "question_id", "questions", questions)
+        positions = _index_by(notes, "question_id", "annotations", annotations)
+        by_id = {qid: notes[number] for qid, number in positions.items()}
         if not self.image_root.is_dir():
             raise DatasetError(f"{self.image_root}: image root not found")
         self.image_size = image_size
@@ -81,6 +114,10 @@ class VQADataset(Dataset):
             if note is None:
                 raise DatasetError(f"{annotations}: no annotation for question_id {record['question_id']} "
                                    f"({questions} questions[{number}])")
+            if "image_id" in note and note["image_id"] != record["image_id"]:
+                raise DatasetError(f"{annotations}: the annotation of question_id {record['question_id']} has image_id "
+                                   f"{note['image_id']!r}, but {questions} questions[{number}] has image_id "
+                                   f"{record['image_id']}; expected the same image")
             answers = note["answers"]
             if not answers or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers):
                 raise DatasetError(f"{annotations}: question_id {record['question_id']}: \"answers\" must be a non-empty "
@@ -118,11 +155,15 @@ class CocoCaptionsDataset(Dataset):
         annotations, self.image_root = Path(annotations), Path(image_root)
         data = _read_json(annotations, "COCO captions")
         images = _records(data, "images", {"id": int, "file_name": str}, annotations)
-        notes = _records(data, "annotations", {"image_id": int, "caption": str}, annotations)
+        notes = _records(data, "annotations", {"image_id": int, "caption": str}, annotations, text=("caption",))
+        known = _index_by(images, "id", "images", annotations)
         if not self.image_root.is_dir():
             raise DatasetError(f"{self.image_root}: image root not found")
         captions: dict[int, list[str]] = {}
-        for note in notes:
+        for number, note in enumerate(notes):
+            if note["image_id"] not in known:
+                raise DatasetError(f"{annotations}: annotations[{number}] has image_id {note['image_id']}, which no "
+                                   "entry of \"images\" has")
             captions.setdefault(note["image_id"], []).append(note["caption"])
         self.image_size, self.prompt = image_size, prompt
         self.items: list[tuple[int, Path, list[str]]] = []

@@ -56,13 +56,15 @@ class HFBlip(ContrastiveModel):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, local_files_only: bool | None = None,
-                        max_text_length: int = 64) -> "HFBlip":
+                        max_text_length: int = 64, dtype: torch.dtype = torch.float32) -> "HFBlip":
         """Load model, tokenizer and processor settings from a hub id or folder (``local_files_only`` defaults
-        to True for folders and when ``HF_HUB_OFFLINE`` is set)."""
+        to True for folders and when ``HF_HUB_OFFLINE`` is set). ``dtype`` (float32 by default, whatever the
+        checkpoint stores) is the weights' type; half precision is for inference only."""
         from transformers import BlipForImageTextRetrieval
 
         model, tokenizer, processor = load_transformers_parts(BlipForImageTextRetrieval, name_or_path,
-                                                              local_files_only, "BLIP", _image_processor_class())
+                                                              local_files_only, "BLIP", _image_processor_class(),
+                                                              dtype=dtype)
         if processor is not None:
             mean, std = processor.image_mean, processor.image_std
             size = _size_value(getattr(processor, "size", None), model.config.vision_config.image_size)
@@ -82,7 +84,9 @@ class HFBlip(ContrastiveModel):
 
     def image_states(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision transformer's output states ``[B, 1 + patches, width]`` (what ITM cross-attends to)."""
-        return self.model.vision_model(pixel_values=self.preprocess(pixels)).last_hidden_state
+        # Preprocessing runs in the pixels' dtype; a half-precision model gets its input cast to its own dtype.
+        inputs = self.preprocess(pixels).to(next(self.model.vision_model.parameters()).dtype)
+        return self.model.vision_model(pixel_values=inputs).last_hidden_state
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = self.model.vision_proj(self.image_states(pixels)[:, 0, :])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlalign.models.base import ContrastiveModel
+from vlalign.models.checkpoint import CheckpointError
 
 
 def _features(output: object) -> torch.Tensor:
@@ -78,25 +79,75 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+#: Files that hold a tokenizer's vocabulary. ``tokenizer_config.json`` alone is not one: transformers 5 builds a
+#: tokenizer with an empty vocabulary from it (or from nothing at all), so every word would become ``<unk>``.
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+                         "sentencepiece.bpe.model")
+
+
+def require_tokenizer_files(folder: str | Path) -> None:
+    """Raise a one-line :class:`CheckpointError` when the local model ``folder`` holds no tokenizer vocabulary.
+
+    A folder written by ``model.save_pretrained`` alone has none; transformers would then load a tokenizer with an
+    empty vocabulary without a word, and every prompt would get the same embedding.
+    """
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise CheckpointError(f"{folder}: no tokenizer files (expected one of {', '.join(TOKENIZER_VOCAB_FILES)}); "
+                              "save the tokenizer with the model (tokenizer.save_pretrained(folder))")
+
+
+def check_tokenizer_size(tokenizer: Any, config: Any, name: str) -> None:
+    """Raise :class:`CheckpointError` when ``tokenizer`` has fewer than half the tokens of the model's text
+    vocabulary (``config.text_config.vocab_size``): its files are missing or belong to another model."""
+    vocab_size = getattr(getattr(config, "text_config", config), "vocab_size", None)
+    if isinstance(vocab_size, int) and len(tokenizer) * 2 < vocab_size:
+        raise CheckpointError(f"{name}: the tokenizer has {len(tokenizer)} tokens but the model's text vocabulary has "
+                              f"{vocab_size}; its tokenizer files are missing or wrong (save the model's own "
+                              "tokenizer with it)")
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` keyword that sets the load dtype: ``dtype`` (transformers >= 4.56), else
+    ``torch_dtype``. Without one, transformers 5 keeps the stored dtype (float16 for most hub checkpoints)."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (transformers' messages span several; the CLI reports errors as one)."""
+    return " ".join(str(exc).split())
+
+
 def load_transformers_parts(model_class: type, name_or_path: str | Path, local_files_only: bool | None,
-                            label: str, processor_class: type | None = None) -> tuple[Any, Any, Any]:
+                            label: str, processor_class: type | None = None,
+                            dtype: torch.dtype = torch.float32) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, image processor or None)`` of a transformers model by hub id or folder.
 
     ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set; a folder without
-    ``preprocessor_config.json`` gives no processor (the caller falls back to known statistics).
+    ``preprocessor_config.json`` gives no processor (the caller falls back to known statistics). The weights are
+    loaded as ``dtype`` (float32 unless asked otherwise: training half-precision weights with AdamW turns them into
+    NaN). A folder without tokenizer files, or a tokenizer far smaller than the model's vocabulary, is a
+    :class:`CheckpointError`.
     """
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
     if local_files_only is None:
         local_files_only = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    if Path(name).is_dir():
+        require_tokenizer_files(name)
     try:
-        model = model_class.from_pretrained(name, local_files_only=local_files_only)
+        model = model_class.from_pretrained(name, local_files_only=local_files_only, **dtype_kwargs(dtype))
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
     except OSError as exc:
-        # transformers' message spans several lines; the CLI reports errors as one line.
         raise FileNotFoundError(f"cannot load {label} model {name!r} (local_files_only={local_files_only}): "
-                                f"{' '.join(str(exc).split())}") from None
+                                f"{one_line(exc)}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"cannot load {label} model {name!r}: {one_line(exc)}") from None
+    check_tokenizer_size(tokenizer, model.config, name)
     try:
         processor = (processor_class or _image_processor_class()).from_pretrained(name, local_files_only=local_files_only)
     except OSError:
@@ -120,14 +171,18 @@ class HFCLIP(ContrastiveModel):
         self.max_text_length = int(model.config.text_config.max_position_embeddings)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, local_files_only: bool | None = None) -> "HFCLIP":
+    def from_pretrained(cls, name_or_path: str | Path, local_files_only: bool | None = None,
+                        dtype: torch.dtype = torch.float32) -> "HFCLIP":
         """Load model, tokenizer and processor settings from a hub id or folder.
 
-        ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set.
+        ``local_files_only`` defaults to True for existing folders and when ``HF_HUB_OFFLINE`` is set. ``dtype``
+        (float32 by default, whatever the checkpoint stores) is the weights' type; half precision is for inference
+        only, since AdamW steps on float16 weights give NaN.
         """
         from transformers import CLIPModel
 
-        model, tokenizer, processor = load_transformers_parts(CLIPModel, name_or_path, local_files_only, "CLIP")
+        model, tokenizer, processor = load_transformers_parts(CLIPModel, name_or_path, local_files_only, "CLIP",
+                                                              dtype=dtype)
         if processor is not None:
             mean, std = processor.image_mean, processor.image_std
             crop = _size_value(getattr(processor, "crop_size", None), model.config.vision_config.image_size)
@@ -143,7 +198,9 @@ class HFCLIP(ContrastiveModel):
         return clip_preprocess(pixels, self.resize_to, self.image_size, self.mean, self.std)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = _features(self.model.get_image_features(pixel_values=self.preprocess(pixels)))
+        # Preprocessing runs in the pixels' dtype; a half-precision model gets its input cast to its own dtype.
+        inputs = self.preprocess(pixels).to(next(self.model.vision_model.parameters()).dtype)
+        features = _features(self.model.get_image_features(pixel_values=inputs))
         return F.normalize(features, dim=-1) if normalize else features
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

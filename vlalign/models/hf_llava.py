@@ -25,7 +25,11 @@ import torch
 from torch import nn
 
 from vlalign.io import atomic_write_bytes
-from vlalign.models.hf_clip import _image_processor_class, _size_value, clip_preprocess
+from vlalign.models.checkpoint import CheckpointError
+from vlalign.models.hf_clip import (
+    _image_processor_class, _size_value, check_tokenizer_size, clip_preprocess, dtype_kwargs, one_line,
+    require_tokenizer_files,
+)
 from vlalign.models.vlm import GenerativeVLM, call_causal_lm
 
 DEFAULT_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
@@ -80,27 +84,43 @@ class HFLlava(GenerativeVLM):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, local_files_only: bool | None = None,
-                        prompt_template: str = DEFAULT_TEMPLATE, torch_dtype: torch.dtype | None = None) -> "HFLlava":
+                        prompt_template: str = DEFAULT_TEMPLATE, dtype: torch.dtype = torch.float32) -> "HFLlava":
         """Load model and processor from a hub id or folder (``local_files_only`` defaults to True for folders and
-        when ``HF_HUB_OFFLINE`` is set)."""
+        when ``HF_HUB_OFFLINE`` is set).
+
+        ``dtype`` is the projector's and language model's type: float32 by default, whatever the checkpoint
+        stores (llava-hf's are float16). The vision tower, the part AdPO trains, is float32 in any case: AdamW
+        steps on float16 weights underflow (its eps is 0 in float16) and turn them into NaN. A folder without
+        tokenizer files is a :class:`CheckpointError` naming it.
+        """
         from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
         name = str(name_or_path)
         if local_files_only is None:
             local_files_only = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        if Path(name).is_dir():
+            require_tokenizer_files(name)
         kwargs = {"local_files_only": local_files_only}
+        where = f"LLaVA model {name!r} (local_files_only={local_files_only})"
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(name, **kwargs, **({"dtype": torch_dtype} if torch_dtype else {}))
+            model = LlavaForConditionalGeneration.from_pretrained(name, **kwargs, **dtype_kwargs(dtype))
+        except OSError as exc:
+            raise FileNotFoundError(f"cannot load {where}: {one_line(exc)}") from None
+        except ValueError as exc:
+            raise CheckpointError(f"cannot load {where}: {one_line(exc)}") from None
+        _part(model, "vision_tower").float()
+        try:
+            processor = AutoProcessor.from_pretrained(name, **kwargs)
+            tokenizer, image_processor = processor.tokenizer, processor.image_processor
+        except (OSError, ValueError):
+            processor = None
             try:
-                processor = AutoProcessor.from_pretrained(name, **kwargs)
-                tokenizer, image_processor = processor.tokenizer, processor.image_processor
-            except (OSError, ValueError):
-                processor = None
                 tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
                 image_processor = _image_processor_class().from_pretrained(name, **kwargs)
-        except OSError as exc:
-            raise FileNotFoundError(f"cannot load LLaVA model {name!r} (local_files_only={local_files_only}): "
-                                    f"{' '.join(str(exc).split())}") from None
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"cannot load the tokenizer or image processor of {where}: "
+                                      f"{one_line(exc)}") from None
+        check_tokenizer_size(tokenizer, model.config, name)
         crop = _size_value(getattr(image_processor, "crop_size", None), model.config.vision_config.image_size)
         resize = _size_value(getattr(image_processor, "size", None), crop)
         model.eval()
@@ -158,7 +178,8 @@ class HFLlava(GenerativeVLM):
         return tower(self.preprocess(pixels).to(next(tower.parameters()).dtype)).pooler_output
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        return self.projector(features)
+        # The vision tower is float32 even when the projector and decoder are loaded in half precision.
+        return self.projector(features.to(next(self.projector.parameters()).dtype))
 
     # ------------------------------------------------------------------------------------------ tokens
 

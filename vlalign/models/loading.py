@@ -143,7 +143,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> Contrast
     elif Path(spec_str).exists():
         raise CheckpointError(f"{spec_str}: expected a model folder, got a file")
     elif spec_str.startswith((".", "/", "~")):
-        raise CheckpointError(f"{spec_str}: model folder not found{_did_you_mean(spec_str)}")
+        raise CheckpointError(f"{spec_str}: model folder not found{did_you_mean(spec_str)}")
     else:
         model = _load_hub_model(spec_str)
     return model.to(device).eval()
@@ -156,7 +156,7 @@ def hub_downloads_allowed() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
 
 
-def _did_you_mean(spec: str) -> str:
+def did_you_mean(spec: str) -> str:
     """``" (did you mean runs/tiny_dpo?)"`` when the folder part of ``spec`` exists and holds a similar name."""
     path = Path(spec).expanduser()
     if not path.parent.is_dir():
@@ -168,11 +168,12 @@ def _did_you_mean(spec: str) -> str:
     return " (did you mean " + " or ".join(str(Path(spec).parent / name) for name in close) + "?)"
 
 
-def _load_hub_model(spec: str) -> ContrastiveModel:
-    """A transformers CLIP or BLIP-retrieval model by hub id (the wrapper is chosen by its config's
-    ``model_type``): from the local cache, or downloaded when :func:`hub_downloads_allowed`.
+def locate_hub_checkpoint(spec: str) -> Path | None:
+    """Where the hub id ``spec`` (a name that is not a local folder) can be loaded from, decided without touching
+    the network: its cached ``config.json``, or None when it is not cached but :func:`hub_downloads_allowed`.
 
-    Decides without touching the network, so a name that is neither a folder nor a cached id fails at once.
+    Otherwise a :class:`CheckpointError` says so at once, with a "did you mean" for a mistyped folder, instead of
+    transformers retrying the hub for a minute. Both :func:`load_model` and ``load_vlm`` resolve hub ids here.
     """
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError
@@ -181,14 +182,23 @@ def _load_hub_model(spec: str) -> ContrastiveModel:
     try:
         cached = try_to_load_from_cache(spec, CONFIG_FILE, cache_dir=cache)
     except HFValidationError:
-        raise CheckpointError(f"{spec}: no such model folder{_did_you_mean(spec)}, nor a valid hub id") from None
+        raise CheckpointError(f"{spec}: no such model folder{did_you_mean(spec)}, nor a valid hub id") from None
     if isinstance(cached, str):
-        return _load_transformers(spec, _read_json(Path(cached)).get("model_type"), local_files_only=True)
+        return Path(cached)
     if hub_downloads_allowed():
-        return _load_transformers(spec, _remote_model_type(spec), local_files_only=False)
+        return None
     raise CheckpointError(
-        f"{spec}: no such folder{_did_you_mean(spec)}, and not in the local hub cache ({cache}); to download "
+        f"{spec}: no such folder{did_you_mean(spec)}, and not in the local hub cache ({cache}); to download "
         f"it from the Hugging Face hub, run once with HF_HUB_OFFLINE=0 set (or `hf download {spec}` first)")
+
+
+def _load_hub_model(spec: str) -> ContrastiveModel:
+    """A transformers CLIP or BLIP-retrieval model by hub id (the wrapper is chosen by its config's
+    ``model_type``): from the local cache, or downloaded when :func:`hub_downloads_allowed`."""
+    cached = locate_hub_checkpoint(spec)
+    if cached is not None:
+        return _load_transformers(spec, _read_json(cached).get("model_type"), local_files_only=True)
+    return _load_transformers(spec, _remote_model_type(spec), local_files_only=False)
 
 
 def _remote_model_type(spec: str) -> str:

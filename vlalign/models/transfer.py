@@ -36,9 +36,11 @@ def _read_kind(folder: Path) -> tuple[str, dict]:
     return str(kind), data
 
 
-def load_vision_source(spec: str | Path) -> tuple[str, nn.Module, MiniCLIPConfig | None]:
+def load_vision_source(spec: str | Path,
+                       dtype: torch.dtype = torch.float32) -> tuple[str, nn.Module, MiniCLIPConfig | None]:
     """The vision encoder named by ``spec`` -> (family ``"mini"`` or ``"clip"``, the module whose state is
-    transferred, the MiniCLIP config for the mini family)."""
+    transferred, the MiniCLIP config for the mini family). A transformers checkpoint is loaded as ``dtype``
+    (float32 by default, whatever it stores)."""
     from vlalign.models.loading import EMBEDDED_MODELS, load_mini_clip, load_model
 
     spec_str = str(spec)
@@ -62,7 +64,9 @@ def load_vision_source(spec: str | Path) -> tuple[str, nn.Module, MiniCLIPConfig
 
         cls = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModel",
                "llava": "LlavaForConditionalGeneration"}[kind]
-        model = getattr(transformers, cls).from_pretrained(str(folder), local_files_only=True)
+        from vlalign.models.hf_clip import dtype_kwargs
+
+        model = getattr(transformers, cls).from_pretrained(str(folder), local_files_only=True, **dtype_kwargs(dtype))
         if kind == "clip":
             return "clip", _clip_body(model.vision_model), None
         if kind == "clip_vision_model":

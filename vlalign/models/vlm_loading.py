@@ -36,8 +36,16 @@ def vlm_kind(folder: Path) -> str:
                           "\"model_type\": \"llava\"")
 
 
-def load_vlm(spec: str | Path, device: str | torch.device = "cpu") -> GenerativeVLM:
-    """``mini-vlm`` / ``mini-vlm-large`` (embedded), a MiniVLM or LLaVA folder, or a LLaVA hub id, in eval mode."""
+def load_vlm(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GenerativeVLM:
+    """``mini-vlm`` / ``mini-vlm-large`` (embedded), a MiniVLM or LLaVA folder, or a LLaVA hub id, in eval mode.
+
+    A hub id loads from the local cache, or is downloaded only when ``HF_HUB_OFFLINE=0`` is set (the same rule as
+    :func:`~vlalign.models.loading.load_model`), so a mistyped run folder fails at once with a suggestion.
+    ``dtype`` is a LLaVA's projector and decoder type (float32 by default, whatever the checkpoint stores); its
+    vision tower, the part AdPO trains, stays float32. Mini VLMs are float32.
+    """
+    from vlalign.models.loading import did_you_mean, locate_hub_checkpoint
+
     spec_str = str(spec)
     if spec_str in EMBEDDED_VLMS:
         folder = embedded_vlm_dir(spec_str)
@@ -52,13 +60,19 @@ def load_vlm(spec: str | Path, device: str | torch.device = "cpu") -> Generative
         else:
             from vlalign.models.hf_llava import HFLlava
 
-            model = HFLlava.from_pretrained(spec_str, local_files_only=True)
+            model = HFLlava.from_pretrained(spec_str, local_files_only=True, dtype=dtype)
     elif Path(spec_str).exists():
         raise CheckpointError(f"{spec_str}: expected a model folder, got a file")
     elif spec_str.startswith((".", "/", "~")):
-        raise CheckpointError(f"{spec_str}: model folder not found")
+        raise CheckpointError(f"{spec_str}: model folder not found{did_you_mean(spec_str)}")
     else:
+        cached = locate_hub_checkpoint(spec_str)
+        if cached is not None:
+            model_type = read_json(cached, CheckpointError, expect=dict).get("model_type")
+            if model_type != "llava":
+                raise CheckpointError(f"{cached}: model_type {model_type!r} is not a generative VLM; expected "
+                                      "\"model_type\": \"llava\"")
         from vlalign.models.hf_llava import HFLlava
 
-        model = HFLlava.from_pretrained(spec_str)
+        model = HFLlava.from_pretrained(spec_str, local_files_only=cached is not None, dtype=dtype)
     return model.to(device).eval()
