@@ -331,3 +331,46 @@ def test_alpha_gets_its_own_learning_rate_in_the_loop(model, data):
     with pytest.raises(ValueError, match="alpha_lr_scale"):
         AdvLoRAConfig(alpha_lr_scale=0.0)
     assert all("lr_scale" not in g for g in method(model, data).param_groups(0.01))  # the default: no own group
+
+
+def test_a_deep_copy_finished_first_leaves_the_original_whole(model, data):
+    """A deep copy of a parametrized module shares its generated class; folding α on the copy must not delete the
+    original's ``weight`` property (it did: the original's finish() then failed with an AttributeError)."""
+    import copy
+
+    m = method(model, data)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = m.model.encode_image(images)
+    replica = copy.deepcopy(m)
+    finished_copy = replica.finish()
+    finished = m.finish()
+    with torch.no_grad():
+        torch.testing.assert_close(finished.encode_image(images), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(finished_copy.encode_image(images), expected, atol=1e-5, rtol=0)
+
+
+def test_extra_averages_of_an_advlora_run_are_the_models_of_their_own_runs(model, data, tmp_path):
+    """``extra_averaging: [ema]`` beside BMA: the run finishes (and finishes again when re-run), its main model is
+    the BMA run's and its alternate the EMA run's, weight for weight."""
+    import dataclasses
+
+    from vlalign.training.loop import fit
+    from vlalign.training.train_config import TrainConfig
+
+    torch.set_num_threads(1)
+    config = AdvLoRAConfig(rank=2, eps="4/255", attack_steps=1, kmeans_iterations=3)
+    base = TrainConfig(steps=3, batch_size=4, lr=1e-2, checkpoint_every=3, log_every=1)
+    both_loop = dataclasses.replace(base, averaging="bma", extra_averaging=["ema", "none"])
+    both = fit(AdvLoRAMethod(model, data, config), both_loop, tmp_path / "both", progress=False)
+    again = fit(AdvLoRAMethod(model, data, config), both_loop, tmp_path / "both", progress=False)
+    assert again.already_finished and set(again.alternates) == {"ema", "none"}
+    for kind, result in (("bma", both.model), ("ema", both.alternates["ema"]), ("none", both.alternates["none"]),
+                         ("ema", again.alternates["ema"]), ("bma", again.model)):
+        alone = fit(AdvLoRAMethod(model, data, config), dataclasses.replace(base, averaging=kind),
+                    progress=False).model
+        assert isinstance(result, MiniCLIP) and not any("lora_" in k for k in result.state_dict())
+        a, b = alone.state_dict(), result.state_dict()
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), kind
+    differs = lambda x, y: any(not torch.equal(x.state_dict()[k], y.state_dict()[k]) for k in x.state_dict())  # noqa
+    assert differs(both.model, both.alternates["ema"]) and differs(both.model, both.alternates["none"])

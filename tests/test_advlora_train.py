@@ -169,7 +169,9 @@ def test_bad_configs_name_the_field(tmp_path, fields, message):
 
 def test_a_missing_karpathy_image_is_a_clear_error(karpathy, mini_folder, tmp_path, capsys):
     json_path, _ = karpathy
+    root = tmp_path / "images"  # a folder without the JSON's images (the output may not lie inside it)
+    root.mkdir()
     config = _write(tmp_path / "advlora.yaml", {"method": "advlora", "model": str(mini_folder),
-                                                "data": {"path": str(json_path), "image_root": str(tmp_path)}})
+                                                "data": {"path": str(json_path), "image_root": str(root)}})
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) != 0
     assert "not found under" in capsys.readouterr().err

@@ -248,3 +248,45 @@ def test_preference_prompts_with_unknown_words_are_refused(mini_model):
     with pytest.raises(UnknownWordsError, match=r"preference prompts: 2 word\(s\) unknown.*'cat', 'dog'|'dog', 'cat'"):
         train_preference(mini_model, pref, None, PreferenceConfig(trainable="head"), TrainConfig(steps=1, batch_size=4),
                          progress=False)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"method": "dpo", "data": {"n_reg": 0}}, "data.n_reg is 0 but the KL weight options.lam = 1.0 > 0"),
+    ({"method": "ce", "data": {"n_reg": 0}}, "data.n_reg is 0 but the ce baseline trains on labelled clean images"),
+])
+def test_no_regularization_images_with_a_kl_term_or_ce_is_a_config_error(values, match):
+    from vlalign.config import ConfigError, config_from_dict
+    from vlalign.pipelines.preference import PreferenceRun
+
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(PreferenceRun, values)
+    assert config_from_dict(PreferenceRun, {"method": "dpo", "options": {"lam": 0}, "data": {"n_reg": 0}})
+
+
+def test_a_finished_preference_run_is_evaluated_again_with_new_eval_settings_and_keeps_its_averages(tmp_path,
+                                                                                                    capsys):
+    import json
+
+    from vlalign.cli import main
+
+    config = tmp_path / "dpo_head.yaml"
+    text = ("method: dpo\noptions: {trainable: head}\ndata: {n_pref: 32, n_reg: 32}\n"
+            "train: {steps: 2, batch_size: 16, averaging: bma, extra_averaging: [ema]}\n")
+    config.write_text(text + "eval: {images: 16}\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["alternates"]) == {"ema"} and "kl_clean" in metrics["alternates"]["ema"]
+    assert (out / "ema" / "model.safetensors").is_file() or (out / "ema" / "head.safetensors").is_file()
+    state = (out / "state" / "train_state.safetensors").read_bytes()
+    config.write_text(text + "eval: {images: 8, seed: 77}\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 0
+    assert "evaluated it again with the config's eval settings, without training" in capsys.readouterr().err
+    assert (out / "state" / "train_state.safetensors").read_bytes() == state  # not trained again
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["eval"] == {"images": 8, "seed": 77}
+    assert json.loads((out / "metrics.json").read_text()) != metrics
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 0
+    assert "this run already finished" in capsys.readouterr().out

@@ -221,3 +221,21 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(name, tiny_min
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     rows = lambda folder: (folder / "metrics.csv").read_text().splitlines()  # noqa: E731
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    # The whole state, the global RNG included: a resumed run continues the uninterrupted run's random stream.
+    from safetensors.torch import load_file
+
+    sa, sb = (load_file(tmp_path / run / "state" / "train_state.safetensors") for run in ("a", "b"))
+    assert set(sa) == set(sb) and "rng.torch" in sa
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:5]
+
+
+def test_a_state_that_differs_only_by_an_eval_section_the_run_no_longer_counts_is_the_same_run(tmp_path):
+    # Run pipelines used to put their `eval` settings into the identity; a state written then is still their run.
+    fit(Quadratic(), SGD, tmp_path, run_config={"data": {"n": 1}, "eval": {"images": 8}}, progress=False)
+    assert fit(Quadratic(), SGD, tmp_path, run_config={"data": {"n": 1}}, progress=False).already_finished
+    with pytest.raises(ConfigMismatchError, match="data.n: 1 -> 2"):
+        fit(Quadratic(), SGD, tmp_path, run_config={"data": {"n": 2}}, progress=False)
+    # A run that still counts its eval section is refused when it changes.
+    fit(Quadratic(), SGD, tmp_path / "b", run_config={"eval": {"images": 8}}, progress=False)
+    with pytest.raises(ConfigMismatchError, match="eval.images: 8 -> 4"):
+        fit(Quadratic(), SGD, tmp_path / "b", run_config={"eval": {"images": 4}}, progress=False)

@@ -189,3 +189,47 @@ def test_ctrl_c_in_training_is_one_line_that_says_how_to_resume(tmp_path, tiny_f
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vlalign train: interrupted at step 3; the last checkpoint (step 2)")
     assert err.endswith("re-run the same command to resume")
+
+
+def test_changed_eval_settings_evaluate_a_finished_run_again_without_training(tmp_path, tiny_folder, monkeypatch,
+                                                                              capsys):
+    """One rule for every `vlalign train` pipeline: `eval` does not identify a run, so a finished run re-invoked
+    with other eval settings is evaluated again with them, not trained again and not reported stale."""
+    out = tmp_path / "run"
+    run_training(_tiny_config(tiny_folder, "fare", {"steps": 2}), out, progress=False)
+    model_bytes = (out / "model.safetensors").read_bytes()
+    first_train = json.loads((out / "metrics.json").read_text())["train"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", no_training)
+    outcome = run_training(_tiny_config(tiny_folder, "fare", {"steps": 2}, {"eps": ["8/255"]}), out, progress=False)
+    assert outcome.reevaluated and not outcome.already_finished
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["worst_case"]) == {"8/255"} and metrics["train"] == first_train
+    assert json.loads((out / "train_config.json").read_text())["eval"]["eps"] == ["8/255"]
+    assert (out / "model.safetensors").read_bytes() == model_bytes
+    # Unchanged settings: only reported.
+    again = run_training(_tiny_config(tiny_folder, "fare", {"steps": 2}, {"eps": ["8/255"]}), out, progress=False)
+    assert again.already_finished
+
+
+def test_extra_averages_are_saved_and_evaluated_beside_the_main_model(tmp_path, tiny_folder):
+    out = tmp_path / "run"
+    config = _tiny_config(tiny_folder, "tecoa", {"steps": 2, "averaging": "bma", "extra_averaging": ["ema"]})
+    metrics = run_training(config, out, progress=False).metrics
+    assert set(metrics["alternates"]) == {"ema"}
+    alternate = metrics["alternates"]["ema"]
+    assert set(alternate) >= {"clean", "worst_case", "robust"} and set(alternate["worst_case"]) == {"4/255"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["alternates"]["ema"]["clean"] == alternate["clean"]
+    assert json.loads((out / "ema" / "metrics.json").read_text())["averaging"] == "ema"
+    main_model, ema = load_model(out), load_model(out / "ema")
+    assert any(not torch.equal(v, ema.state_dict()[k]) for k, v in main_model.state_dict().items())
+
+
+def test_an_explicit_options_method_that_contradicts_the_method_is_refused():
+    with pytest.raises(ConfigError, match="options.method is 'fare' but method is 'tecoa'"):
+        config_from_dict(RobustRun, {"method": "tecoa", "options": {"method": "fare"}})
+    assert config_from_dict(RobustRun, {"method": "fare"}).options.method == "fare"

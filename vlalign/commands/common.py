@@ -91,6 +91,13 @@ def _existing_folder(value: str | Path | None) -> Path | None:
     return path.resolve() if path.is_dir() else None
 
 
+def _existing_file(value: str | Path | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path.resolve() if path.is_file() else None
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -101,9 +108,10 @@ def check_output(out: str | Path, inputs: Iterable[tuple[str, str | Path | None]
 
     Fails with a one-line ValueError when ``out`` is a file, lies under a file, cannot be written, or would write
     over an input: it may not be an input folder, contain one (its files could be replaced), or lie inside one
-    (a data folder stays as the user made it). ``inputs`` are ``(option, value)`` pairs; values that are not
-    existing folders (``mini``, a hub id, None) are skipped. Options in ``nested_ok`` name inputs that may hold
-    the output in a sub-folder (``vlalign control`` writes into ``RUN/control`` by default).
+    (a data folder stays as the user made it); nor may it contain an input file. ``inputs`` are ``(option, value)``
+    pairs; values that are neither existing folders nor files (``mini``, a hub id, None) are skipped. Options in
+    ``nested_ok`` name inputs that may hold the output in a sub-folder (``vlalign control`` writes into
+    ``RUN/control`` by default).
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -111,6 +119,10 @@ def check_output(out: str | Path, inputs: Iterable[tuple[str, str | Path | None]
     resolved = out.resolve()
     nested_ok = set(nested_ok)
     for name, value in inputs:
+        file = _existing_file(value)
+        if file is not None and _is_within(file, resolved):
+            raise ValueError(f"{option} {out} contains the {name} file {value}; it could be overwritten: choose an "
+                             "output folder outside it")
         folder = _existing_folder(value)
         if folder is None:
             continue

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.models.heads import HeadedCLIP
     from vlalign.models.loading import load_model
 
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1 (test images per split), got {args.n}")
     out = args.out or args.run / "control"
     check_device(args.device)
     check_output(out, [("--run", args.run)], nested_ok=("--run",))

@@ -24,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.experiments.demo import run_demo
     from vlalign.models.loading import load_model
 
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1 (test images per split), got {args.n}")
+    if args.fix_steps < 0:
+        raise ValueError(f"--fix-steps must be >= 0 (0 skips the fix), got {args.fix_steps}")
     check_output(args.out)
     torch.manual_seed(args.seed)
     run_demo(load_model("mini"), args.out, n=args.n, seed=args.seed, fix_steps=args.fix_steps)

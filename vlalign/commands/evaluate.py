@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--template must contain '{{}}' where the class name goes, got {args.template!r}")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1 (images of the generated split), got {args.n}")
     check_device(args.device)
     check_output(args.out, [("--model", args.model), ("--reference", args.reference), ("--data", args.data)],
                  nested_ok=("--model", "--reference"))

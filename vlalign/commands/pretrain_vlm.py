@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_out_argument
+from vlalign.commands.common import add_command, add_out_argument, check_device, check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +26,16 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.pipelines.pretrain_vlm import PretrainVLMConfig, pretrain_vlm
     from vlalign.reporting.tables import markdown_table
 
+    check_device(args.device)
+    check_output(args.out, [("--tower", args.tower)], nested_ok=("--tower",))
     config = load_config(args.config, PretrainVLMConfig)
     overrides = {k: v for k, v in (("tower", args.tower), ("seed", args.seed)) if v is not None}
     config = dataclasses.replace(config, **overrides)
     if args.device is not None:
         config = config.with_device(args.device)
+    for stage in ("projector", "full"):
+        check_device(getattr(config, stage).device, f"{args.config}: {stage}.device")
+    check_output(args.out, [(f"{args.config}: tower", config.tower)], nested_ok=(f"{args.config}: tower",))
     metrics = pretrain_vlm(config, args.out, overwrite=args.overwrite)
     rows = [[kind, f"{value:.3f}"] for kind, value in metrics["exact_match"].items()]
     rows.append(["CIDEr-D (captions)", f"{metrics['cider']:.3f}"])

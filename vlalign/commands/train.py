@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_inputs(config: Any, source: Path) -> list[tuple[str, Any]]:
-    """The folders a run config reads (its model and data), as ``(name, value)`` for :func:`check_output`."""
+    """The folders and files a run config reads (its model and data: ``data.path``, a folder or a JSON/JSONL file,
+    ``data.regularization`` and AdvLoRA's ``data.image_root``), as ``(name, value)`` for :func:`check_output`."""
     data = getattr(config, "data", None)
     return [(f"{source}: model", getattr(config, "model", None)),
-            *((f"{source}: data.{key}", getattr(data, key, None)) for key in ("path", "regularization"))]
+            *((f"{source}: data.{key}", getattr(data, key, None)) for key in ("path", "regularization", "image_root"))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,5 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: this run already finished; its results are in {args.out / 'metrics.json'} "
               "(use --overwrite to train it again)")
         return 0
+    if outcome.reevaluated:
+        print(f"{args.out}: this run had already finished; evaluated it again with the config's eval settings, "
+              f"without training (results in {args.out / 'metrics.json'})", file=sys.stderr)
     print(json.dumps(outcome.metrics, indent=2))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_out_argument
+from vlalign.commands.common import add_command, add_out_argument, check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.models.transfer import transfer_vision_encoder
     from vlalign.models.vlm_loading import load_vlm
 
+    # Model folders are only read: a sub-folder of one may hold the output, the folder itself may not.
+    check_output(args.out, [("--encoder", args.encoder), ("--into", args.into)], nested_ok=("--encoder", "--into"))
     target = load_vlm(args.into)
     transfer_vision_encoder(args.encoder, target)
     target.save(args.out)

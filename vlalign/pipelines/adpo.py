@@ -21,7 +21,7 @@ from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
 from vlalign.io import atomic_write_json
 from vlalign.models.vlm import GenerativeVLM
 from vlalign.models.vlm_loading import load_vlm
-from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation, train_summary, write_alternates
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
 from vlalign.training.loop import FitResult, fit
@@ -127,18 +127,25 @@ def train_adpo_run(run: AdPORun, out: Path, progress: bool = True, overwrite: bo
     began = time.perf_counter()
     out = Path(out)
     result = adpo_finetune(run, out, progress, overwrite)
-    skipped = outcome_without_evaluation(result, out)
+    skipped = outcome_without_evaluation(result, out, config_to_dict(run))
     if skipped is not None:
         return skipped
     model = result.model
     metrics = {"method": "adpo", "loss": run.options.loss, "attack_on": run.options.attack_on,
                "attack_objective": run.options.attack_objective, "eps": run.options.eps, "base_model": run.model,
-               "train": {"final_loss": result.history[-1]["loss"] if result.history else None,
-                         "steps": run.train.steps, "train_seconds": result.seconds}}
-    if run.eval.questions:
-        metrics["eval"] = evaluate_adpo(model, run.eval, progress)
-    model.save(out)
+               "train": train_summary(result, run.train.steps, out)}
+
+    def evaluate(candidate: GenerativeVLM) -> dict:
+        return {"eval": evaluate_adpo(candidate, run.eval, progress)} if run.eval.questions else {}
+
+    def save(candidate: GenerativeVLM, folder: Path) -> None:
+        candidate.save(folder)
+
+    metrics.update(evaluate(model))
+    save(model, out)
+    if result.alternates:
+        metrics["alternates"] = write_alternates(result.alternates, out, save, evaluate)
     atomic_write_json(out / "train_config.json", config_to_dict(run))
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
-    return RunOutcome(out, metrics=metrics, start_step=result.start_step)
+    return RunOutcome(out, metrics=metrics, start_step=result.start_step, reevaluated=result.already_finished)

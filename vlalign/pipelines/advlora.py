@@ -23,7 +23,7 @@ from vlalign.io import atomic_write_json
 from vlalign.models.adapters.advlora import trainable_parameter_count
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.loading import load_model, save_model
-from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation, train_summary, write_alternates
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import read_metrics_csv, training_report
 from vlalign.training.loop import FitResult, fit
@@ -160,7 +160,7 @@ def train_advlora_run(run: AdvLoRARun, out: Path, progress: bool = True, overwri
     began = time.perf_counter()
     out = Path(out)
     result, method, trainable = advlora_finetune(run, out, progress, overwrite)
-    skipped = outcome_without_evaluation(result, out)
+    skipped = outcome_without_evaluation(result, out, config_to_dict(run))
     if skipped is not None:
         return skipped
     model = result.model
@@ -168,15 +168,23 @@ def train_advlora_run(run: AdvLoRARun, out: Path, progress: bool = True, overwri
     metrics = {"method": "advlora", "trainable": run.options.trainable, "adversarial": run.options.adversarial,
                "eps": run.options.eps, "base_model": run.model, "trainable_params": trainable,
                "trainable_fraction": trainable / total, "alpha_mean": _final_alpha_mean(out),
-               "train": {"final_loss": result.history[-1]["loss"] if result.history else None,
-                         "steps": run.train.steps, "train_seconds": result.seconds}}
-    if run.eval.images:
-        metrics["eval"] = evaluate_retrieval_run(model, retrieval_gallery(run.data, run.eval, model.image_size),
-                                                 run.eval, progress)
-    save_model(model, out, info={"method": "advlora", "trainable": run.options.trainable, "base_model": run.model})
+               "train": train_summary(result, run.train.steps, out)}
+    gallery = retrieval_gallery(run.data, run.eval, model.image_size) if run.eval.images else None
+
+    def evaluate(candidate: ContrastiveModel) -> dict:
+        return {"eval": evaluate_retrieval_run(candidate, gallery, run.eval, progress)} if gallery is not None else {}
+
+    def save(candidate: ContrastiveModel, folder: Path) -> None:
+        save_model(candidate, folder, info={"method": "advlora", "trainable": run.options.trainable,
+                                            "base_model": run.model})
+
+    metrics.update(evaluate(model))
+    save(model, out)
     if method.adapter_export is not None:
         method.save_peft_adapter(out / "peft")
+    if result.alternates:  # merged models only: the peft adapter is the main model's
+        metrics["alternates"] = write_alternates(result.alternates, out, save, evaluate)
     atomic_write_json(out / "train_config.json", config_to_dict(run))
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
-    return RunOutcome(out, metrics=metrics, start_step=result.start_step)
+    return RunOutcome(out, metrics=metrics, start_step=result.start_step, reevaluated=result.already_finished)

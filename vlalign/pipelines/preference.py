@@ -21,7 +21,7 @@ from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.loading import load_model, save_model
-from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation, write_alternates
 from vlalign.training.loop import fit
 from vlalign.training.methods.preference import ContrastivePreference, PreferenceConfig, PreferenceResult
 from vlalign.training.train_config import TrainConfig
@@ -84,6 +84,13 @@ class PreferenceRun:
                              "options.lam: 0")
         if self.options.method == "ce" and (self.data.path or "").endswith(".jsonl") and not self.data.regularization:
             raise ValueError("the ce baseline trains on labelled clean images: set data.regularization")
+        if self.data.path is None and self.data.n_reg == 0:
+            if self.options.method == "ce":
+                raise ValueError("data.n_reg is 0 but the ce baseline trains on labelled clean images: set "
+                                 "data.n_reg >= 1")
+            if self.options.effective_lam > 0:
+                raise ValueError(f"data.n_reg is 0 but the KL weight options.lam = {self.options.effective_lam} > 0: "
+                                 "the regularizer needs clean images; set data.n_reg >= 1, or options.lam: 0")
 
 
 def build_preference_data(run: PreferenceRun, model: ContrastiveModel
@@ -113,17 +120,27 @@ def train_preference_run(run: PreferenceRun, out: Path, progress: bool = True, o
     base = load_model(run.model, run.train.device)
     pref, prompts, reg, reg_prompts = build_preference_data(run, base)
     method = ContrastivePreference(base, pref, prompts, reg, run.options, reg_prompts)
-    identity = {k: v for k, v in config_to_dict(run).items() if k not in ("train", "options")}
+    # `eval` does not identify the run: a finished run with new eval settings is evaluated again, not retrained.
+    identity = {k: v for k, v in config_to_dict(run).items() if k not in ("train", "options", "eval")}
     result = fit(method, run.train, out, run_config=identity, progress=progress, overwrite=overwrite)
-    skipped = outcome_without_evaluation(result, out)
+    skipped = outcome_without_evaluation(result, out, config_to_dict(run))
     if skipped is not None:
         return skipped
-    save_aligned_model(PreferenceResult(result.model, run.options), out, run.model)
-    metrics = evaluate_typographic(result.model, base, run.eval.images, run.eval.seed)
+
+    def evaluate(model: ContrastiveModel) -> dict:
+        return evaluate_typographic(model, base, run.eval.images, run.eval.seed)
+
+    def save(model: ContrastiveModel, folder: Path) -> None:
+        save_aligned_model(PreferenceResult(model, run.options), folder, run.model)
+
+    save(result.model, out)
+    metrics = evaluate(result.model)
+    if result.alternates:
+        metrics["alternates"] = write_alternates(result.alternates, out, save, evaluate)
     atomic_write_json(out / "train_config.json", config_to_dict(run))
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
-    return RunOutcome(out, metrics=metrics, start_step=result.start_step)
+    return RunOutcome(out, metrics=metrics, start_step=result.start_step, reevaluated=result.already_finished)
 
 
 def save_aligned_model(result: PreferenceResult, out: str | Path, base_spec: str, **info: Any) -> None:

@@ -196,8 +196,8 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
     out = Path(out)
     model, result, evaluate = pretrain(config, out, progress, overwrite)
     metrics_path = out / "metrics.json"
-    if result.already_finished and metrics_path.is_file():
-        return read_metrics(out)
+    if result.already_finished and metrics_path.is_file() and _same_evaluation(out, config):
+        return read_metrics(out)  # else evaluated again with the new eval_images / eval_seed, not trained
     if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
         return {}
     metrics = evaluate(model.cpu())
@@ -206,6 +206,15 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
     atomic_write_json(metrics_path, metrics)
     write_report(out, "pretrain", training_report(out), run_info(seconds=time.perf_counter() - began))
     return metrics
+
+
+def _same_evaluation(out: Path, config: PretrainConfig) -> bool:
+    """Whether the finished run in ``out`` was evaluated with ``config``'s eval_images and eval_seed."""
+    try:
+        saved = json.loads((out / "pretrain_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and all(saved.get(k) == getattr(config, k) for k in ("eval_images", "eval_seed"))
 
 
 def read_metrics(folder: str | Path) -> dict:

@@ -3,8 +3,8 @@ fresh images, save the model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,8 +17,9 @@ from vlalign.evaluation.robust import robust_evaluate
 from vlalign.io import atomic_write_json
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
+from vlalign.models.base import ContrastiveModel
 from vlalign.models.loading import load_model, save_model
-from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation
+from vlalign.pipelines.runs import RunOutcome, outcome_without_evaluation, train_summary, write_alternates
 from vlalign.training.loop import FitResult, fit
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
@@ -76,8 +77,9 @@ class RobustRun:
 
     def __post_init__(self) -> None:
         if self.options.method != self.method:
-            from dataclasses import replace
-
+            if self.options.method != RobustConfig.method:  # set explicitly to something else
+                raise ValueError(f"options.method is {self.options.method!r} but method is {self.method!r}; "
+                                 "set only the top-level method")
             self.options = replace(self.options, method=self.method)
         if self.data.path is None and self.data.seed == self.eval.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): evaluate on fresh images")
@@ -104,21 +106,29 @@ def train_robust_run(run: RobustRun, out: Path, progress: bool = True, overwrite
     began = time.perf_counter()
     out = Path(out)
     result = robust_finetune(run, out, progress, overwrite)
-    skipped = outcome_without_evaluation(result, out)
+    skipped = outcome_without_evaluation(result, out, config_to_dict(run))
     if skipped is not None:
         return skipped
-    model = result.model
     eval_images = MiniWorld().sample("clean", run.eval.images, run.eval.seed)
-    evaluation = robust_evaluate(model, eval_images, run.eval.attacks, [parse_eps(e) for e in run.eval.eps],
-                                 steps=run.eval.steps, seed=run.eval.seed, templates=run.options.templates,
-                                 progress=progress)
-    summary = evaluation.metrics()
-    metrics = {"method": run.method, "eps": format_eps(run.options.epsilon), "clean": summary["clean"],
-               "worst_case": summary["worst_case"], "robust": summary["robust"], "warnings": summary["warnings"],
-               "train": {"final_loss": result.history[-1]["loss"] if result.history else None,
-                         "steps": run.train.steps, "train_seconds": result.seconds}}
-    save_model(model, out, info={"method": run.method, "base_model": run.model})
+
+    def evaluate(model: ContrastiveModel) -> dict:
+        evaluation = robust_evaluate(model, eval_images, run.eval.attacks, [parse_eps(e) for e in run.eval.eps],
+                                     steps=run.eval.steps, seed=run.eval.seed, templates=run.options.templates,
+                                     progress=progress)
+        summary = evaluation.metrics()
+        return {"method": run.method, "eps": format_eps(run.options.epsilon), "clean": summary["clean"],
+                "worst_case": summary["worst_case"], "robust": summary["robust"], "warnings": summary["warnings"]}
+
+    def save(model: ContrastiveModel, folder: Path) -> None:
+        save_model(model, folder, info={"method": run.method, "base_model": run.model})
+
+    metrics = evaluate(result.model)
+    metrics["train"] = train_summary(result, run.train.steps, out)
+    save(result.model, out)
+    if result.alternates:
+        metrics["alternates"] = write_alternates(result.alternates, out, save, evaluate)
     atomic_write_json(out / "train_config.json", config_to_dict(run))
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
-    return RunOutcome(out, metrics=metrics, start_step=result.start_step)
+    return RunOutcome(out, metrics=metrics, start_step=result.start_step, reevaluated=result.already_finished)
+

@@ -1,11 +1,16 @@
-"""What a ``vlalign train`` run reports back to the command line."""
+"""What a ``vlalign train`` run reports back to the command line, and the steps every run pipeline shares after
+training: deciding whether a finished run needs evaluating again, and writing the extra weight averages."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
+from torch import nn
+
+from vlalign.io import atomic_write_json
 from vlalign.training import distributed
 
 if TYPE_CHECKING:
@@ -20,14 +25,63 @@ class RunOutcome:
     metrics: dict = field(default_factory=dict)
     already_finished: bool = False
     start_step: int = 0
+    #: The run had finished before, and was only evaluated again (its ``eval`` settings changed).
+    reevaluated: bool = False
 
 
-def outcome_without_evaluation(result: "FitResult", out: Path) -> RunOutcome | None:
-    """The outcome of a run whose evaluation this process skips, or None when it must evaluate and write: a run
-    that had already finished and wrote ``out/metrics.json`` is only reported, and under ``accelerate launch`` only
-    the main process evaluates and writes."""
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def outcome_without_evaluation(result: "FitResult", out: Path, config: dict[str, Any] | None = None
+                               ) -> RunOutcome | None:
+    """The outcome of a run whose evaluation this process skips, or None when it must evaluate and write.
+
+    The ``eval`` section of a run config does not identify the run (it does not change training), so a run that
+    had already finished is evaluated again, without training, when ``config["eval"]`` differs from the one in
+    ``out/train_config.json`` or when an extra average (``train.extra_averaging``) has no metrics yet; otherwise
+    it is only reported. Under ``accelerate launch`` only the main process evaluates and writes.
+    """
     if result.already_finished and (out / "metrics.json").is_file():
-        return RunOutcome(out, already_finished=True)
+        saved = _read_json(out / "train_config.json")
+        metrics = _read_json(out / "metrics.json")
+        same_eval = config is None or (isinstance(saved, dict) and saved.get("eval") == _json(config.get("eval")))
+        evaluated = isinstance(metrics, dict) and set(result.alternates) <= set(metrics.get("alternates") or {})
+        if same_eval and evaluated:
+            return RunOutcome(out, already_finished=True)
     if distributed.rank() != 0:
         return RunOutcome(out, start_step=result.start_step)
     return None
+
+
+def write_alternates(alternates: dict[str, nn.Module], out: Path, save: Callable[[nn.Module, Path], None],
+                     evaluate: Callable[[nn.Module], dict]) -> dict[str, dict]:
+    """Save and evaluate the extra weight averages of a run (``train.extra_averaging``) as its main model is:
+    each model into ``out/<kind>/`` with its ``metrics.json``; returns ``{kind: metrics}`` for the run's
+    ``metrics.json["alternates"]``."""
+    results = {}
+    for kind, model in alternates.items():
+        folder = out / kind
+        metrics = evaluate(model)
+        save(model, folder)
+        atomic_write_json(folder / "metrics.json", {"averaging": kind, **metrics})
+        results[kind] = metrics
+    return results
+
+
+def train_summary(result: "FitResult", steps: int, out: Path) -> dict:
+    """The ``train`` entry of a run's metrics.json (final loss, steps, seconds); a finished run that is only
+    evaluated again keeps the entry of its training."""
+    if result.already_finished:
+        previous = _read_json(out / "metrics.json")
+        if isinstance(previous, dict) and isinstance(previous.get("train"), dict):
+            return previous["train"]
+    return {"final_loss": result.history[-1]["loss"] if result.history else None, "steps": steps,
+            "train_seconds": result.seconds}

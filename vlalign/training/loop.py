@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
@@ -150,12 +151,22 @@ def _start(state_dir: Path | None, identity: dict, overwrite: bool, processes: _
         processes.barrier()
         return None
     meta = read_state_meta(state_dir)
-    if meta is not None and meta.get("config_hash") != config_hash(identity):
+    if meta is not None and meta.get("config_hash") != config_hash(identity) and not _same_but_eval(meta, identity):
         differences = config_differences(meta.get("config", {}), identity)
         raise ConfigMismatchError(
             f"{state_dir.parent}: holds a run trained with another config ({'; '.join(differences[:8])}"
             f"{'; …' if len(differences) > 8 else ''}); use another --out, or --overwrite to start over")
     return meta
+
+
+def _same_but_eval(meta: dict, identity: dict) -> bool:
+    """Whether a state differs from ``identity`` only by an ``eval`` section that ``identity`` does not have: the
+    run pipelines stopped counting the evaluation settings as part of a run (they do not change training), and a
+    state written before that is still the same run."""
+    saved = meta.get("config")
+    if "eval" in identity or not isinstance(saved, dict) or "eval" not in saved:
+        return False
+    return config_hash({k: v for k, v in saved.items() if k != "eval"}) == config_hash(identity)
 
 
 def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_config: dict[str, Any] | None = None,
@@ -184,6 +195,8 @@ def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_
     kinds = list(dict.fromkeys(k for k in [train.averaging, *train.extra_averaging] if k != "none"))
     averagers = {k: WeightAverager(module, k, train.steps, train.bma_gamma, train.ema_decay) for k in kinds}
     start = 0
+    # Drawn before the RNG is restored: a resumed run then continues the global stream exactly where it stopped.
+    generators = _loader_generators(method)
     if meta is not None:
         meta = load_training_state(state_dir, module, optimizer, scheduler, averagers)
         start = int(meta["step"])
@@ -193,7 +206,7 @@ def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_
     history: list[dict[str, float]] = []
     if meta is None or not meta["finished"]:
         history = _train(method, train, processes, optimizer, scheduler, averagers, start, state_dir, identity,
-                         progress)
+                         progress, generators, dict(meta.get("skipped", {})) if meta is not None else {})
     result = _finish(method, train, averagers)
     result.history, result.start_step = history, start
     result.already_finished = meta is not None and bool(meta["finished"])
@@ -208,7 +221,25 @@ def _check_streams(method: Method, train: TrainConfig) -> None:
             raise ConfigError(f"train.batch_size {batch_size} exceeds the {n} examples of stream '{name}'")
 
 
-def _loaders(method: Method, train: TrainConfig, processes: _Processes, start: int) -> dict[str, DataLoader]:
+def _loader_generators(method: Method) -> dict[str, torch.Generator]:
+    """One private generator per stream for its DataLoader's base seed, holding the global torch RNG state at this
+    point; the global RNG advances by the one draw each DataLoader iterator used to take from it.
+
+    A DataLoader without a generator draws its base seed from the global RNG when its iterator is created, which
+    on resume would happen after the RNG was restored and shift every later draw (dropout, a custom method's
+    ``torch.rand``). Drawing here, before the restore, keeps both the base seeds and the global stream of an
+    uninterrupted run exactly as they were, and makes a resumed run continue that stream bit-identically.
+    """
+    generators = {}
+    for name in method.streams():
+        generators[name] = torch.Generator()
+        generators[name].set_state(torch.get_rng_state())
+        torch.empty((), dtype=torch.int64).random_()  # the draw the iterator would have taken
+    return generators
+
+
+def _loaders(method: Method, train: TrainConfig, processes: _Processes, start: int,
+             generators: dict[str, torch.Generator] | None = None) -> dict[str, DataLoader]:
     loaders = {}
     for name, stream in method.streams().items():
         batch_size = stream.batch_size or train.batch_size
@@ -217,24 +248,28 @@ def _loaders(method: Method, train: TrainConfig, processes: _Processes, start: i
                                    processes.world, processes.rank)
         loaders[name] = DataLoader(stream.dataset, batch_sampler=sampler, collate_fn=stream.collate or default_collate,
                                    num_workers=train.num_workers, persistent_workers=False,
-                                   pin_memory=processes.device.type == "cuda")
+                                   pin_memory=processes.device.type == "cuda",
+                                   generator=(generators or {}).get(name))
     return loaders
 
 
 def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer: torch.optim.Optimizer,
            scheduler: Any, averagers: dict[str, WeightAverager], start: int, state_dir: Path | None,
-           identity: dict, progress: bool) -> list[dict[str, float]]:
+           identity: dict, progress: bool, generators: dict[str, torch.Generator] | None = None,
+           skipped: dict[str, int] | None = None) -> list[dict[str, float]]:
     device = processes.device
     module = method.trainable_module()
     params = [p for p in module.parameters() if p.requires_grad]
     wrapped = processes.wrap(method)
-    iterators = {name: iter(loader) for name, loader in _loaders(method, train, processes, start).items()}
+    iterators = {name: iter(loader) for name, loader in _loaders(method, train, processes, start, generators).items()}
     logger = MetricsLogger(state_dir.parent, resume=start > 0) if state_dir is not None and processes.is_main else None
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if train.precision == "bf16"
                 else contextlib.nullcontext())
     last_saved = start
     history: list[dict[str, float]] = []
-    skipped: dict[str, int] = {}  # per stream, since this call started
+    # Per stream, since the run started: a resume starts from the run's totals kept in the state, counted once (on
+    # the main process) so that the sum over processes logged below stays the run's total.
+    skipped = {name: int(n) if processes.is_main else 0 for name, n in (skipped or {}).items()}
     method.train()
     bar = tqdm(range(start, train.steps), desc=method.label, initial=start, total=train.steps,
                disable=not (progress and processes.is_main))
@@ -272,9 +307,10 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             done = step + 1 == train.steps
             if state_dir is not None and ((step + 1) % train.checkpoint_every == 0 or done):
+                totals = _skipped_totals(skipped, device)  # a collective: every process calls it
                 if processes.is_main:
                     save_training_state(state_dir, module, optimizer, scheduler, step + 1, identity, finished=done,
-                                        averagers=averagers)
+                                        averagers=averagers, extra={"skipped": totals})
                 last_saved = step + 1
                 processes.barrier()
     except KeyboardInterrupt:
@@ -298,6 +334,16 @@ def _check_terms(terms: dict[str, torch.Tensor], step: int, last_saved: int, sta
                 and last_saved > 0 else "no checkpoint was written")
         raise NonFiniteLossError(f"non-finite loss at step {step} ({shown}); stopped before the backward pass, "
                                  f"{kept}. Lower the learning rate or beta, or check the inputs for NaNs.")
+
+
+def _skipped_totals(skipped: dict[str, int], device: torch.device) -> dict[str, int]:
+    """The run's skipped images per stream, summed over processes (every process has the same streams)."""
+    if distributed.world_size() == 1 or not skipped:
+        return dict(skipped)
+    names = sorted(skipped)
+    values = torch.tensor([float(skipped[n]) for n in names], dtype=torch.float64, device=device)
+    summed = distributed.gather(values[None].to(distributed_device(values))).sum(0)
+    return {n: int(v) for n, v in zip(names, summed.tolist())}
 
 
 def _log_row(sums: dict[str, torch.Tensor], step: int, scheduler: Any) -> dict[str, float]:
@@ -325,11 +371,32 @@ def _finish(method: Method, train: TrainConfig, averagers: dict[str, WeightAvera
             continue
         if kind != "none":
             averagers[kind].copy_to(module)
-        alternates[kind] = copy.deepcopy(method, _shared(method)).finish()
+        alternates[kind] = _copy_method(method).finish()
         _restore(module, raw)
     if train.averaging != "none":
         averagers[train.averaging].copy_to(module)
     return FitResult(model=method.finish(), alternates=alternates)
+
+
+def _copy_method(method: Method) -> Method:
+    """A deep copy of ``method`` (sharing its data, see :func:`_shared`) that ``finish()`` may change freely.
+
+    ``copy.deepcopy`` of a module parametrized with ``torch.nn.utils.parametrize`` (AdvLoRA's adaptive α) keeps
+    the generated ``Parametrized…`` class, and ``remove_parametrizations`` on the copy deletes the property from
+    that shared class, breaking the original; each parametrized module of the copy gets a class of its own.
+    """
+    replica = copy.deepcopy(method, _shared(method))
+    originals = {id(type(m)) for m in method.modules() if parametrize.is_parametrized(m)}
+    for module in replica.modules():
+        if parametrize.is_parametrized(module) and id(type(module)) in originals:
+            module.__class__ = _own_class(type(module))
+    return replica
+
+
+def _own_class(cls: type) -> type:
+    """A copy of a generated class (same bases, same attributes, properties included), for one module alone."""
+    attributes = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, cls.__bases__, attributes)
 
 
 def _shared(method: Method) -> dict[int, Any]:

@@ -55,8 +55,11 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                         step: int, config: dict[str, Any], finished: bool = False,
-                        averagers: dict[str, WeightAverager] | None = None) -> None:
-    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy)."""
+                        averagers: dict[str, WeightAverager] | None = None, extra: dict[str, Any] | None = None
+                        ) -> None:
+    """Write everything needed to resume at ``step`` as one atomically replaced file (plus a readable JSON copy);
+    ``extra`` holds further JSON-able counters of the run (e.g. images skipped per stream), returned in the
+    metadata."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in trainable.state_dict().items()}
@@ -85,6 +88,7 @@ def save_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "averages": averages,
     }
+    meta = {**(extra or {}), **meta}
     save_tensors(folder / STATE_WEIGHTS, tensors, metadata={"step": str(step), _META_KEY: json.dumps(meta, default=str)})
     atomic_write_json(folder / STATE_META, meta)
 

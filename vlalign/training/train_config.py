@@ -36,7 +36,8 @@ class TrainConfig:
     averaging: Literal["none", "bma", "ema"] = option("none", "weight average written into the final model: Beta "
                                                              "Moving Average (contrastive-PO App. E) or EMA")
     extra_averaging: list[Literal["none", "bma", "ema"]] = option(
-        help="further averages kept in the same run and returned beside the model (BMA vs EMA)", factory=list)
+        help="further averages kept in the same run and returned beside the model (BMA vs EMA); `vlalign train` "
+             "saves each in OUT/<kind>/ and evaluates it into metrics.json's `alternates`", factory=list)
     bma_gamma: float = option(0.7, "γ of the Beta(γ, γ) weights of BMA")
     ema_decay: float = option(0.99, "decay of EMA")
     seed: int = option(0, "seed of batch order, initial weights and attack starts")

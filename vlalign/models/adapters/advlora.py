@@ -223,6 +223,11 @@ class AdvLoRAAdapter:
         for record in self.layers:
             lora_b = record.layer.lora_B["default"]
             if parametrize.is_parametrized(lora_b, "weight"):
+                # remove_parametrizations deletes the property from the module's generated class, which a deep
+                # copy of the model shares: give this module a private copy of that class first.
+                cls = type(lora_b)
+                lora_b.__class__ = type(cls.__name__, cls.__bases__,
+                                        {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
                 parametrize.remove_parametrizations(lora_b, "weight", leave_parametrized=True)
 
     def merge(self) -> ContrastiveModel:
