@@ -140,6 +140,16 @@ def test_bf16_autocast_runs_and_keeps_float32_weights():
     assert result.model.weight.dtype == torch.float32 and all(r["loss"] == r["loss"] for r in result.history)
 
 
+def test_float16_trainable_weights_are_refused_before_any_step():
+    from vlalign.config import ConfigError
+
+    method = Quadratic()
+    method.linear.half()  # what a checkpoint stored in float16 gives when loaded without a dtype
+    with pytest.raises(ConfigError, match="1 trainable parameter tensors are float16"):
+        fit(method, dataclasses.replace(SGD, optimizer="adamw"), progress=False)
+    assert method.calls == 0
+
+
 def test_batch_larger_than_the_data_is_a_clear_error():
     from vlalign.config import ConfigError
 

@@ -88,6 +88,11 @@ def _optimizer(train: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """The configured optimizer over a method's groups; a group's ``lr_scale`` sets its rate to that multiple of
     ``train.lr`` (the schedule then scales every group alike)."""
     groups = [dict(g) for g in groups]
+    half = [p for g in groups for p in g["params"] if p.requires_grad and p.dtype == torch.float16]
+    if half:
+        raise ConfigError(f"{len(half)} trainable parameter tensors are float16: optimizer steps on float16 weights "
+                          "underflow (Adam's eps is 0 in float16) and turn them into NaN; load the model in float32 "
+                          "(the loaders' default), and use train.precision: bf16 for mixed precision")
     for group in groups:
         if "lr_scale" in group:
             group["lr"] = train.lr * group.pop("lr_scale")

@@ -68,6 +68,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
+from vlalign.attacks.base import eval_mode
 from vlalign.attacks.objectives import EmbeddingObjective, ResponseObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
@@ -262,14 +263,10 @@ class AdPO(Method):
         loader = torch.utils.data.DataLoader(self.data, batch_size=self.precompute_batch_size, shuffle=False,
                                              collate_fn=default_collate)
         parts: list[dict[str, Any]] = []
-        was_training = self.model.training
-        self.model.eval()
         what = "y_w, reference" if self.config.attack_on == "policy" else "attack, y_w, y_l, reference"
-        try:
+        with eval_mode(self.model):
             for batch in tqdm(loader, desc=f"AdPO pairs ({what})", disable=not self.progress):
                 parts.append(self._pairs(batch, device, self.config.attack_seed))
-        finally:
-            self.model.train(was_training)
         frozen: dict[str, Any] = {"attack_on": self.config.attack_on, "attack_objective": self.config.attack_objective}
         for key in ("x_adv", "reference_chosen", "reference_rejected", "pixels"):
             if key in parts[0]:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlalign.attacks.base import eval_mode
 from vlalign.attacks.objectives import RetrievalObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps
@@ -219,12 +220,10 @@ class AdvLoRAMethod(Method):
             self.adapter.to(device)
         if not self.text_trainable and self.caption_embeddings is None:
             texts = [t for group in self.data.captions for t in group]
-            was_training = self.model.training
-            self.model.eval()
             # Fixed batches over the captions themselves (not the image dataset: nothing needs decoding).
-            self.caption_embeddings = torch.cat([self.model.encode_text(texts[s: s + FROZEN_BATCH]).float()
-                                                 for s in range(0, len(texts), FROZEN_BATCH)])
-            self.model.train(was_training)
+            with eval_mode(self.model):
+                self.caption_embeddings = torch.cat([self.model.encode_text(texts[s: s + FROZEN_BATCH]).float()
+                                                     for s in range(0, len(texts), FROZEN_BATCH)])
         elif self.caption_embeddings is not None:
             self.caption_embeddings = self.caption_embeddings.to(device)
 
