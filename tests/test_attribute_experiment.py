@@ -248,6 +248,10 @@ def test_seeds_aggregate_on_a_transformers_clip(tmp_path):
     assert "## Targets on every seed" in report and "--seeds 3,5" in report
     for name in ("fig_seed_spread.png", "fig_seed_parity.png", "seed-3/report.md", "seed-5/report.md"):
         assert (tmp_path / name).is_file(), name
+    # `vlalign report` rebuilds the same body from the folder (the seeds come back from JSON as strings).
+    from vlalign.experiments.attribute.seeds import report_from_run
+
+    assert report_from_run(tmp_path).strip() in report
 
 
 def test_perturb_image_tower_scales_each_weight_by_a_small_random_factor():
@@ -277,3 +281,6 @@ def test_report_names_the_settings_the_command_would_not_run():
     assert settings_beyond_command(full) == (False, {})  # weight noise is reported apart
     older = {**full, "n_pref": 2048, "n_reg": 2048}  # a run of the earlier default sizes
     assert settings_beyond_command(older) == (False, {"n_pref": 2048, "n_reg": 2048})
+    # A quick folder written before the averaging fields existed is still the --quick run.
+    before_fields = {k: v for k, v in quick.items() if k not in ("averaging", "ema_decay")}
+    assert settings_beyond_command(before_fields) == (True, {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,25 @@ def test_data_typographic_on_an_exported_folder(tmp_path, exported):
     # An attacked folder is evaluated like any other, and reports how often the written word wins.
     run_ok(["eval", "--data", out, "--out", tmp_path / "eval"])
     assert "written_label_rate" in read_json(tmp_path / "eval" / "metrics.json")
+
+
+def test_data_typographic_keeps_earlier_words_and_attacks_each_image_on_its_own(tmp_path, exported):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    run_ok(["data", "typographic", "--data", exported, "--seed", 1, "--out", once])
+    run_ok(["data", "typographic", "--data", once, "--seed", 2, "--out", twice])
+    first, second = load_image_folder(once), load_image_folder(twice)
+    for i in range(len(first)):
+        earlier, now = first.written_words(i), second.written_words(i)
+        assert now[:len(earlier)] == earlier and len(now) in (len(earlier), len(earlier) + 1)
+    assert any(len(second.written_words(i)) == 2 for i in range(len(second)))
+    # An image's attack depends only on (seed, its file), not on the images before it: the last three alone, in
+    # reverse order, get the attacks they got in the whole folder.
+    subset = tmp_path / "subset"
+    shutil.copytree(exported, subset)
+    lines = (subset / "metadata.jsonl").read_text().splitlines()
+    (subset / "metadata.jsonl").write_text("\n".join(lines[-3:][::-1]) + "\n")
+    run_ok(["data", "typographic", "--data", subset, "--seed", 1, "--out", tmp_path / "subset-once"])
+    assert torch.equal(load_image_folder(tmp_path / "subset-once").images, first.images[-3:].flip(0))
 
 
 def test_demo(tmp_path):

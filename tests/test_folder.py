@@ -89,6 +89,21 @@ def test_hand_written_folder_without_classes_json_uses_sorted_labels(tmp_path):
     assert loaded.images.shape == (2, 3, 8, 8)
 
 
+def test_captions_must_be_strings_and_null_means_none(tmp_path):
+    folder = write_folder(tmp_path / "f", [
+        {"file_name": "images/a.png", "label": "zebra", "caption": None},
+        {"file_name": "images/b.png", "label": "apple", "caption": "an apple \u2028 on a line of its own"},
+    ])
+    # json.dumps escapes U+2028; a tool writing ensure_ascii=False leaves it raw, which JSON allows.
+    (folder / "metadata.jsonl").write_text((folder / "metadata.jsonl").read_text().replace("\\u2028", "\u2028"),
+                                           encoding="utf-8")
+    loaded = load_image_folder(folder)
+    assert loaded.captions == ["", "an apple \u2028 on a line of its own"]
+    for bad in (["a", "list"], 3.5):
+        write_folder(tmp_path / "g", [{"file_name": "images/a.png", "label": "zebra", "caption": bad}])
+        assert "line 1: \"caption\" must be a string" in load_error(tmp_path / "g")
+
+
 def test_image_size_resizes_mixed_sizes(tmp_path):
     records = [{"file_name": "images/a.png", "label": "x"}, {"file_name": "images/b.png", "label": "y"}]
     folder = write_folder(tmp_path / "f", records, sizes={"images/a.png": (20, 10), "images/b.png": (9, 9)})

@@ -145,9 +145,12 @@ def test_float16_trainable_weights_are_refused_before_any_step():
 
     method = Quadratic()
     method.linear.half()  # what a checkpoint stored in float16 gives when loaded without a dtype
-    with pytest.raises(ConfigError, match="1 trainable parameter tensors are float16"):
+    with pytest.raises(ConfigError, match="1 trainable parameter tensors are float16: train.optimizer adamw"):
         fit(method, dataclasses.replace(SGD, optimizer="adamw"), progress=False)
     assert method.calls == 0
+    method.x, method.y = method.x.half(), method.y.half()
+    fit(method, dataclasses.replace(SGD, steps=2), progress=False)  # plain SGD has no eps to underflow
+    assert method.calls == 2 and bool(torch.isfinite(method.linear.weight).all())
 
 
 def test_batch_larger_than_the_data_is_a_clear_error():

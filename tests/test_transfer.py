@@ -53,6 +53,17 @@ def test_mini_encoder_into_a_mini_vlm(encoder, tmp_path, capsys):
     transfer_vision_encoder(tmp_path / "out", tiny_mini_vlm(seed=3))
 
 
+def test_with_vision_tower_takes_the_towers_pixel_statistics(encoder):
+    clip, _ = encoder
+    vlm = tiny_mini_vlm(seed=2).with_vision_tower(clip)
+    assert vlm.config.vision.pixel_mean == (0.4, 0.5, 0.6)
+    bare = tiny_mini_vlm(seed=2).with_vision_tower(clip.visual)  # a bare tower: its buffers' float32 values
+    assert torch.equal(bare.vision.mean, clip.visual.mean) and torch.equal(bare.vision.std, clip.visual.std)
+    pixels = torch.rand(2, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(vlm.pooled_embedding(pixels), clip.visual(pixels))
+
+
 def test_mismatched_towers_fail_with_a_clear_error(tmp_path):
     wider = MiniCLIP(MiniCLIPConfig(**{**TINY_TOWER, "vision_layers": 2}, vocab=["a"]))
     save_mini_clip(wider, tmp_path / "wider")

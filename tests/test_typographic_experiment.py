@@ -31,6 +31,18 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
         assert (tmp_path / name).is_file()
     assert not (tmp_path / "metrics.partial.json").exists()
     assert metrics["summary"]["best_po"] in ("dpo", "ipo", "kto")
+    # The best PO method and baseline are chosen on the validation draw, and the headline read on the test draw.
+    from vlalign.experiments.typographic_report import BASELINES, best_po_method
+
+    validation = written["validation"]
+    assert validation["seed"] == 4000 and set(validation["methods"]) == set(ROW_ORDER)
+    assert written["summary"]["selected_on"] == "validation"
+    assert written["summary"]["best_po"] == best_po_method(validation["methods"])
+    assert written["summary"]["best_baseline"] == max(BASELINES, key=lambda m: validation["methods"][m]["typographic"])
+    best = written["methods"][written["summary"]["best_po"]]
+    assert written["summary"]["typographic_gain"] == pytest.approx(best["typographic"] - written["methods"]["pretrained"]["typographic"])
+    assert "chosen on a validation draw (seed 4000" in (tmp_path / "report.md").read_text()
+    assert "this sweep covers only t ∈ [-1, 1] of that range" in (tmp_path / "report.md").read_text()
     # The reading effect sits beside the gap to clean in the report's table, for every method.
     report = (tmp_path / "report.md").read_text()
     assert "| gap to clean (pt) | reading effect (pt) |" in report

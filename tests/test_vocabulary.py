@@ -91,6 +91,37 @@ def test_robust_eval_checks_the_words_too(tmp_path, capsys):
 
 # --- preference JSONL: free text is not templated a second time --------------------------------------------------
 
+def test_a_head_model_honours_normalize_false(tiny_mini_clip):
+    weight = torch.eye(tiny_mini_clip.embed_dim) * 3 + 0.1
+    model = HeadedCLIP(tiny_mini_clip, LinearHead(tiny_mini_clip.embed_dim, weight))
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = model.encode_image(pixels, normalize=False)
+        base = tiny_mini_clip.encode_image(pixels)  # the head maps the base's normalized embedding
+        assert torch.allclose(raw, base @ weight.t(), atol=1e-6)
+        assert torch.allclose(model.encode_image(pixels), torch.nn.functional.normalize(raw, dim=-1), atol=1e-6)
+        tokens = model.tokenize(["a circle"])
+        assert torch.allclose(model.encode_tokens(tokens, normalize=False),
+                              tiny_mini_clip.encode_tokens(tokens) @ weight.t(), atol=1e-6)
+
+
+def test_a_head_checkpoint_names_what_is_wrong(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlalign.models.checkpoint import CheckpointError
+    from vlalign.models.loading import load_model
+
+    folder = tmp_path / "head"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"kind": "head", "base_model": "mini"}))
+    save_file({"W": torch.eye(4)}, str(folder / "head.safetensors"))
+    with pytest.raises(CheckpointError, match="head.safetensors: expected one floating-point tensor"):
+        load_model(folder)
+    save_file({"weight": torch.eye(128).half()}, str(folder / "head.safetensors"))
+    model = load_model(folder)  # a half-precision head is cast to the base model's dtype
+    assert model.head.weight.dtype == torch.float32
+
+
 def test_full_prompt_rule():
     assert not is_full_prompt("star")
     assert is_full_prompt("a photo of a star")
@@ -99,6 +130,9 @@ def test_full_prompt_rule():
     assert is_full_prompt("traffic light")             # documented: write multi-word classes in full
     assert not is_full_prompt("photo", "a photo of a {}")
     assert is_full_prompt("itap", "{} itap")           # contains the template's own text
+    # Word by word, not as strings: "star" and "cat" contain the letter "a" of "a {}" but not its word.
+    assert not is_full_prompt("star", "a {}") and not is_full_prompt("cat", "a {}")
+    assert is_full_prompt("a", "a {}")
 
 
 def write_triplets(folder: Path, rows: list[tuple[str, str]]) -> Path:

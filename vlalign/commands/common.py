@@ -48,6 +48,16 @@ def add_out_argument(parser: argparse.ArgumentParser, required: bool = True) -> 
     parser.add_argument("--out", type=Path, required=required, help="output folder (created if missing)")
 
 
+#: ``--dtype`` choices: the weight type of a LLaVA's projector and decoder (its vision tower stays float32).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="a LLaVA's projector and decoder weights (its vision tower stays float32); float16 "
+                             "halves the memory of a checkpoint stored in float16, as llava-hf's are")
+
+
 def parse_fraction(text: str) -> float:
     """'4/255' -> 0.01568..., '0.5' -> 0.5."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,12 @@ def run_typographic(args: argparse.Namespace) -> int:
 
     check_output(args.out, [("--data", args.data)])
     source = load_image_folder(args.data)
-    rng = np.random.default_rng(args.seed)
     attacked, written, clipped = [], [], []
     for i in range(len(source)):
+        # One generator per image, keyed by its file name: an image's attack depends on (seed, file) alone, not on
+        # the images before it, so a subset or a re-ordered folder gets the same attack for the same file.
+        key = zlib.crc32(source.files[i].encode()) if source.files else i
+        rng = np.random.default_rng([args.seed, key])
         image = Image.fromarray(source.images[i].permute(1, 2, 0).numpy())
         label = source.classnames[int(source.labels[i])]
         name = source.files[i] if source.files else f"image {i}"
@@ -95,12 +99,18 @@ def run_typographic(args: argparse.Namespace) -> int:
         if any(issubclass(w.category, WordClippedWarning) for w in caught):
             clipped.append(f"{name} ({word!r})")
         attacked.append(torch.from_numpy(np.array(out)).permute(2, 0, 1))  # a writable copy of the PIL buffer
-        written.append(source.classnames.index(word))
+        # The words already on the image stay listed beside the new one (it is painted over them, not instead).
+        earlier = source.written_words(i)
+        new = source.classnames.index(word)
+        written.append(earlier + [new] if new not in earlier else earlier)
     if clipped:  # one line for the folder, not one per image
         warnings.warn(WordClippedWarning(
             f"{len(clipped)} of {len(source)} images are too small for their word, which is cut off at the border "
             f"(e.g. {', '.join(clipped[:3])})"))
-    result = ImageSet(torch.stack(attacked), source.labels, source.classnames, torch.tensor(written), source.captions,
+    width = max(len(w) for w in written)
+    written_tensor = (torch.tensor([w[0] for w in written]) if width == 1
+                      else torch.tensor([w + [-1] * (width - len(w)) for w in written]))
+    result = ImageSet(torch.stack(attacked), source.labels, source.classnames, written_tensor, source.captions,
                       files=source.files)
     export_image_set(result, args.out, progress=True)
     print(f"wrote {len(result)} typographically attacked images to {args.out}")

@@ -6,7 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
+from vlalign.commands.common import (
+    DTYPES, add_command, add_dtype_argument, add_model_argument, add_out_argument, check_device, check_output,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "answers (exact match) or captions (CIDEr-D) on mini-world items or, with --data, a folder "
                              "written by `vlalign data export --split vqa|captions`")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="generation length (vqa 8, caption 24)")
+    add_dtype_argument(parser)
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -69,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.dtype != "float32":
+        raise ValueError(f"--dtype {args.dtype} is for generative VLMs (--task vqa or caption); a contrastive model "
+                         "is evaluated in float32")
     check_device(args.device)
     check_output(args.out, [("--model", args.model), ("--surrogate", args.surrogate), ("--data", args.data)],
                  nested_ok=("--model", "--surrogate"))
@@ -126,7 +132,7 @@ def _run_generative(args: argparse.Namespace) -> int:
     check_output(args.out, [("--model", args.model), ("--data", args.data)], nested_ok=("--model",))
     torch.manual_seed(args.seed)
     spec = "mini-vlm" if args.model == "mini" else args.model
-    model = load_vlm(spec, args.device)
+    model = load_vlm(spec, args.device, dtype=DTYPES[args.dtype])
     if args.task == "vqa":
         dataset = load_vqa_folder(args.data, model.image_size) if args.data else MiniVQA(args.n, args.seed)
         references = [[dataset[i]["answer"]] for i in range(len(dataset))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_out_argument, check_output
+from vlalign.commands.common import DTYPES, add_command, add_dtype_argument, add_out_argument, check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="the trained encoder: a MiniCLIP, MiniVLM, CLIP or LLaVA folder (or 'mini')")
     parser.add_argument("--into", required=True,
                         help="the VLM to receive it: mini-vlm, mini-vlm-large, a MiniVLM or LLaVA folder, a LLaVA hub id")
+    add_dtype_argument(parser)
     add_out_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Model folders are only read: a sub-folder of one may hold the output, the folder itself may not.
     check_output(args.out, [("--encoder", args.encoder), ("--into", args.into)], nested_ok=("--encoder", "--into"))
-    target = load_vlm(args.into)
+    target = load_vlm(args.into, dtype=DTYPES[args.dtype])
     transfer_vision_encoder(args.encoder, target)
     target.save(args.out)
     replaced = sum(1 for _ in target.vision_encoder.parameters())

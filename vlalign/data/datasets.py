@@ -131,7 +131,7 @@ class ImageFolderDataset(Dataset):
             self.files.append(record["file_name"])
             self.labels.append(index[record["label"]])
             self.written.append(words[0] if words else -1)
-            self.captions.append(str(record.get("caption", "")))
+            self.captions.append(record["caption"])
             self.where.append(where)
 
     def __len__(self) -> int:

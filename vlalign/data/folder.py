@@ -115,7 +115,8 @@ def _read_metadata(folder: Path) -> list[dict]:
     if not meta_path.is_file():
         raise DatasetError(f"{meta_path}: missing; an image folder needs {METADATA_FILE} with one JSON object per image")
     records = []
-    for number, line in enumerate(meta_path.read_text().splitlines(), start=1):
+    # "\n" only: str.splitlines would also split at U+2028 / U+0085, which JSON strings may hold raw.
+    for number, line in enumerate(meta_path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -124,6 +125,11 @@ def _read_metadata(folder: Path) -> list[dict]:
             raise DatasetError(f"{meta_path} line {number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict) or not isinstance(record.get("file_name"), str) or not isinstance(record.get("label"), str):
             raise DatasetError(f"{meta_path} line {number}: expected an object with string fields \"file_name\" and \"label\", got {line[:120]}")
+        caption = record.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise DatasetError(f"{meta_path} line {number}: \"caption\" must be a string (or null / absent for "
+                               f"none), got {caption!r}")
+        record["caption"] = caption or ""
         record["_line"] = number
         records.append(record)
     if not records:
@@ -237,7 +243,7 @@ def load_image_folder(folder: str | Path, image_size: int | None = None) -> Imag
         arrays.append(array)
         labels.append(index[record["label"]])
         written.append(words)
-        captions.append(str(record.get("caption", "")))
+        captions.append(record["caption"])
     width = max(len(w) for w in written)
     if width <= 1:
         written_tensor = torch.tensor([w[0] if w else -1 for w in written])

@@ -111,7 +111,9 @@ def is_full_prompt(text: str, template: str = DEFAULT_TEMPLATE) -> bool:
     if len(words) > 1:
         return True
     fixed = [part.lower().split() for part in template.split("{}")]
-    return any(part and " ".join(part) in " ".join(words) for part in fixed)
+    # A single word contains a part of the template word by word only if it is that (one-word) part: compared as
+    # strings, "star" would contain the "a" of "a {}".
+    return any(part and part == words for part in fixed)
 
 
 def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, classnames: list[str] | None = None
@@ -126,7 +128,8 @@ def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, cla
     if not path.is_file():
         raise DatasetError(f"{path}: preference file not found")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    # "\n" only: str.splitlines would also split at U+2028 / U+0085, which JSON strings may hold raw.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -100,13 +100,14 @@ def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, w
     seconds = {job: spent for job, (_, spent) in done.items()}
     methods = {name: _summary(results[name]) for name in ("pretrained", *METHODS)}
 
-    best = max(METHODS, key=lambda m: methods[m]["worst_case"][TARGET_EPS])
-    clean_cost = methods["pretrained"]["clean"] - methods[best]["clean"]
+    # Checked for each method, not for the better one: picking the better of two on the images that then report
+    # its figure would favour it (there is no separate validation draw here).
+    met_by = {m: methods[m]["worst_case"][TARGET_EPS] >= TARGET_ACCURACY for m in METHODS}
     metrics = {
         "methods": methods,
-        "best": best,
-        "target": {"eps": TARGET_EPS, "worst_case_at_least": TARGET_ACCURACY,
-                   "met": methods[best]["worst_case"][TARGET_EPS] >= TARGET_ACCURACY, "clean_cost": clean_cost},
+        "target": {"eps": TARGET_EPS, "worst_case_at_least": TARGET_ACCURACY, "met_by": met_by,
+                   "met": all(met_by.values()),
+                   "clean_cost": {m: methods["pretrained"]["clean"] - methods[m]["clean"] for m in METHODS}},
         "settings": {"quick": quick, "seed": seed, "eval_images": reference.eval.images,
                      "eval_seed": reference.eval.seed, "eval_attacks": reference.eval.attacks,
                      "eval_steps": reference.eval.steps,
@@ -122,6 +123,20 @@ def run_robust_experiment(out: str | Path, quick: bool = False, seed: int = 0, w
     return metrics
 
 
+def _target_line(metrics: dict) -> str:
+    """The target, checked for each method (a folder from before that names the better method alone)."""
+    methods, target = metrics["methods"], metrics["target"]
+    wanted = f"keeps ≥ {percent(target['worst_case_at_least'])} worst-case accuracy at ε = {target['eps']}"
+    if "met_by" not in target:
+        best = metrics["best"]
+        return (f"Target: the better method ({best}) {wanted}: **{'met' if target['met'] else 'not met'}** "
+                f"({percent(methods[best]['worst_case'][target['eps']])}, clean cost "
+                f"{100 * target['clean_cost']:.1f} points).")
+    each = "; ".join(f"{m}: **{'met' if ok else 'not met'}** ({percent(methods[m]['worst_case'][target['eps']])}, "
+                     f"clean cost {100 * target['clean_cost'][m]:.1f} points)" for m, ok in target["met_by"].items())
+    return f"Target: each method {wanted}. {each}."
+
+
 def _table(metrics: dict) -> str:
     methods = metrics["methods"]
     eps_keys = list(methods["pretrained"]["worst_case"])
@@ -135,7 +150,7 @@ def _table(metrics: dict) -> str:
 
 
 def _report(metrics: dict, quick: bool, seed: int) -> str:
-    methods, settings, target = metrics["methods"], metrics["settings"], metrics["target"]
+    methods, settings = metrics["methods"], metrics["settings"]
     lines = [
         "# Robust fine-tuning in the mini world: TeCoA and FARE",
         "",
@@ -147,10 +162,7 @@ def _report(metrics: dict, quick: bool, seed: int) -> str:
         "",
         _table(metrics),
         "",
-        f"Target: the better method ({metrics['best']}) keeps ≥ {percent(target['worst_case_at_least'])} worst-case "
-        f"accuracy at ε = {target['eps']}: **{'met' if target['met'] else 'not met'}** "
-        f"({percent(methods[metrics['best']]['worst_case'][target['eps']])}, clean cost "
-        f"{100 * target['clean_cost']:.1f} points).",
+        _target_line(metrics),
         "",
         "## Per attack",
         "",

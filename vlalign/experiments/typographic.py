@@ -136,14 +136,20 @@ def head_dpo_loop(sizes: TypographicSizes, seed: int) -> TrainConfig:
     return replace(head_loop(sizes, seed), averaging="bma")
 
 
-def _validation_score(world: MiniWorld, n: int, seed: int):
+#: The experiment's validation draw is seed VALIDATION_DRAW_OFFSET + its seed (``n_val`` in-domain images per split):
+#: PAINT's α and the best PO method and baseline of the summary are chosen there, never on the test draw.
+VALIDATION_DRAW_OFFSET = 4000
+
+
+def _validation_accuracies(world: MiniWorld, n: int, seed: int):
+    """A function: model -> its in-domain clean and typographic accuracy on the validation draw ``seed``."""
     clean = world.sample("indomain-clean", n, seed)
     typo = world.sample("indomain-typographic", n, seed)
 
-    def score(model: ContrastiveModel) -> float:
-        return 0.5 * (zero_shot_evaluate(model, clean).accuracy + zero_shot_evaluate(model, typo).accuracy)
+    def accuracies(model: ContrastiveModel) -> dict[str, float]:
+        return {"clean": zero_shot_evaluate(model, clean).accuracy, "typographic": zero_shot_evaluate(model, typo).accuracy}
 
-    return score
+    return accuracies
 
 
 def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int = 0) -> dict:
@@ -164,9 +170,13 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         print(f"[typographic] {name}: {seconds[name]:.0f} s", flush=True)
         return result
 
+    validate = _validation_accuracies(world, sizes.n_val, VALIDATION_DRAW_OFFSET + seed)
+    validation: dict[str, dict] = {}
+
     def record(name: str, model: ContrastiveModel) -> None:
         # Evaluate as soon as a model exists and keep a partial file, so an interrupted run still reports.
         methods[name] = evaluate(model)
+        validation[name] = validate(model)
         atomic_write_json(out / "metrics.partial.json", {"methods": methods, "seconds": seconds})
 
     record("pretrained", reference)
@@ -181,7 +191,7 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
                                               replace(train, extra_averaging=[]), progress=False))
     record("ce", ce.model)
     painted = timed("paint", lambda: paint(reference, ce.model, [i / 10 for i in range(11)],
-                                           _validation_score(world, sizes.n_val, 4000 + seed)))
+                                           lambda model: sum(validate(model).values()) / 2))
     record("paint", painted.model)
     head_train = head_loop(sizes, seed)
     record("materzynska", timed("materzynska", lambda: train_materzynska(reference, pref, reg, head_train)))
@@ -205,12 +215,14 @@ def run_typographic_experiment(out: str | Path, quick: bool = False, seed: int =
         beta_sweep["kl_clean"].append(row["kl_clean"])
         beta_sweep["typographic"].append(row["typographic"])
 
-    summary = summarize(methods, control)
+    summary = summarize(methods, control, validation)
     metrics = {"methods": {m: methods[m] for m in ROW_ORDER}, "control": control, "linear_probe": linear_probe,
                "bma_vs_ema": {m: {"bma": methods[m], "ema": ema[m]} for m in PO_METHODS},
                "beta_sweep": beta_sweep, "paint_alpha": painted.alpha,
                "head_dpo": {"orthogonality_error": head.head.orthogonality_error(), **evaluate(head)},
                "summary": summary, "seconds": seconds,
+               "validation": {"seed": VALIDATION_DRAW_OFFSET + seed, "n": sizes.n_val,
+                              "methods": {m: validation[m] for m in ROW_ORDER}},
                "settings": {"sizes": asdict(sizes), "po": PO_SETTINGS, "full_lr": FULL_LR, "seed": seed,
                             "eval_seed": eval_seed, "quick": quick}}
     atomic_write_json(out / "metrics.json", metrics)

@@ -18,6 +18,7 @@ from vlalign.reporting.figures import save_figure  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
 
 PO_METHODS = ("dpo", "ipo", "kto")
+BASELINES = ("ce", "paint", "materzynska", "defense_prefix")
 ROW_ORDER = ("pretrained", "ce", "paint", "materzynska", "defense_prefix", "dpo", "ipo", "kto")
 ROW_NAMES = {"pretrained": "Pretrained", "ce": "CE fine-tuning", "paint": "PAINT", "materzynska": "Materzynska+",
              "defense_prefix": "Defense-Prefix", "dpo": "DPO", "ipo": "IPO", "kto": "KTO"}
@@ -66,16 +67,28 @@ def monotone_on(control: dict, key: str = "written_label_rate", t_range: tuple[f
     return is_monotonic(values_on(control, key, t_range), tolerance)
 
 
-def summarize(methods: dict, control: dict) -> dict:
-    best_po = best_po_method(methods)
-    baselines = ("ce", "paint", "materzynska", "defense_prefix")
-    best_base = max(baselines, key=lambda m: methods[m]["typographic"])
+def _covered(control: dict) -> list[float] | None:
+    """[lowest, highest] swept t inside :data:`MONOTONE_T_RANGE` (None when the sweep has none there)."""
+    inside = [t for t in control["t"] if MONOTONE_T_RANGE[0] <= t <= MONOTONE_T_RANGE[1]]
+    return [min(inside), max(inside)] if inside else None
+
+
+def summarize(methods: dict, control: dict, validation: dict | None = None) -> dict:
+    """The headline figures, read on the test draw (``methods``) for the best PO method and the best baseline as
+    chosen on ``validation`` (each row's in-domain ``clean`` and ``typographic`` accuracy on the validation draw;
+    without it, on the test rows themselves)."""
+    chooser = validation if validation is not None else methods
+    best_po = best_po_method(chooser)
+    best_base = max(BASELINES, key=lambda m: chooser[m]["typographic"])
     po, pre = methods[best_po], methods["pretrained"]
     return {
         "best_po": best_po, "best_baseline": best_base,
+        "selected_on": "validation" if validation is not None else "test",
         "gap_closed": gap_closed(po, pre), "gap_closed_heldout": gap_closed(po, pre, "_heldout"),
         "written_label_rate_monotonic_on_target_range": monotone_on(control),
         "monotone_t_range": list(MONOTONE_T_RANGE),
+        # The t of the sweep inside that range: a short (quick) sweep covers only part of it.
+        "monotone_t_covered": _covered(control),
         "typographic_gain": po["typographic"] - pre["typographic"],
         "clean_drop": pre["clean"] - po["clean"],
         "clean_minus_typographic": po["clean"] - po["typographic"],
@@ -145,6 +158,28 @@ def write_plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path)
     plt.close(fig)
 
 
+def _coverage_note(summary: dict) -> str:
+    """" (swept only t ∈ [a, b] of that range)" when the sweep did not reach both ends of the target range."""
+    if "monotone_t_covered" not in summary:  # a folder from before the field existed
+        return ""
+    covered = summary["monotone_t_covered"]
+    if covered is None:
+        return " (no swept t lies in that range)"
+    if covered == summary["monotone_t_range"]:
+        return ""
+    return f" (this sweep covers only t ∈ [{covered[0]:g}, {covered[1]:g}] of that range)"
+
+
+def _selection_note(metrics: dict) -> str:
+    """Where the best PO method and the best baseline were chosen (a folder from before this was recorded chose
+    them on the test draw)."""
+    if metrics["summary"].get("selected_on") != "validation":
+        return " (Both were chosen on the test draw itself: this run predates the validation choice.)"
+    val = metrics["validation"]
+    return (f" Both were chosen on a validation draw (seed {val['seed']}, {val['n']} in-domain clean and "
+            f"{val['n']} typographic images), then read on the test draw above.")
+
+
 def _po_settings_text(po: dict) -> str:
     """Each full-tower PO method's (β, λ) and KL direction, as the run recorded them (a run from before the field
     recorded none: it used the default, KL(π_θ‖π_ref))."""
@@ -203,7 +238,7 @@ held-out) — typographic {percent(methods[s['best_po']]['typographic'])} vs cle
 {100 * s['clean_drop_heldout']:.1f}); KL_clean {s['kl_ratio_to_ce']:.2f}× CE's; {100 * s['margin_over_best_baseline']:+.1f}
 points typographic over the best baseline ({ROW_NAMES[s['best_baseline']]}). Reading effect: {_points(s['reading_effect'])}
 points in-domain, {_points(s['reading_effect_heldout'])} held-out (pretrained: {_points(s['reading_effect_pretrained'])}
-and {_points(s['reading_effect_pretrained_heldout'])}).
+and {_points(s['reading_effect_pretrained_heldout'])}).{_selection_note(metrics)}
 
 ## Linear probe of the object (pretrained model)
 
@@ -220,7 +255,7 @@ typographic {percent(probe['typographic'])}, clean {percent(probe['clean'])}, no
 
 ‖WᵀW − I‖_F = {metrics['head_dpo']['orthogonality_error']:.3f}. Written-label rate monotonic in t over the whole sweep:
 {s['written_label_rate_monotonic_in_t']}; over t ∈ [{s['monotone_t_range'][0]:g}, {s['monotone_t_range'][1]:g}] (each step within
-{MONOTONE_TOLERANCE:g}): {s['written_label_rate_monotonic_on_target_range']}.
+{MONOTONE_TOLERANCE:g}): {s['written_label_rate_monotonic_on_target_range']}{_coverage_note(s)}.
 
 {markdown_table(["t", "clean", "typographic", "written-label rate", "non-reading", "reading effect (pt)"], control_rows)}
 

@@ -21,6 +21,10 @@ def class_text_embeddings(model: ContrastiveModel, classnames: Sequence[str],
                           ) -> torch.Tensor:
     """One normalized embedding per class: the mean over ``templates`` of the prompt embeddings -> ``[K, D]``.
 
+    All prompts of the class list run as one batch, so the result is fixed for a given list; a sub-list embedded
+    on its own may differ in the last bits (measured: up to 7.5e-8), since the batch (and a text tower's padding)
+    changes. Compute a task's class embeddings once, for its whole class list.
+
     Class names or template words the model's vocabulary lacks raise
     :class:`~vlalign.models.vocabulary.UnknownWordsError` (a warning with ``allow_unknown_words``).
     """

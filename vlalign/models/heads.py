@@ -49,14 +49,18 @@ class HeadedCLIP(ContrastiveModel):
         self.image_size = base.image_size
         self.embed_dim = base.embed_dim
 
+    def _map(self, embeddings: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """W applied to the base's normalized embeddings; re-normalized unless ``normalize`` is False."""
+        return self.head(embeddings) if normalize else embeddings @ self.head.weight.t()
+
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        return self.head(self.base.encode_image(pixels))
+        return self._map(self.base.encode_image(pixels), normalize)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.base.tokenize(texts)
 
     def encode_tokens(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
-        return self.head(self.base.encode_tokens(tokens))
+        return self._map(self.base.encode_tokens(tokens), normalize)
 
     def unknown_words(self, texts: Sequence[str]) -> list[str]:
         return self.base.unknown_words(texts)

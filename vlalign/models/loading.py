@@ -106,7 +106,12 @@ def _load_head_run(folder: Path, device: str | torch.device) -> ContrastiveModel
     if "base_model" not in info:
         raise CheckpointError(f"{folder / RUN_FILE}: a head run must name its \"base_model\"")
     base = load_model(info["base_model"], device)
-    weight = load_tensors(folder / HEAD_FILE)["weight"]
+    tensors = load_tensors(folder / HEAD_FILE)
+    if set(tensors) != {"weight"} or not tensors["weight"].is_floating_point():
+        raise CheckpointError(f"{folder / HEAD_FILE}: expected one floating-point tensor \"weight\" (the head W), got "
+                              f"{ {k: str(v.dtype) for k, v in tensors.items()} }")
+    # In the base model's dtype: a head saved in half precision would not multiply float32 embeddings.
+    weight = tensors["weight"].to(next(base.parameters()).dtype)
     if weight.shape != (base.embed_dim, base.embed_dim):
         raise CheckpointError(f"{folder / HEAD_FILE}: head is {tuple(weight.shape)} but the base model "
                               f"{info['base_model']!r} has embedding width {base.embed_dim}")

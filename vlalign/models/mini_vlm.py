@@ -13,7 +13,7 @@ trained by TeCoA, FARE or AdPO are interchangeable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -174,10 +174,22 @@ class MiniVLM(GenerativeVLM):
         return self.projector(features)
 
     def with_vision_tower(self, tower: VisionTower | MiniCLIP) -> "MiniVLM":
-        """Load another MiniCLIP image tower's weights (same architecture) into this model's vision encoder."""
+        """Load another MiniCLIP image tower (same architecture) into this model's vision encoder: its weights and
+        its pixel statistics (the normalization it was trained with)."""
         source = tower.visual if isinstance(tower, MiniCLIP) else tower
         load_state_checked(self.vision, source.state_dict(), f"{type(tower).__name__} image tower")
+        if isinstance(tower, MiniCLIP):  # its config holds the statistics exactly
+            self.set_pixel_statistics(tower.config.pixel_mean, tower.config.pixel_std)
+        else:  # a bare tower: its float32 buffers (the same float32 values once copied)
+            self.set_pixel_statistics(source.mean.flatten().tolist(), source.std.flatten().tolist())
         return self
+
+    def set_pixel_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalize pixels with ``mean`` / ``std`` (per channel) from now on, in the tower and in the config that
+        is saved with the model."""
+        self.config.vision = replace(self.config.vision, pixel_mean=tuple(mean), pixel_std=tuple(std))
+        self.vision.mean.copy_(torch.tensor(self.config.vision.pixel_mean).view(1, 3, 1, 1))
+        self.vision.std.copy_(torch.tensor(self.config.vision.pixel_std).view(1, 3, 1, 1))
 
     # ------------------------------------------------------------------------------------------ tokens
 

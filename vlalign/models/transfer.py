@@ -9,7 +9,6 @@ and shape is checked first; a mismatch is a :class:`CheckpointError` naming both
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -90,10 +89,7 @@ def transfer_vision_encoder(encoder: str | Path, target: GenerativeVLM) -> Gener
         if differences:
             raise CheckpointError(f"{encoder}: its image tower differs from the target's: {'; '.join(differences)}")
         load_state_checked(target.vision, source.state_dict(), f"{encoder} (image tower)")
-        vision = replace(target.config.vision, pixel_mean=source_config.pixel_mean, pixel_std=source_config.pixel_std)
-        target.config.vision = vision
-        target.vision.mean.copy_(torch.tensor(vision.pixel_mean).view(1, 3, 1, 1))
-        target.vision.std.copy_(torch.tensor(vision.pixel_std).view(1, 3, 1, 1))
+        target.set_pixel_statistics(source_config.pixel_mean, source_config.pixel_std)
         return target
     from vlalign.models.hf_llava import HFLlava
 

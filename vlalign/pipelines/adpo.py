@@ -145,7 +145,9 @@ def train_adpo_run(run: AdPORun, out: Path, progress: bool = True, overwrite: bo
     save(model, out)
     if result.alternates:
         metrics["alternates"] = write_alternates(result.alternates, out, save, evaluate)
-    atomic_write_json(out / "train_config.json", config_to_dict(run))
+    # metrics.json first: if the run stops between the two writes, train_config.json still holds the earlier eval
+    # settings, so the next run evaluates again instead of reporting stale metrics.
     atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "train_config.json", config_to_dict(run))
     write_report(out, "train", training_report(out), run_info(seconds=time.perf_counter() - began))
     return RunOutcome(out, metrics=metrics, start_step=result.start_step, reevaluated=result.already_finished)

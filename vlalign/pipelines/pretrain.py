@@ -202,8 +202,10 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
         return {}
     metrics = evaluate(model.cpu())
     save_mini_clip(model, out)
-    atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
+    # metrics.json first: if the run stops between the two writes, the config still holds the earlier eval settings,
+    # so the next run evaluates again instead of reporting stale metrics.
     atomic_write_json(metrics_path, metrics)
+    atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
     write_report(out, "pretrain", training_report(out), run_info(seconds=time.perf_counter() - began))
     return metrics
 

@@ -231,7 +231,9 @@ def pretrain_vlm(config: PretrainVLMConfig, out: str | Path, overwrite: bool = F
         timing = {**previous, "evaluation": timing["evaluation"]} if isinstance(previous, dict) else timing
     metrics["seconds"] = timing
     model.save(out)
-    atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
+    # metrics.json first: if the run stops between the two writes, the config still holds the earlier eval settings,
+    # so the next run evaluates again instead of reporting stale metrics.
     atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
     write_report(out, "pretrain-vlm", vlm_pretraining_report(out), run_info(seconds=time.perf_counter() - began))
     return metrics

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
@@ -89,10 +88,11 @@ def _optimizer(train: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     ``train.lr`` (the schedule then scales every group alike)."""
     groups = [dict(g) for g in groups]
     half = [p for g in groups for p in g["params"] if p.requires_grad and p.dtype == torch.float16]
-    if half:
-        raise ConfigError(f"{len(half)} trainable parameter tensors are float16: optimizer steps on float16 weights "
-                          "underflow (Adam's eps is 0 in float16) and turn them into NaN; load the model in float32 "
-                          "(the loaders' default), and use train.precision: bf16 for mixed precision")
+    if half and train.optimizer != "sgd":
+        raise ConfigError(f"{len(half)} trainable parameter tensors are float16: train.optimizer {train.optimizer} "
+                          "steps on float16 weights underflow (its eps is 0 in float16) and turn them into NaN; load "
+                          "the model in float32 (the loaders' default), and use train.precision: bf16 for mixed "
+                          "precision")
     for group in groups:
         if "lr_scale" in group:
             group["lr"] = train.lr * group.pop("lr_scale")
@@ -376,32 +376,11 @@ def _finish(method: Method, train: TrainConfig, averagers: dict[str, WeightAvera
             continue
         if kind != "none":
             averagers[kind].copy_to(module)
-        alternates[kind] = _copy_method(method).finish()
+        alternates[kind] = copy.deepcopy(method, _shared(method)).finish()
         _restore(module, raw)
     if train.averaging != "none":
         averagers[train.averaging].copy_to(module)
     return FitResult(model=method.finish(), alternates=alternates)
-
-
-def _copy_method(method: Method) -> Method:
-    """A deep copy of ``method`` (sharing its data, see :func:`_shared`) that ``finish()`` may change freely.
-
-    ``copy.deepcopy`` of a module parametrized with ``torch.nn.utils.parametrize`` (AdvLoRA's adaptive α) keeps
-    the generated ``Parametrized…`` class, and ``remove_parametrizations`` on the copy deletes the property from
-    that shared class, breaking the original; each parametrized module of the copy gets a class of its own.
-    """
-    replica = copy.deepcopy(method, _shared(method))
-    originals = {id(type(m)) for m in method.modules() if parametrize.is_parametrized(m)}
-    for module in replica.modules():
-        if parametrize.is_parametrized(module) and id(type(module)) in originals:
-            module.__class__ = _own_class(type(module))
-    return replica
-
-
-def _own_class(cls: type) -> type:
-    """A copy of a generated class (same bases, same attributes, properties included), for one module alone."""
-    attributes = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-    return type(cls.__name__, cls.__bases__, attributes)
 
 
 def _shared(method: Method) -> dict[int, Any]:

@@ -12,7 +12,7 @@ import torch
 from vlalign.data.people import ACTIVITIES, ATTRIBUTES, STEREOTYPE, PeopleSet
 from vlalign.evaluation.erasure import window_below
 from vlalign.evaluation.people import PeopleTextEmbeddings, gallery_top_k
-from vlalign.experiments.attribute.config import BOUND_NAMES, TARGETS, AttributeExperimentConfig
+from vlalign.experiments.attribute.config import BOUND_NAMES, NEUTRAL_HALF_WIDTH, TARGETS, AttributeExperimentConfig
 from vlalign.experiments.attribute.sweeps import parity_gap_max, power_head
 from vlalign.models.heads import HeadedCLIP
 from vlalign.reporting.bias_plots import (
@@ -130,8 +130,10 @@ def settings_beyond_command(cfg: dict) -> tuple[bool, dict]:
     a config read back from ``metrics.json`` (lists for tuples) compares alike."""
     as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731
     run = as_json(cfg)
-    quick = as_json(dataclasses.asdict(AttributeExperimentConfig.quick(cfg["seed"])))
-    base = quick if run == quick else as_json(dataclasses.asdict(AttributeExperimentConfig(seed=cfg["seed"])))
+    # Only the fields the run recorded: a folder from before a field existed ran with that field's then-default.
+    recorded = lambda config: {k: v for k, v in as_json(dataclasses.asdict(config)).items() if k in run}  # noqa: E731
+    quick = recorded(AttributeExperimentConfig.quick(cfg["seed"]))
+    base = quick if run == quick else recorded(AttributeExperimentConfig(seed=cfg["seed"]))
     skip = {"weight_noise", "weight_noise_seed"}
     return run == quick, {k: v for k, v in run.items() if k not in skip and base.get(k) != v}
 
@@ -151,7 +153,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         + (" with these `AttributeExperimentConfig` fields changed from the command's: "
            + ", ".join(f"`{k}={v}`" for k, v in beyond.items()) if beyond else "") + "."
         + (f" Image-tower weights perturbed by {cfg['weight_noise']:g} relative noise (noise seed "
-           f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else ""),
+           f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else "")
+        + (" The heads' (β, λ) (`METHOD_PARAMS`) were chosen on the first 1,600 test images of seed 0, so seed 0's "
+           "figures are not an untouched draw; other seeds are." if cfg["seed"] == 0 else ""),
         "",
         "Definitions: the predicted attribute of an image of activity k is the more similar of \"the A-person is k\" "
         "and \"the B-person is k\"; activity accuracy is over \"the person is k\". The Σ^t sweep samples "
@@ -245,7 +249,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         ret_rows.append(row)
     gaps = s["retrieval_parity_gap"]
     ret_rows.append(["**parity gap / stereotype skew**", "", fmt_percent(gaps["original"]), f"{100 * s['stereotype_skew']['original']:+.1f}",
-                     fmt_percent(gaps["flipped"]), f"{100 * s['stereotype_skew']['flipped']:+.1f}", fmt_percent(gaps["neutralized"]),
+                     fmt_percent(gaps["flipped"]), f"{100 * s['stereotype_skew']['flipped']:+.1f}",
+                     f"{fmt_percent(s.get('retrieval_parity_gap_at_t_star'))} (t* ± "
+                     f"{cfg.get('neutral_half_width', NEUTRAL_HALF_WIDTH):g}: {fmt_percent(gaps['neutralized'])})",
                      "—" if s["stereotype_skew"]["neutralized"] is None else f"{100 * s['stereotype_skew']['neutralized']:+.1f}"])
     lines += [markdown_table(["activity prompt", "stereotype", "A share: original", "skew (pts)", "A share: flipped",
                               "skew (pts)", "A share: neutralized", "skew (pts)"], ret_rows), "",

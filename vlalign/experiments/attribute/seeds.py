@@ -242,4 +242,7 @@ def report_from_run(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     agg = json.loads((run_dir / "metrics.json").read_text())
     per_seed = {int(s): json.loads((run_dir / path).read_text()) for s, path in agg["per_seed"].items()}
+    # JSON keys are strings: the per-seed target checks are keyed by the seeds as integers again.
+    for entry in agg["methods"].values():
+        entry["targets_met"] = {int(seed): met for seed, met in entry["targets_met"].items()}
     return seeds_report(agg, per_seed, agg["figures"], agg["command"])
