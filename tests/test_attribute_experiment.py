@@ -1,6 +1,7 @@
 """The attribute experiment end to end: a quick run on the shipped people model, and the same pipeline on a tiny
 transformers CLIPModel built offline from a config."""
 
+import dataclasses
 import json
 import string
 
@@ -155,6 +156,17 @@ def test_config_errors():
         AttributeExperimentConfig(neutral_half_width=0.7)
     with pytest.raises(ValueError, match="weight_noise"):
         AttributeExperimentConfig(weight_noise=-1e-6)
+
+
+def test_loop_and_test_seeds_can_be_set_apart_from_the_data_seed():
+    config = AttributeExperimentConfig(seed=2, loop_seed=1002, test_seed=0)
+    _, loop = config.train_config("dpo")
+    assert loop.seed == 1002 and config.test_draw == 0
+    default = AttributeExperimentConfig(seed=2)
+    assert default.train_config("dpo")[1].seed == 2 and default.test_draw == 2
+    from vlalign.experiments.attribute.report import settings_beyond_command
+
+    assert settings_beyond_command(dataclasses.asdict(config)) == (False, {"loop_seed": 1002, "test_seed": 0})
 
 
 def test_train_config_carries_the_averaging_settings():

@@ -40,7 +40,8 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert written["summary"]["best_po"] == best_po_method(validation["methods"])
     assert written["summary"]["best_baseline"] == max(BASELINES, key=lambda m: validation["methods"][m]["typographic"])
     best = written["methods"][written["summary"]["best_po"]]
-    assert written["summary"]["typographic_gain"] == pytest.approx(best["typographic"] - written["methods"]["pretrained"]["typographic"])
+    pretrained = written["methods"]["pretrained"]
+    assert written["summary"]["typographic_gain"] == pytest.approx(best["typographic"] - pretrained["typographic"])
     assert "chosen on a validation draw (seed 4000" in (tmp_path / "report.md").read_text()
     assert "this sweep covers only t ∈ [-1, 1] of that range" in (tmp_path / "report.md").read_text()
     # The reading effect sits beside the gap to clean in the report's table, for every method.

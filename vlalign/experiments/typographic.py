@@ -147,7 +147,8 @@ def _validation_accuracies(world: MiniWorld, n: int, seed: int):
     typo = world.sample("indomain-typographic", n, seed)
 
     def accuracies(model: ContrastiveModel) -> dict[str, float]:
-        return {"clean": zero_shot_evaluate(model, clean).accuracy, "typographic": zero_shot_evaluate(model, typo).accuracy}
+        return {"clean": zero_shot_evaluate(model, clean).accuracy,
+                "typographic": zero_shot_evaluate(model, typo).accuracy}
 
     return accuracies
 

@@ -53,6 +53,9 @@ class AttributeExperimentConfig:
     ``averaging`` and ``ema_decay`` are the loop's weight averaging of the trained head (none, bma or ema; see
     :class:`vlalign.training.train_config.TrainConfig`).
 
+    ``seed`` draws the training images, the test images and the training loop's batches; ``loop_seed`` and
+    ``test_seed`` (None: ``seed``) set the last two apart, to tell which of the three a figure's spread comes from.
+
     ``weight_noise`` > 0 multiplies every image-tower weight by (1 + weight_noise · N(0, 1)) (draws seeded by
     ``weight_noise_seed``) before anything is computed: about what another CPU's rounding does to the features
     (1e-6), to measure how far one seed's figures move between machines without another machine.
@@ -73,6 +76,8 @@ class AttributeExperimentConfig:
     averaging: str = "none"
     ema_decay: float = 0.99
     seed: int = 0
+    loop_seed: int | None = None
+    test_seed: int | None = None
     device: str = "cpu"
     weight_noise: float = 0.0
     weight_noise_seed: int = 0
@@ -107,4 +112,10 @@ class AttributeExperimentConfig:
         beta, lam = self.method_params.get(method, (None, None))
         return (PreferenceConfig(method=method, trainable="head", beta=beta, lam=lam),
                 TrainConfig(lr=self.lr, averaging=self.averaging, steps=self.steps, batch_size=self.batch_size,
-                            ema_decay=self.ema_decay, seed=self.seed, device=self.device))
+                            ema_decay=self.ema_decay, seed=self.seed if self.loop_seed is None else self.loop_seed,
+                            device=self.device))
+
+    @property
+    def test_draw(self) -> int:
+        """The seed of the test images (and of their counterfactual twins)."""
+        return self.seed if self.test_seed is None else self.test_seed

@@ -154,8 +154,9 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
            + ", ".join(f"`{k}={v}`" for k, v in beyond.items()) if beyond else "") + "."
         + (f" Image-tower weights perturbed by {cfg['weight_noise']:g} relative noise (noise seed "
            f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else "")
-        + (" The heads' (β, λ) (`METHOD_PARAMS`) were chosen on the first 1,600 test images of seed 0, so seed 0's "
-           "figures are not an untouched draw; other seeds are." if cfg["seed"] == 0 else ""),
+        + (" The DPO and KTO heads' (β, λ) (`METHOD_PARAMS`) were chosen on the first 1,600 test images of seed 0, "
+           "so seed 0's figures are not an untouched draw for them; other seeds are (IPO's were chosen on validation "
+           "seeds 10-14)." if (cfg["seed"] if cfg.get("test_seed") is None else cfg["test_seed"]) == 0 else ""),
         "",
         "Definitions: the predicted attribute of an image of activity k is the more similar of \"the A-person is k\" "
         "and \"the B-person is k\"; activity accuracy is over \"the person is k\". The Σ^t sweep samples "

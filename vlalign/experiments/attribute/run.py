@@ -79,13 +79,13 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
         model = perturb_image_tower(model, config.weight_noise, config.weight_noise_seed)
     world = PeopleWorld()
     train = world.sample("train", config.n_pref + config.n_reg, config.seed)
-    test = world.sample("test", config.n_test, config.seed)
+    test = world.sample("test", config.n_test, config.test_draw)
     pref, reg = flip_preference_data(train, config.n_pref)
     image_emb = image_embeddings(model, test.images)
     text = people_text_embeddings(model)
     pretrained = people_metrics(image_emb, test, text, config.n_galleries, config.top_k)
     # Counterfactual twins (same scenes, other style) of the test images and of the preference images.
-    test_twins = world.sample("test", config.n_test, config.seed, swap_attribute=True)
+    test_twins = world.sample("test", config.n_test, config.test_draw, swap_attribute=True)
     fit_twins = world.sample("train", config.n_pref, config.seed, swap_attribute=True)
     gap_max = parity_gap_max(pretrained["retrieval_parity_gap"])
     bounds = erasure_bounds(image_emb, image_embeddings(model, test_twins.images),
