@@ -18,19 +18,11 @@ from vlalign.evaluation.zero_shot import zero_shot_evaluate
 from vlalign.pipelines import train as registry
 from vlalign.pipelines.runs import RunOutcome
 
+from cli_helpers import run_user_error
+
 
 def run_ok(argv: list[str]) -> None:
     assert main([str(a) for a in argv]) == 0
-
-
-def run_user_error(capsys, argv: list[str]) -> str:
-    """Run a command that must fail on bad input: exit code 2 and one line on stderr, which is returned."""
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"vlalign {argv[0]}: error: "), err
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def read_json(path: Path) -> dict:

@@ -3,27 +3,12 @@ image root and data file, and the range of the count options; each a one-line er
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from vlalign.cli import main
-
-
-def run_user_error(capsys, argv: list) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"vlalign {argv[0]}: error: "), err
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from cli_helpers import digest, run_user_error
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import pkgutil
@@ -14,6 +13,7 @@ import torch
 
 import vlalign
 from vlalign.cli import main
+
 from vlalign.commands import common
 from vlalign.commands.common import check_device, check_output
 from vlalign.data.folder import export_image_set
@@ -21,19 +21,7 @@ from vlalign.data.mini_world import MiniWorld
 from vlalign.models import loading
 from vlalign.models.loading import save_model
 
-
-def run_user_error(capsys, argv: list) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"vlalign {argv[0]}: error: "), err
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from cli_helpers import digest, run_user_error
 
 
 @pytest.fixture

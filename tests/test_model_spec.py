@@ -46,9 +46,10 @@ def calls(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("offline", [None, "1"])
-def test_a_mistyped_run_folder_fails_fast_offline(tmp_path, monkeypatch, no_network, empty_cache, calls, offline):
-    (tmp_path / "runs" / "tiny_dpo").mkdir(parents=True)
+def mistyped_folder_error(tmp_path, monkeypatch, offline: str | None, existing: str, load, spec: str) -> str:
+    """The error of ``load(spec)`` run from a folder holding ``runs/<existing>``, with HF_HUB_OFFLINE as given (None:
+    unset); it must come within a second, without a network call."""
+    (tmp_path / "runs" / existing).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     if offline is None:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the environment of a user who set nothing
@@ -56,9 +57,14 @@ def test_a_mistyped_run_folder_fails_fast_offline(tmp_path, monkeypatch, no_netw
         monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     start = time.monotonic()
     with pytest.raises(CheckpointError) as info:
-        load_model("runs/tiny_dpoo")
+        load(spec)
     assert time.monotonic() - start < 1.0
-    message = str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("offline", [None, "1"])
+def test_a_mistyped_run_folder_fails_fast_offline(tmp_path, monkeypatch, no_network, empty_cache, calls, offline):
+    message = mistyped_folder_error(tmp_path, monkeypatch, offline, "tiny_dpo", load_model, "runs/tiny_dpoo")
     assert message.startswith("runs/tiny_dpoo: no such folder (did you mean runs/tiny_dpo?), and not in the local "
                               f"hub cache ({empty_cache})")
     assert "HF_HUB_OFFLINE=0" in message  # how to go online
@@ -128,17 +134,7 @@ def _cache_model(cache, repo: str, config: str) -> None:
 def test_load_vlm_on_a_mistyped_run_folder_fails_fast(tmp_path, monkeypatch, no_network, empty_cache, llava_calls,
                                                       offline):
     """It used to retry the hub for ~50 s (HFLlava.from_pretrained with downloads allowed) and suggest nothing."""
-    (tmp_path / "runs" / "adpo_run").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    if offline is None:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    else:
-        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-    start = time.monotonic()
-    with pytest.raises(CheckpointError) as info:
-        load_vlm("runs/adpo_rn")
-    assert time.monotonic() - start < 1.0
-    message = str(info.value)
+    message = mistyped_folder_error(tmp_path, monkeypatch, offline, "adpo_run", load_vlm, "runs/adpo_rn")
     assert message.startswith("runs/adpo_rn: no such folder (did you mean runs/adpo_run?), and not in the local "
                               f"hub cache ({empty_cache})")
     assert "HF_HUB_OFFLINE=0" in message
