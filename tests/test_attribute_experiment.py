@@ -296,3 +296,6 @@ def test_report_names_the_settings_the_command_would_not_run():
     # A quick folder written before the averaging fields existed is still the --quick run.
     before_fields = {k: v for k, v in quick.items() if k not in ("averaging", "ema_decay")}
     assert settings_beyond_command(before_fields) == (True, {})
+    # ... and so is one recorded with another default (β, λ) for a method it did not train (IPO, before 2026-12-08).
+    other_ipo = {**before_fields, "method_params": {**quick["method_params"], "ipo": [0.02, 10.0]}}
+    assert settings_beyond_command(other_ipo) == (True, {})

@@ -64,6 +64,15 @@ def test_with_vision_tower_takes_the_towers_pixel_statistics(encoder):
         assert torch.equal(vlm.pooled_embedding(pixels), clip.visual(pixels))
 
 
+def test_dtype_is_refused_for_a_mini_vlm(encoder, tmp_path, capsys):
+    _, folder = encoder
+    tiny_mini_vlm(seed=2).save(tmp_path / "vlm")
+    assert main(["transfer", "--encoder", str(folder), "--into", str(tmp_path / "vlm"), "--dtype", "float16",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "a MiniVLM runs in float32; dtype torch.float16 applies to a LLaVA model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_mismatched_towers_fail_with_a_clear_error(tmp_path):
     wider = MiniCLIP(MiniCLIPConfig(**{**TINY_TOWER, "vision_layers": 2}, vocab=["a"]))
     save_mini_clip(wider, tmp_path / "wider")

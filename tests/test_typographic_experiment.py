@@ -44,6 +44,16 @@ def test_quick_typographic_experiment_writes_table1(tmp_path):
     assert written["summary"]["typographic_gain"] == pytest.approx(best["typographic"] - pretrained["typographic"])
     assert "chosen on a validation draw (seed 4000" in (tmp_path / "report.md").read_text()
     assert "this sweep covers only t ∈ [-1, 1] of that range" in (tmp_path / "report.md").read_text()
+    # A folder from before the validation choice and the coverage field rebuilds with both facts still stated.
+    from vlalign.experiments.typographic_report import report_text
+
+    older = json.loads(json.dumps(written))
+    for key in ("selected_on", "monotone_t_covered"):
+        del older["summary"][key]
+    del older["validation"]
+    rebuilt = report_text(older)
+    assert "this sweep covers only t ∈ [-1, 1] of that range" in rebuilt
+    assert "chosen on the test draw" in rebuilt and "predates the validation choice" in rebuilt
     # The reading effect sits beside the gap to clean in the report's table, for every method.
     report = (tmp_path / "report.md").read_text()
     assert "| gap to clean (pt) | reading effect (pt) |" in report

@@ -158,11 +158,18 @@ def write_plots(methods: dict, control: dict, beta_sweep: dict, head, out: Path)
     plt.close(fig)
 
 
-def _coverage_note(summary: dict) -> str:
+def _choice_rule(metrics: dict) -> str:
+    """How the best PO method was chosen, for the report's sentence."""
+    where = "on the validation draw" if metrics["summary"].get("selected_on") == "validation" else "on the test draw"
+    return (f"chosen {where}: the most typographic-robust there within {100 * CLEAN_TOLERANCE:.0f} point of the "
+            "pretrained clean accuracy; its figures below are the test draw's")
+
+
+def _coverage_note(metrics: dict) -> str:
     """" (swept only t ∈ [a, b] of that range)" when the sweep did not reach both ends of the target range."""
-    if "monotone_t_covered" not in summary:  # a folder from before the field existed
-        return ""
-    covered = summary["monotone_t_covered"]
+    summary = metrics["summary"]
+    # A folder from before the field existed: the sweep's own t give it.
+    covered = summary["monotone_t_covered"] if "monotone_t_covered" in summary else _covered(metrics["control"])
     if covered is None:
         return " (no swept t lies in that range)"
     if covered == summary["monotone_t_range"]:
@@ -230,7 +237,7 @@ Held-out classes (moon, diamond, hexagon, bolt):
 
 ![Table 1](table1.png)
 
-Best PO method (the most typographic-robust within {100 * CLEAN_TOLERANCE:.0f} point of the pretrained clean accuracy):
+Best PO method ({_choice_rule(metrics)}):
 **{ROW_NAMES[s['best_po']]}**, closing {100 * s['gap_closed']:.1f}% of the gap to clean ({100 * s['gap_closed_heldout']:.1f}%
 held-out) — typographic {percent(methods[s['best_po']]['typographic'])} vs clean
 {percent(methods[s['best_po']]['clean'])} (gap {100 * s['clean_minus_typographic']:.1f} points; held-out gap
@@ -255,7 +262,7 @@ typographic {percent(probe['typographic'])}, clean {percent(probe['clean'])}, no
 
 ‖WᵀW − I‖_F = {metrics['head_dpo']['orthogonality_error']:.3f}. Written-label rate monotonic in t over the whole sweep:
 {s['written_label_rate_monotonic_in_t']}; over t ∈ [{s['monotone_t_range'][0]:g}, {s['monotone_t_range'][1]:g}] (each step within
-{MONOTONE_TOLERANCE:g}): {s['written_label_rate_monotonic_on_target_range']}{_coverage_note(s)}.
+{MONOTONE_TOLERANCE:g}): {s['written_label_rate_monotonic_on_target_range']}{_coverage_note(metrics)}.
 
 {markdown_table(["t", "clean", "typographic", "written-label rate", "non-reading", "reading effect (pt)"], control_rows)}
 

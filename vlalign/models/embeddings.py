@@ -1,7 +1,9 @@
 """Embeddings of fixed inputs in fixed batches: class prompts and image sets.
 
-Frozen quantities (prompt embeddings, reference features) are computed here once, always in the same batches,
-so that a value never depends on how a caller happened to group its inputs (on some CPUs a float does).
+Frozen quantities (prompt embeddings, reference features) are computed here once, in fixed batches: images in
+consecutive batches of a fixed size, so that an image's value never depends on how a caller grouped the images (on
+some CPUs a float does); a class list's prompts as one batch, so a sub-list embedded on its own may differ in the
+last bits (see :func:`class_text_embeddings`).
 """
 
 from __future__ import annotations

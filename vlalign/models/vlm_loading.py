@@ -9,7 +9,7 @@ import torch
 
 from vlalign.io import read_json
 from vlalign.models.checkpoint import CheckpointError
-from vlalign.models.mini_vlm import ARCHITECTURE, CONFIG_FILE, load_mini_vlm
+from vlalign.models.mini_vlm import ARCHITECTURE, CONFIG_FILE, MiniVLM, load_mini_vlm
 from vlalign.models.vlm import GenerativeVLM
 
 #: Embedded mini VLMs: spec -> (asset folder, pretraining config that makes it).
@@ -75,4 +75,7 @@ def load_vlm(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.
         from vlalign.models.hf_llava import HFLlava
 
         model = HFLlava.from_pretrained(spec_str, local_files_only=cached is not None, dtype=dtype)
+    if dtype != torch.float32 and isinstance(model, MiniVLM):
+        raise CheckpointError(f"{spec_str}: a MiniVLM runs in float32; dtype {dtype} applies to a LLaVA model's "
+                              "projector and decoder")
     return model.to(device).eval()

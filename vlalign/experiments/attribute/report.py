@@ -129,9 +129,18 @@ def settings_beyond_command(cfg: dict) -> tuple[bool, dict]:
     command runs (``AttributeExperimentConfig`` fields; weight noise is reported apart). Compared as JSON values, so
     a config read back from ``metrics.json`` (lists for tuples) compares alike."""
     as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731
+    def trained_only(config: dict) -> dict:
+        # (β, λ) of methods the run did not train do not change it (a quick run trains DPO alone).
+        params = config.get("method_params")
+        if isinstance(params, dict):
+            config = {**config, "method_params": {m: v for m, v in params.items() if m in run.get("methods", [])}}
+        return config
+
     run = as_json(cfg)
+    run = trained_only(run)
     # Only the fields the run recorded: a folder from before a field existed ran with that field's then-default.
-    recorded = lambda config: {k: v for k, v in as_json(dataclasses.asdict(config)).items() if k in run}  # noqa: E731
+    recorded = lambda config: trained_only(  # noqa: E731
+        {k: v for k, v in as_json(dataclasses.asdict(config)).items() if k in run})
     quick = recorded(AttributeExperimentConfig.quick(cfg["seed"]))
     base = quick if run == quick else recorded(AttributeExperimentConfig(seed=cfg["seed"]))
     skip = {"weight_noise", "weight_noise_seed"}
@@ -154,9 +163,10 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
            + ", ".join(f"`{k}={v}`" for k, v in beyond.items()) if beyond else "") + "."
         + (f" Image-tower weights perturbed by {cfg['weight_noise']:g} relative noise (noise seed "
            f"{cfg['weight_noise_seed']}), as another CPU's rounding would." if cfg["weight_noise"] else "")
-        + (" The DPO and KTO heads' (β, λ) (`METHOD_PARAMS`) were chosen on the first 1,600 test images of seed 0, "
-           "so seed 0's figures are not an untouched draw for them; other seeds are (IPO's were chosen on validation "
-           "seeds 10-14)." if (cfg["seed"] if cfg.get("test_seed") is None else cfg["test_seed"]) == 0 else ""),
+        + (" DPO's and KTO's default (β, λ) (`METHOD_PARAMS`) were chosen on the first 1,600 test images of seed 0, "
+           "so seed 0's figures are not an untouched draw for them; other seeds are."
+           if (cfg["seed"] if cfg.get("test_seed") is None else cfg["test_seed"]) == 0
+           and {"dpo", "kto"} & set(cfg["methods"]) else ""),
         "",
         "Definitions: the predicted attribute of an image of activity k is the more similar of \"the A-person is k\" "
         "and \"the B-person is k\"; activity accuracy is over \"the person is k\". The Σ^t sweep samples "
