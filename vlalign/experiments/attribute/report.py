@@ -129,15 +129,16 @@ def settings_beyond_command(cfg: dict) -> tuple[bool, dict]:
     command runs (``AttributeExperimentConfig`` fields; weight noise is reported apart). Compared as JSON values, so
     a config read back from ``metrics.json`` (lists for tuples) compares alike."""
     as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731
+    trained = set(cfg.get("methods", []))
+
     def trained_only(config: dict) -> dict:
         # (β, λ) of methods the run did not train do not change it (a quick run trains DPO alone).
         params = config.get("method_params")
         if isinstance(params, dict):
-            config = {**config, "method_params": {m: v for m, v in params.items() if m in run.get("methods", [])}}
+            config = {**config, "method_params": {m: v for m, v in params.items() if m in trained}}
         return config
 
-    run = as_json(cfg)
-    run = trained_only(run)
+    run = trained_only(as_json(cfg))
     # Only the fields the run recorded: a folder from before a field existed ran with that field's then-default.
     recorded = lambda config: trained_only(  # noqa: E731
         {k: v for k, v in as_json(dataclasses.asdict(config)).items() if k in run})
