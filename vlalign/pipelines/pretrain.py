@@ -31,6 +31,7 @@ from vlalign.evaluation.probe import object_probe
 from vlalign.evaluation.retrieval_eval import evaluate_retrieval
 from vlalign.evaluation.typographic import evaluate_typographic_phenomena
 from vlalign.io import atomic_write_json
+from vlalign.pipelines.runs import read_json_object
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
 from vlalign.models.loading import save_mini_clip
@@ -212,11 +213,8 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
 
 def _same_evaluation(out: Path, config: PretrainConfig) -> bool:
     """Whether the finished run in ``out`` was evaluated with ``config``'s eval_images and eval_seed."""
-    try:
-        saved = json.loads((out / "pretrain_config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and all(saved.get(k) == getattr(config, k) for k in ("eval_images", "eval_seed"))
+    saved = read_json_object(out / "pretrain_config.json")
+    return all(k in saved and saved[k] == getattr(config, k) for k in ("eval_images", "eval_seed"))
 
 
 def read_metrics(folder: str | Path) -> dict:

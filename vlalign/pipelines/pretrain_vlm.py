@@ -25,6 +25,7 @@ from vlalign.evaluation.captioning import cider_d
 from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
 from vlalign.evaluation.vqa import accuracy_by_type, exact_match, generate_answers
 from vlalign.io import atomic_write_json
+from vlalign.pipelines.runs import as_json, read_json_object
 from vlalign.models.loading import load_model
 from vlalign.models.mini_clip import MiniCLIP
 from vlalign.models.mini_vlm import MiniVLM, mini_vlm_from_clip
@@ -181,19 +182,6 @@ def _identity(config: PretrainVLMConfig) -> dict:
     return {k: v for k, v in data.items() if k not in ("eval", "threads", "workers", "progress")}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _saved_eval(out: Path) -> dict | None:
-    """The ``eval`` section of the finished run's ``pretrain_config.json`` (None when unreadable)."""
-    return _read_json(out / "pretrain_config.json").get("eval")
-
-
 def pretrain_vlm(config: PretrainVLMConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Pretrain through :func:`fit` (stage 1, then stage 2, each resumable in its subfolder), evaluate, and write
     ``model.safetensors``, ``config.json``, ``pretrain_config.json``, ``metrics.json`` (with the wall time of each
@@ -219,7 +207,7 @@ def pretrain_vlm(config: PretrainVLMConfig, out: str | Path, overwrite: bool = F
         timing[f"{stage}_step"] = result.seconds / trained if trained else None
         finished = finished and result.already_finished
     if finished and (out / "metrics.json").is_file() and (out / "model.safetensors").is_file() \
-            and _saved_eval(out) == json.loads(json.dumps(config_to_dict(config)["eval"])):
+            and read_json_object(out / "pretrain_config.json").get("eval") == as_json(config_to_dict(config)["eval"]):
         return json.loads((out / "metrics.json").read_text())  # else evaluated again (eval changed), not trained
     model = method.finish().cpu()
     timing["pretraining_total"] = time.perf_counter() - began
@@ -227,7 +215,7 @@ def pretrain_vlm(config: PretrainVLMConfig, out: str | Path, overwrite: bool = F
     metrics = evaluate_mini_vlm(model, config.eval, config.data.caption_word_prob, config.progress)
     timing["evaluation"] = time.perf_counter() - evaluation_start
     if finished:  # only evaluated again: keep the training's timings
-        previous = _read_json(out / "metrics.json").get("seconds")
+        previous = read_json_object(out / "metrics.json").get("seconds")
         timing = {**previous, "evaluation": timing["evaluation"]} if isinstance(previous, dict) else timing
     metrics["seconds"] = timing
     model.save(out)

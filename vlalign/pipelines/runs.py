@@ -29,15 +29,19 @@ class RunOutcome:
     reevaluated: bool = False
 
 
-def _json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples become lists), to compare with a saved config."""
     return json.loads(json.dumps(value, default=str))
 
 
-def _read_json(path: Path) -> Any:
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``, or {} when it is missing, unreadable or not an object: a finished run's saved
+    config or metrics, where anything unreadable just means "evaluate again"."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def outcome_without_evaluation(result: "FitResult", out: Path, config: dict[str, Any] | None = None
@@ -50,10 +54,10 @@ def outcome_without_evaluation(result: "FitResult", out: Path, config: dict[str,
     it is only reported. Under ``accelerate launch`` only the main process evaluates and writes.
     """
     if result.already_finished and (out / "metrics.json").is_file():
-        saved = _read_json(out / "train_config.json")
-        metrics = _read_json(out / "metrics.json")
-        same_eval = config is None or (isinstance(saved, dict) and saved.get("eval") == _json(config.get("eval")))
-        evaluated = isinstance(metrics, dict) and set(result.alternates) <= set(metrics.get("alternates") or {})
+        saved = read_json_object(out / "train_config.json")
+        metrics = read_json_object(out / "metrics.json")
+        same_eval = config is None or saved.get("eval") == as_json(config.get("eval"))
+        evaluated = set(result.alternates) <= set(metrics.get("alternates") or {})
         if same_eval and evaluated:
             return RunOutcome(out, already_finished=True)
     if distributed.rank() != 0:
@@ -80,8 +84,8 @@ def train_summary(result: "FitResult", steps: int, out: Path) -> dict:
     """The ``train`` entry of a run's metrics.json (final loss, steps, seconds); a finished run that is only
     evaluated again keeps the entry of its training."""
     if result.already_finished:
-        previous = _read_json(out / "metrics.json")
-        if isinstance(previous, dict) and isinstance(previous.get("train"), dict):
-            return previous["train"]
+        previous = read_json_object(out / "metrics.json").get("train")
+        if isinstance(previous, dict):
+            return previous
     return {"final_loss": result.history[-1]["loss"] if result.history else None, "steps": steps,
             "train_seconds": result.seconds}
