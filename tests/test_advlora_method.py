@@ -374,3 +374,36 @@ def test_extra_averages_of_an_advlora_run_are_the_models_of_their_own_runs(model
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), kind
     differs = lambda x, y: any(not torch.equal(x.state_dict()[k], y.state_dict()[k]) for k in x.state_dict())  # noqa
     assert differs(both.model, both.alternates["ema"]) and differs(both.model, both.alternates["none"])
+
+
+def test_an_averaged_advlora_run_averages_merged_weights_and_keeps_no_peft_adapter(model, data, tmp_path):
+    """AdvLoRA's averaged weights are the merged W_base + s·α·B A of each adapted layer; loading an average (here
+    two points of a trajectory, as EMA would fold them) gives a plain model whose weights are that average, and
+    the run keeps no peft adapter (an average of rank-r products is not rank r), saying why when asked for one."""
+    m = method(model, data)
+    start = {k: v.clone() for k, v in m.averaged_weights().items()}
+    layer = m.adapter.layers[0]
+    name = f"{layer.path}.weight"
+    lora = layer.layer
+    by_hand = (lora.get_base_layer().weight + lora.scaling["default"] * m.adapter.alphas()[layer.path]
+               * (lora.lora_B["default"].parametrizations.weight.original.flatten(1)
+                  @ lora.lora_A["default"].weight.flatten(1)).view_as(lora.get_base_layer().weight))
+    torch.testing.assert_close(start[name], by_hand.detach(), atol=1e-6, rtol=0)
+    assert not any("lora_" in k or k.endswith(".alpha") for k in start)
+    optimizer = torch.optim.Adam([p for p in m.model.parameters() if p.requires_grad], lr=5e-2)
+    loss = m(batch_of(data, list(range(8))))["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    end = m.averaged_weights()
+    average = {k: 0.5 * (start[k] + end[k]) for k in start}
+    assert float((end[name] - start[name]).abs().max()) > 1e-4
+    m.load_averaged_weights(average)
+    finished = m.finish()
+    assert isinstance(finished, MiniCLIP) and not any("lora_" in k for k in finished.state_dict())
+    params = dict(finished.named_parameters())
+    for key, value in average.items():
+        torch.testing.assert_close(params[key], value, atol=1e-6, rtol=0)
+    assert m.adapter_export is None
+    with pytest.raises(ValueError, match="weight average.*no rank-r adapter"):
+        m.save_peft_adapter(tmp_path / "peft")

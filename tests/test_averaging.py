@@ -66,3 +66,12 @@ def test_state_round_trip_and_bad_kind():
     assert other.step == 1 and other.weight_sum == pytest.approx(averager.weight_sum)
     with pytest.raises(ValueError, match="averaging"):
         WeightAverager(module, "swa", 4)
+
+
+def test_averages_a_mapping_and_names_a_missing_weight():
+    start = {"a": torch.zeros(2, dtype=torch.float64), "b": torch.ones(1, dtype=torch.float64)}
+    averager = WeightAverager(start, "ema", 2, decay=0.5)
+    averager.update({"a": torch.full((2,), 4.0, dtype=torch.float64), "b": torch.ones(1, dtype=torch.float64)})
+    assert averager.average["a"].tolist() == [2.0, 2.0] and start["a"].tolist() == [0.0, 0.0]  # the input is copied
+    with pytest.raises(KeyError, match="'b'"):
+        averager.load_state_dict({"average": {"a": torch.zeros(2)}, "weight_sum": 0.0, "step": 1})

@@ -81,6 +81,73 @@ def test_lora_mode_merges_adapters(tiny_mini_clip):
     assert not torch.allclose(model.encode_image(x), tiny_mini_clip.encode_image(x))
 
 
+def _lora_trajectory(monkeypatch):
+    """Record, at the averager's start and after every step, each LoRA layer's merged weight W₀ + s·B A computed
+    by hand from its factors (independently of the library's effective_weights)."""
+    from peft.tuners.lora import LoraLayer
+
+    from vlalign.training import loop
+
+    snapshots = []
+    real = loop.WeightAverager
+
+    def record(method):
+        tower = method.trainable_module()
+        snapshots.append({f"{name}.weight": (layer.get_base_layer().weight + layer.scaling["default"]
+                                             * layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().double()
+                          for name, layer in tower.named_modules() if isinstance(layer, LoraLayer)})
+
+    class Recording(real):
+        def __init__(self, weights, *args, **kwargs):
+            record(recording["method"])
+            super().__init__(weights, *args, **kwargs)
+
+        def update(self, weights):
+            record(recording["method"])
+            super().update(weights)
+
+    recording: dict = {}
+    monkeypatch.setattr(loop, "WeightAverager", Recording)
+    return snapshots, recording
+
+
+@pytest.mark.parametrize("kind", ["bma", "ema"])
+def test_lora_weight_average_is_the_average_of_merged_weights(tiny_mini_clip, monkeypatch, kind):
+    """With LoRA, BMA/EMA average W₀ + s·B A over the trajectory (contrastive-PO eq. 37), not the factors: the
+    final merged weights equal the explicit weighted ensemble of the merged weights of every step."""
+    from vlalign.training.averaging import bma_weight
+    from vlalign.training.methods import preference
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    prompts = ("a photo of a star", "a photo of a heart")
+    pref = PreferenceSet(images, torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long), prompts)
+    snapshots, recording = _lora_trajectory(monkeypatch)
+    real_prepare = preference.ContrastivePreference.prepare
+
+    def prepare(self, device):
+        recording["method"] = self
+        real_prepare(self, device)
+
+    monkeypatch.setattr(preference.ContrastivePreference, "prepare", prepare)
+    steps, decay = 6, 0.5
+    cfg = PreferenceConfig(method="dpo", trainable="lora", lora_rank=2)
+    model = train_preference(tiny_mini_clip, pref, None, cfg, TrainConfig(steps=steps, batch_size=4, lr=5e-2,
+                             averaging=kind, ema_decay=decay), progress=False).model
+    assert len(snapshots) == steps + 1
+    if kind == "bma":
+        weights = [bma_weight(t, steps, 0.7) for t in range(steps + 1)]
+    else:
+        weights = [decay ** steps] + [(1 - decay) * decay ** (steps - t) for t in range(1, steps + 1)]
+    total = sum(weights)
+    merged = dict(model.image_encoder.named_parameters())
+    last_moved = 0.0
+    for name in snapshots[0]:
+        explicit = sum(w * snap[name] for w, snap in zip(weights, snapshots)) / total
+        torch.testing.assert_close(merged[name].double(), explicit, atol=1e-6, rtol=0)
+        last_moved = max(last_moved, float((snapshots[-1][name] - explicit).abs().max()))
+    assert last_moved > 1e-3  # the average is not just the last weights
+
+
 def interrupt_at(monkeypatch, method_class, step):
     """Make ``method_class.forward`` raise KeyboardInterrupt (as Ctrl-C would) when it reaches ``step``."""
     real = method_class.forward

@@ -105,3 +105,21 @@ def test_skipped_image_counts_continue_across_a_resume(tmp_path):
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
     state = json.loads((tmp_path / "b" / "state" / "train_state.json").read_text())
     assert state["skipped"] == {"data": 6, "more": 6}
+
+
+def test_a_saved_weight_average_that_does_not_fit_the_run_is_refused_by_name(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from vlalign.models.checkpoint import CheckpointError
+
+    loop = TrainConfig(**{**SGD.__dict__, "averaging": "ema"})
+    with pytest.raises(KeyboardInterrupt):
+        fit(Dropped(stop_at=3), loop, tmp_path, progress=False)
+    path = tmp_path / "state" / "train_state.safetensors"
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["avg.ema.weight_of_another_method"] = tensors.pop("avg.ema.weight")
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match="'ema' weight average does not fit this run: .*'weight'"):
+        fit(Dropped(), loop, tmp_path, progress=False)

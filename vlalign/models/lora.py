@@ -8,7 +8,9 @@ its vision model plus ``visual_projection`` — and a layer replaced inside such
 from __future__ import annotations
 
 import re
+import sys
 
+import torch
 from torch import nn
 
 
@@ -57,3 +59,50 @@ def merge_lora(root: nn.Module) -> None:
             parent_name, _, attr = name.rpartition(".")
             parent = root.get_submodule(parent_name) if parent_name else root
             setattr(parent, attr, child.get_base_layer())
+
+
+def _lora_layer_class() -> type | None:
+    """peft's LoraLayer, or None when peft was never imported (then no module can hold one)."""
+    return getattr(sys.modules.get("peft.tuners.lora"), "LoraLayer", None)
+
+
+def effective_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable weights of ``module`` as its forward computes with them, detached.
+
+    A LoRA layer gives its base weight plus its adapter product (s·B A; α·s·B A under AdvLoRA's scale), named
+    ``<layer>.weight``, as the plain layer is named once merged; every other trainable parameter is given as it is.
+    Weight averaging averages these, so the average of an adapter run is the average of the model's weights
+    θ_t (contrastive-PO eq. 37) and not the product of separately averaged factors (the product is bilinear in
+    them)."""
+    lora_layer = _lora_layer_class()
+    weights: dict[str, torch.Tensor] = {}
+    inside: set[int] = set()
+    if lora_layer is not None:
+        for name, child in module.named_modules():
+            if isinstance(child, lora_layer):
+                base = child.get_base_layer()
+                delta = sum(child.get_delta_weight(adapter) for adapter in child.active_adapters)
+                weights[f"{name}.weight" if name else "weight"] = (base.weight + delta).detach()
+                inside |= {id(p) for p in child.parameters()}
+    for name, param in module.named_parameters():
+        if param.requires_grad and id(param) not in inside:
+            weights[name] = param.detach()
+    return weights
+
+
+def has_lora_layers(module: nn.Module) -> bool:
+    """Whether ``module`` still holds an unmerged peft LoRA layer."""
+    lora_layer = _lora_layer_class()
+    return lora_layer is not None and any(isinstance(m, lora_layer) for m in module.modules())
+
+
+@torch.no_grad()
+def load_named_weights(module: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``weights`` into the parameters of ``module`` of the same names; ``what`` names the weights in the
+    error raised when one has no parameter of its name and shape."""
+    params = dict(module.named_parameters())
+    for name, value in weights.items():
+        if name not in params or params[name].shape != value.shape:
+            found = "no such parameter" if name not in params else f"shape {tuple(params[name].shape)}"
+            raise ValueError(f"{what}: '{name}' {tuple(value.shape)} does not fit the model ({found})")
+        params[name].copy_(value)

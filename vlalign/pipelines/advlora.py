@@ -182,6 +182,8 @@ def train_advlora_run(run: AdvLoRARun, out: Path, progress: bool = True, overwri
     save(model, out)
     if method.adapter_export is not None:
         method.save_peft_adapter(out / "peft")
+    if run.options.trainable != "full":  # a weight average of adapted weights is no rank-r adapter
+        metrics["peft_adapter"] = "peft" if method.adapter_export is not None else None
     if result.alternates:  # merged models only: the peft adapter is the main model's
         metrics["alternates"] = write_alternates(result.alternates, out, save, evaluate)
     # metrics.json first: if the run stops between the two writes, train_config.json still holds the earlier eval

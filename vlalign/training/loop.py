@@ -198,7 +198,8 @@ def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_
     optimizer = _optimizer(train, method.param_groups(train.weight_decay))
     scheduler = _scheduler(optimizer, train)
     kinds = list(dict.fromkeys(k for k in [train.averaging, *train.extra_averaging] if k != "none"))
-    averagers = {k: WeightAverager(module, k, train.steps, train.bma_gamma, train.ema_decay) for k in kinds}
+    averagers = {k: WeightAverager(method.averaged_weights(), k, train.steps, train.bma_gamma, train.ema_decay)
+                 for k in kinds}
     start = 0
     # Drawn before the RNG is restored: a resumed run then continues the global stream exactly where it stopped.
     generators = _loader_generators(method)
@@ -301,8 +302,10 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
                 sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, train.grad_clip).detach().double()
             optimizer.step()
             scheduler.step()
-            for averager in averagers.values():
-                averager.update(module)
+            if averagers:
+                current = method.averaged_weights()
+                for averager in averagers.values():
+                    averager.update(current)
             if step % train.log_every == 0 or step == train.steps - 1:
                 sums.update({f"skipped_{name}": torch.tensor(float(n), device=device) for name, n in skipped.items()})
                 row = _log_row(sums, step, scheduler)
@@ -367,19 +370,18 @@ def distributed_device(tensor: torch.Tensor) -> torch.device:
 
 
 def _finish(method: Method, train: TrainConfig, averagers: dict[str, WeightAverager]) -> FitResult:
-    """The finished model with the chosen average, and the models of the extra averages."""
-    module = method.trainable_module()
-    raw = {n: p.detach().clone() for n, p in module.named_parameters()}
+    """The finished model with the chosen average, and the models of the extra averages (each built from a copy
+    of the method, so the method itself keeps its last weights until its own average is loaded)."""
     alternates = {}
     for kind in train.extra_averaging:
         if kind == train.averaging:
             continue
+        replica = copy.deepcopy(method, _shared(method))
         if kind != "none":
-            averagers[kind].copy_to(module)
-        alternates[kind] = copy.deepcopy(method, _shared(method)).finish()
-        _restore(module, raw)
+            replica.load_averaged_weights(averagers[kind].average)
+        alternates[kind] = replica.finish()
     if train.averaging != "none":
-        averagers[train.averaging].copy_to(module)
+        method.load_averaged_weights(averagers[train.averaging].average)
     return FitResult(model=method.finish(), alternates=alternates)
 
 
@@ -391,9 +393,3 @@ def _shared(method: Method) -> dict[int, Any]:
         shared += [stream.dataset, getattr(stream.dataset, "base", None)]
     shared += [value for value in vars(method).values() if isinstance(value, torch.utils.data.Dataset)]
     return {id(obj): obj for obj in shared if obj is not None}
-
-
-@torch.no_grad()
-def _restore(module: nn.Module, values: dict[str, torch.Tensor]) -> None:
-    for name, param in module.named_parameters():
-        param.copy_(values[name])

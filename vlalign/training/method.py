@@ -19,9 +19,10 @@ The life of a method in ``fit``:
    minimized. Statistics that must be global across processes (KTO's reference point) use
    :mod:`vlalign.training.distributed`.
 4. ``trainable_module()`` is the module whose parameters with ``requires_grad`` are trained; its state dict is
-   what checkpoints hold and what BMA/EMA average.
-5. ``finish()`` returns the trained model (LoRA merged, gradients off) after the loop has written the averaged
-   weights into ``trainable_module()``.
+   what checkpoints hold. BMA/EMA average ``averaged_weights()``: the trained weights as the model computes with
+   them (a LoRA layer's W₀ + s·B A, not its factors).
+5. ``finish()`` returns the trained model (LoRA merged, gradients off); with weight averaging, the loop first
+   hands the average to ``load_averaged_weights()``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from vlalign.models.lora import effective_weights, has_lora_layers, load_named_weights
 
 
 @dataclass
@@ -82,6 +85,21 @@ class Method(nn.Module, ABC):
                 (no_decay if plain else decay).append(param)
         return [group for group in ({"params": decay, "weight_decay": weight_decay},
                                     {"params": no_decay, "weight_decay": 0.0}) if group["params"]]
+
+    def averaged_weights(self) -> dict[str, torch.Tensor]:
+        """What BMA/EMA average, by name: the trainable weights of ``trainable_module()`` as its forward computes
+        with them (:func:`vlalign.models.lora.effective_weights`: a LoRA layer gives its merged weight)."""
+        return effective_weights(self.trainable_module())
+
+    def load_averaged_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Make the model compute with ``weights`` (named as :meth:`averaged_weights` names them); ``finish()``
+        follows. The default copies them into ``trainable_module()``'s parameters of the same names, so a method
+        whose model keeps LoRA layers must merge them first (an average of adapted weights is no rank-r adapter)."""
+        module = self.trainable_module()
+        if has_lora_layers(module):
+            raise TypeError(f"{type(self).__name__} trains LoRA layers: it must merge them in its own "
+                            "load_averaged_weights before the averaged weights can be written")
+        load_named_weights(module, weights, f"{type(self).__name__}'s weight average")
 
     def finish(self) -> nn.Module:
         """The trained model, in eval mode with gradients off (default: ``trainable_module()``)."""

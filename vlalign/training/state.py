@@ -141,8 +141,13 @@ def load_training_state(folder: str | Path, trainable: nn.Module, optimizer: tor
         if saved is None:
             raise CheckpointError(f"{folder / STATE_WEIGHTS}: no '{kind}' weight average in the state")
         prefix = f"avg.{kind}."
-        averager.load_state_dict({"average": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
-                                  **saved})
+        try:
+            averager.load_state_dict({"average": {k[len(prefix):]: v for k, v in tensors.items()
+                                                  if k.startswith(prefix)}, **saved})
+        except KeyError as exc:
+            raise CheckpointError(f"{folder / STATE_WEIGHTS}: the '{kind}' weight average does not fit this run: "
+                                  f"{exc.args[0]} (written by another method or an older vlalign); resume with the "
+                                  "code that wrote it, or train into a new folder") from None
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

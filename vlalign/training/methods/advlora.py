@@ -44,6 +44,7 @@ from vlalign.data.retrieval_set import collate_retrieval
 from vlalign.losses.contrastive import clip_contrastive_loss
 from vlalign.models.adapters.advlora import AdapterSpec, AdvLoRAAdapter, apply_advlora, write_peft_adapter
 from vlalign.models.base import ContrastiveModel
+from vlalign.models.lora import load_named_weights
 from vlalign.training import distributed
 from vlalign.training.frozen import FROZEN_BATCH
 from vlalign.training.method import Method, Stream
@@ -299,9 +300,19 @@ class AdvLoRAMethod(Method):
         """The adaptive scales α per adapted layer (empty without adapters)."""
         return {} if self.adapter is None else self.adapter.alphas()
 
+    def load_averaged_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Merge the adapters (α folded), then copy in the average of the merged weights (eq. 37). An average
+        of a trajectory of rank-r products is not itself rank r, so such a run keeps no peft-format adapter
+        (:attr:`adapter_export` stays None)."""
+        if self.adapter is not None:
+            self.model = self.adapter.merge()
+            self.adapter = None
+            self.adapter_export = None
+        load_named_weights(self.model, weights, f"{self.label} weight average")
+
     def finish(self) -> nn.Module:
         """The trained model as a plain model of its backend (α folded, LoRA merged). The peft-format adapter of
-        a LoRA run is kept first, for :meth:`save_peft_adapter`."""
+        a LoRA run without weight averaging is kept first, for :meth:`save_peft_adapter`."""
         if self.adapter is not None:
             self.adapter.fold_alphas()
             self.adapter_export = self.adapter.peft_state()
@@ -315,5 +326,8 @@ class AdvLoRAMethod(Method):
         if self.adapter is not None:
             return self.adapter.save_peft(folder)
         if self.adapter_export is None:
+            if self.config.trainable != "full":
+                raise ValueError("this run's model is a weight average (train.averaging), which is no rank-r "
+                                 "adapter: there is no peft adapter to save, only the merged model")
             raise ValueError(f"trainable={self.config.trainable!r} trains no adapter to save")
         return write_peft_adapter(folder, *self.adapter_export)

@@ -25,7 +25,7 @@ from vlalign.losses.objectives import DEFAULT_BETA_LAMBDA, PREFERENCE_OBJECTIVES
 from vlalign.losses.preference import gather, log_policy, regularization_kl
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.heads import HeadedCLIP, LinearHead
-from vlalign.models.lora import add_lora, merge_lora
+from vlalign.models.lora import add_lora, load_named_weights, merge_lora
 from vlalign.models.vocabulary import check_known_words
 from vlalign.training import distributed
 from vlalign.training.frozen import precompute
@@ -176,6 +176,14 @@ class ContrastivePreference(Method):
 
     def trainable_module(self) -> nn.Module:
         return self.trained
+
+    def load_averaged_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """LoRA runs merge their adapters first (the average is of merged weights, eq. 37), then every mode
+        copies the average in by name."""
+        if self.config.trainable == "lora":
+            merge_lora(self.policy)
+            self.trained = self.policy.image_encoder  # re-read: merging put plain layers back in their parents
+        load_named_weights(self.trained, weights, f"{self.label} weight average")
 
     def finish(self) -> ContrastiveModel:
         if self.config.trainable == "lora":
