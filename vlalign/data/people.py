@@ -280,7 +280,9 @@ def flip_preference_data(people: PeopleSet, n_pref: int) -> tuple[PreferenceSet,
 
     The first ``n_pref`` images become triplets (x, preferred = the correct activity with the *flipped* attribute,
     dispreferred = the correct activity with the original attribute) over :func:`attribute_prompts`; the rest
-    form the regularization set over the neutral prompts, which keeps activity recognition.
+    form the regularization set over the neutral prompts, which keeps activity recognition. (The paper's
+    regularization term uses the same images as the preference pairs; here it uses other images of the same draw,
+    so ``len(people) - n_pref`` of them, and the KL also anchors images the preference term never sees.)
     """
     if not 1 <= n_pref < len(people):
         raise ValueError(f"n_pref must be in [1, {len(people) - 1}] so that images remain for regularization, got {n_pref}")

@@ -24,10 +24,12 @@ frozen, so π_ref differs from π_θ only in the vision encoder.
 
 Choices the paper leaves open (documented here, each a config field where it matters):
 
-1. *Which model the attack runs on, and when* (``attack_on``). ``reference`` (default; the paper's description):
-   the reference model, once per image, before training. Then x_adv, y_w, y_l and both reference log-probabilities
-   are fixed per pair: they are computed once in ``prepare``, in fixed batches, and a training step never runs the
-   reference, the attack or a generation. Each image's random start depends on (seed, image index) alone.
+1. *Which model the attack runs on, and when* (``attack_on``). ``reference`` (default): the frozen reference
+   model, as the summary's "against a frozen reference CLIP model" says, once per image, before training
+   (the summary's online generation of y_w and y_l by the current model is ``policy``'s). Then x_adv, y_w, y_l
+   and both reference log-probabilities are fixed per pair: they are computed once in ``prepare``, in fixed
+   batches, and a training step never runs the reference, the attack or a generation. Each image's random start
+   depends on (seed, image index) alone.
    ``policy`` (online pairs, "adversarial training" proper): every step attacks the *current* encoder, PGD-10
    maximizing ‖φ_θ(x + δ) − φ_ref(x)‖₂² (FARE's inner problem, on the features the decoder reads), y_l = the
    current model's greedy response to x_adv, and φ_ref(x) and log π_ref(y_l|x_adv) come from the frozen reference
@@ -50,6 +52,9 @@ Choices the paper leaves open (documented here, each a config field where it mat
    ``la_weight_start`` to ``la_weight`` over ``schedule_steps`` steps (a high λ first keeps the clean
    behaviour while the encoder moves; the lower end favours robustness).
 7. *Prompts.* Any prompt the data gives (questions and "describe the image"); the answers are never read.
+   *Scale of L_A.* L_A is the mean negative log-likelihood per response token of y_w | x_adv, while L_P's
+   log-ratios use summed sequence log-probabilities (DPO's). The summary does not say which L_A is; the
+   per-token mean keeps λ's weight from growing with response length.
 8. *What the attack maximizes* (``attack_objective``). ``embedding`` (default; the paper's, above) or ``response``:
    −log p(y_w | x + δ, prompt) under the attacked model, the threat an answer-level evaluation uses. Measured in the
    mini world (README, AdPO): with the embedding attack AdPO stays 14-17 points under FARE at 4/255 whatever λ, loss
@@ -109,9 +114,9 @@ class AdPOConfig(LinfTrainingAttack):
     attack_seed: int = option(0, "seed of the training attack's random starts (one per image)")
     attack_on: Literal["reference", "policy"] = option(
         "reference", "reference: x_adv, y_l and π_ref(y_l|x_adv) computed once on the frozen reference before "
-                     "training (the paper's description); policy: every step re-attacks the current encoder and "
-                     "y_l is the current model's answer on that x_adv (online pairs; a step costs an attack, "
-                     "a generation and a reference scoring)")
+                     "training (the summary's frozen-reference attack); policy: every step re-attacks the current "
+                     "encoder and y_l is the current model's answer on that x_adv (online pairs; a step costs an "
+                     "attack, a generation and a reference scoring)")
     attack_objective: Literal["embedding", "response"] = option(
         "embedding", "what the training attack maximizes: embedding, ‖φ(x+δ) − φ_ref(x)‖² on the features the decoder "
                      "reads (the paper's attack on the vision encoder); response, −log p(y_w | x+δ, prompt) of the "
