@@ -156,6 +156,34 @@ def test_config_errors():
         AttributeExperimentConfig(neutral_half_width=0.7)
     with pytest.raises(ValueError, match="weight_noise"):
         AttributeExperimentConfig(weight_noise=-1e-6)
+    with pytest.raises(ValueError, match="regularize_on must be 'rest' or 'same', got 'both'"):
+        AttributeExperimentConfig(regularize_on="both")
+
+
+def test_regularize_on_reaches_the_regularization_set(monkeypatch, tmp_path, quick_run):
+    """With ``regularize_on="same"`` the head is regularized on its preference images (the paper's choice), and
+    the report says so."""
+    from vlalign.experiments.attribute import run
+    from vlalign.experiments.attribute.report import attribute_report
+    from vlalign.models.loading import load_model
+
+    seen = {}
+
+    def stop(model, pref, reg, *args, **kwargs):
+        seen["pref"], seen["reg"] = pref, reg
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train_preference", stop)
+    config = AttributeExperimentConfig.quick()
+    config = dataclasses.replace(config, n_pref=64, n_reg=32, regularize_on="same")
+    with pytest.raises(KeyboardInterrupt):
+        run.attribute_experiment(load_model("mini-people"), config, tmp_path)
+    assert len(seen["reg"]) == 64 and torch.equal(seen["reg"].images, seen["pref"].images)
+    _, metrics = quick_run
+    assert "8192 preference and 8192 other regularization images" in attribute_report(metrics, metrics["figures"], None)
+    same = {**metrics, "config": {**metrics["config"], "regularize_on": "same"}}
+    text = attribute_report(same, metrics["figures"], None)
+    assert "the same images for regularization (the paper's choice)" in text and "`regularize_on=same`" in text
 
 
 def test_loop_and_test_seeds_can_be_set_apart_from_the_data_seed():

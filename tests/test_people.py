@@ -126,6 +126,15 @@ def test_flip_preference_data(world):
     assert torch.equal(reg.images, people.images.images[32:]) and torch.equal(reg.labels, people.activities[32:])
     with pytest.raises(ValueError, match="n_pref"):
         flip_preference_data(people, 48)
+    # The paper's choice: the regularization term over the preference images themselves.
+    same_pref, same_reg = flip_preference_data(people, 48, regularize_on="same")
+    assert torch.equal(same_reg.images, people.images.images) and torch.equal(same_reg.labels, people.activities)
+    assert torch.equal(same_pref.images, same_reg.images) and same_reg.prompts == neutral_prompts()
+    assert torch.equal(flip_preference_data(people, 32, regularize_on="same")[0].chosen, pref.chosen)
+    with pytest.raises(ValueError, match=r"n_pref must be in \[1, 48\], got 49"):
+        flip_preference_data(people, 49, regularize_on="same")
+    with pytest.raises(ValueError, match="regularize_on"):
+        flip_preference_data(people, 32, regularize_on="other")
 
 
 def test_config_and_split_errors(world):

@@ -275,20 +275,26 @@ class PeopleWorld:
         )
 
 
-def flip_preference_data(people: PeopleSet, n_pref: int) -> tuple[PreferenceSet, RegularizationSet]:
+def flip_preference_data(people: PeopleSet, n_pref: int,
+                         regularize_on: str = "rest") -> tuple[PreferenceSet, RegularizationSet]:
     """Preference and regularization sets that flip the attribute (contrastive-PO §4.2).
 
     The first ``n_pref`` images become triplets (x, preferred = the correct activity with the *flipped* attribute,
-    dispreferred = the correct activity with the original attribute) over :func:`attribute_prompts`; the rest
-    form the regularization set over the neutral prompts, which keeps activity recognition. (The paper's
-    regularization term uses the same images as the preference pairs; here it uses other images of the same draw,
-    so ``len(people) - n_pref`` of them, and the KL also anchors images the preference term never sees.)
+    dispreferred = the correct activity with the original attribute) over :func:`attribute_prompts`; the
+    regularization set over the neutral prompts, which keeps activity recognition, is the rest of the images
+    (``regularize_on="rest"``) or the preference images themselves (``"same"``, the paper's choice: "as the
+    regulatory term, we use the same dataset of images").
     """
-    if not 1 <= n_pref < len(people):
-        raise ValueError(f"n_pref must be in [1, {len(people) - 1}] so that images remain for regularization, got {n_pref}")
+    if regularize_on not in ("rest", "same"):
+        raise ValueError(f"regularize_on must be 'rest' or 'same', got {regularize_on!r}")
+    low = 1 if regularize_on == "same" else 0
+    if not 1 <= n_pref < len(people) + low:
+        what = "" if low else " so that images remain for regularization"
+        raise ValueError(f"n_pref must be in [1, {len(people) - 1 + low}]{what}, got {n_pref}")
     k = len(ACTIVITIES)
     act, attr = people.activities[:n_pref], people.attributes[:n_pref]
     pref = PreferenceSet(people.images.images[:n_pref], chosen=(1 - attr) * k + act, rejected=attr * k + act,
                          prompts=attribute_prompts())
-    reg = RegularizationSet(people.images.images[n_pref:], neutral_prompts(), people.activities[n_pref:].clone())
+    rows = slice(0, n_pref) if regularize_on == "same" else slice(n_pref, None)
+    reg = RegularizationSet(people.images.images[rows], neutral_prompts(), people.activities[rows].clone())
     return pref, reg

@@ -50,6 +50,10 @@ class AttributeExperimentConfig:
     sweep samples ``t_points`` values of t evenly over [0, 1] (step 0.01 by default); ``neutral_half_width`` is
     the half width of the window around t* over which the neutralized parity gap is averaged.
 
+    ``regularize_on`` picks the regularization images: ``rest`` (default) the ``n_reg`` images drawn after the
+    preference images, ``same`` the ``n_pref`` preference images themselves (the paper's §4.2; ``n_reg`` is then
+    not used). The preference images are the same either way.
+
     ``averaging`` and ``ema_decay`` are the loop's weight averaging of the trained head (none, bma or ema; see
     :class:`vlalign.training.train_config.TrainConfig`).
 
@@ -65,6 +69,7 @@ class AttributeExperimentConfig:
     method_params: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(METHOD_PARAMS))
     n_pref: int = N_TRAIN_IMAGES
     n_reg: int = N_TRAIN_IMAGES
+    regularize_on: str = "rest"
     n_test: int = 4096
     n_galleries: int = 16
     top_k: int = 10
@@ -99,6 +104,8 @@ class AttributeExperimentConfig:
             raise ValueError(f"weight_noise must lie in [0, 0.1), got {self.weight_noise}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.regularize_on not in ("rest", "same"):
+            raise ValueError(f"regularize_on must be 'rest' or 'same', got {self.regularize_on!r}")
         if self.n_pref < 1 or self.n_reg < 1:
             raise ValueError(f"n_pref and n_reg must be >= 1, got {self.n_pref}, {self.n_reg}")
 

@@ -155,8 +155,10 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
     lines = [
         "# Disentangling an attribute: flip, neutralize and measure bias (contrastive-PO §4.2)",
         "",
-        f"Model: `{model_spec or 'in-memory model'}`. People world, {cfg['n_pref']} preference and {cfg['n_reg']} "
-        f"regularization images (unbiased `train` split), {cfg['n_test']} unbiased `test` images in "
+        f"Model: `{model_spec or 'in-memory model'}`. People world, {cfg['n_pref']} preference and "
+        + (f"{cfg['n_reg']} other regularization images" if cfg.get("regularize_on", "rest") == "rest"
+           else "the same images for regularization (the paper's choice)")
+        + f" (unbiased `train` split), {cfg['n_test']} unbiased `test` images in "
         f"{cfg['n_galleries']} retrieval galleries; linear head trained {cfg['steps']} steps (batch {cfg['batch_size']}), "
         f"seed {cfg['seed']}. Reproduce: `vlalign experiment attribute --out DIR --seed {cfg['seed']}"
         + (" --quick" if is_quick else "") + "`"

@@ -80,7 +80,7 @@ def attribute_experiment(model: ContrastiveModel, config: AttributeExperimentCon
     world = PeopleWorld()
     train = world.sample("train", config.n_pref + config.n_reg, config.seed)
     test = world.sample("test", config.n_test, config.test_draw)
-    pref, reg = flip_preference_data(train, config.n_pref)
+    pref, reg = flip_preference_data(train, config.n_pref, config.regularize_on)
     image_emb = image_embeddings(model, test.images)
     text = people_text_embeddings(model)
     pretrained = people_metrics(image_emb, test, text, config.n_galleries, config.top_k)
