@@ -29,11 +29,18 @@ from vlalign.models.loading import load_model
 
 def variant_config(changes: dict, seed: int = 0) -> advlora.AdvLoRAExperiment:
     """The full experiment's settings (loop seeded by ``seed``) with ``changes`` applied (``train`` and ``lr`` merged
-    field by field)."""
+    field by field); a ``ValueError`` names a malformed setting. ``train.seed`` is refused: ``seed`` is the seed."""
     data = config_to_dict(advlora.experiment_config(seed=seed))
     changes = dict(changes)
-    data["train"].update(changes.pop("train", {}))
-    data["lr"].update(changes.pop("lr", {}))
+    for block, example in (("train", '{"steps": 300}'), ("lr", '{"advlora": 1e-3}')):
+        value = changes.pop(block, {})
+        if not isinstance(value, dict):
+            raise ValueError(f"settings.{block}: expected a JSON object of fields to change, e.g. {example}, "
+                             f"got {value!r}")
+        if block == "train" and "seed" in value:
+            raise ValueError("settings.train.seed: the loop seed is --seed (recorded in variant.json); pass --seed "
+                             "instead")
+        data[block].update(value)
     data.update(changes)
     return config_from_dict(advlora.AdvLoRAExperiment, data, "advlora_variant settings")
 
@@ -58,7 +65,7 @@ def main() -> None:
     try:
         config = variant_config(changes, args.seed)
         advlora.check_row(args.row, config, load_model(config.model))
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         parser.error(str(error))
     torch.set_num_threads(1)
     began = time.perf_counter()

@@ -5,13 +5,15 @@
 [--threads 1]``.
 
 Without ``--vlm`` (or with a VLM that is not shipped) the VLM is built from ``configs/pretrain_vlm.yaml``'s model
-section on the `mini` MiniCLIP tower (the shipped VLMs' tower) with a random projector and decoder: the compute of a step does not depend
-on the decoder's training. FARE trains the MiniCLIP's tower with PGD-10 at 4/255 (``RobustFinetune``); AdPO trains
-the same tower inside the VLM, with pairs computed once on the reference (``attack_on: reference``) and with online
-pairs (``attack_on: policy``: PGD-10 on the current encoder, a greedy generation and a reference scoring inside
-every step). The table gives seconds per optimizer step (the loop only, after a warm-up step), the one-off pair
-precomputation per image of the first (PGD-10 on the reference, two greedy generations, two reference scorings),
-and the ratios. Numbers are wall-clock: run on an otherwise idle machine.
+section on the `mini` MiniCLIP tower (the shipped VLMs' tower) with a random projector and decoder: the compute of a
+step does not depend on the decoder's training. FARE trains the MiniCLIP's tower with PGD-10 at 4/255
+(``RobustFinetune``); AdPO trains the same tower inside the VLM, with pairs computed once on the reference
+(``attack_on: reference``) and with online pairs (``attack_on: policy``: PGD-10 on the current encoder, a greedy
+generation and a reference scoring inside every step). The table gives the median seconds per optimizer step (timed
+between successive steps, so neither the warm-up step nor ``fit``'s set-up counts: FARE's reference embeddings,
+AdPO's pairs), the one-off pair precomputation per image of the first (PGD-10 on the reference, two greedy
+generations, two reference scorings), and the ratios. Numbers are wall-clock: run on an otherwise idle machine.
+Everything runs on the CPU.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from benchmarks.bench_engine import StepClock
 from benchmarks.common import PeakMemory, Row, Settings, time_row, timing_from_rounds
 from vlalign.config import load_config
 from vlalign.data.datasets import TensorImageDataset
@@ -35,8 +40,13 @@ from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages
 from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.train_config import TrainConfig
 
+#: The VLM shape the benchmark builds when no ``--vlm`` is given (found from the repository, not the current folder).
+VLM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_vlm.yaml"
+
 
 def build_vlm(spec: str | None):
+    """The ``mini`` MiniCLIP and a VLM on its tower: ``spec`` loaded, or built from :data:`VLM_CONFIG`'s model
+    section with a random projector and decoder."""
     clip = load_model("mini")  # the tower the shipped mini VLMs read
     if spec:
         from vlalign.models.vlm_loading import load_vlm
@@ -44,7 +54,7 @@ def build_vlm(spec: str | None):
         return clip, load_vlm(spec)
     from vlalign.pipelines.pretrain_vlm import PretrainVLMConfig
 
-    shape = load_config("configs/pretrain_vlm.yaml", PretrainVLMConfig).model
+    shape = load_config(VLM_CONFIG, PretrainVLMConfig).model
     torch.manual_seed(0)
     return clip, mini_vlm_from_clip(clip, vlm_vocabulary(), hidden_size=shape.hidden_size, layers=shape.layers,
                                     heads=shape.heads, intermediate_size=shape.intermediate_size,
@@ -52,18 +62,22 @@ def build_vlm(spec: str | None):
 
 
 def timed_fit(method, loop: TrainConfig) -> float:
-    """Seconds per step of ``loop.steps`` steps after one warm-up step (a separate fit of one step)."""
-    fit(copy.deepcopy(method), TrainConfig(**{**loop.__dict__, "steps": 1}), progress=False)
-    began = time.perf_counter()
-    fit(method, loop, progress=False)
-    return (time.perf_counter() - began) / loop.steps
+    """Median seconds per step over ``loop.steps`` steps of a fit of ``loop.steps + 1``, timed between successive
+    calls of the method's forward (:class:`~benchmarks.bench_engine.StepClock`): the first (warm-up) step and what
+    ``fit`` does before it (``prepare``, which recomputes FARE's reference embeddings of every image) are not
+    counted, so neither method pays a precomputation inside the timing."""
+    clock = StepClock(method, skip=1)
+    fit(method, replace(loop, steps=loop.steps + 1), progress=False)
+    return clock.seconds_per_step(time.perf_counter())
 
 
 def build_methods(vlm_spec: str | None, batch: int, n_images: int) -> tuple[RobustFinetune, AdPO, AdPO, float]:
     """FARE on the MiniCLIP tower, AdPO on the VLM with pairs on the reference and with online pairs (each
-    prepared), and the reference pairs' precomputation in seconds per image."""
+    prepared), and the reference pairs' precomputation in seconds per image; both train on ``n_images`` images."""
+    if not 1 <= batch <= n_images:
+        raise ValueError(f"need 1 <= batch <= n_images (each method trains on n_images), got {batch} and {n_images}")
     clip, vlm = build_vlm(vlm_spec)
-    images = MiniWorld().sample("clean", max(n_images, batch), 10000)
+    images = MiniWorld().sample("clean", n_images, 10000)
     fare = RobustFinetune(clip, TensorImageDataset(images.images, label=images.labels), images.classnames,
                           RobustConfig(method="fare", eps="4/255", attack_steps=10))
     n_captions = max(1, n_images // 5)
@@ -97,22 +111,32 @@ def run_adpo(settings: Settings) -> list[Row]:
     return [time_row("adpo", "AdPO step (policy on x and x_adv, 3 scorings, update) vs FARE step (PGD-10 + update), "
                      "same tower and batch", timing, "AdPO step", "FARE step",
                      model="mini tower; VLM built from configs/pretrain_vlm.yaml", batch=batch, settings=settings,
-                     target=2.5, extra={"pairs_seconds_per_batch": precompute * batch, "steps_per_measurement": steps,
-                                        "pairs_vs_fare_step": precompute * batch / timing.median("FARE step")}),
+                     target=2.5, device="cpu",
+                     extra={"pairs_seconds_per_batch": precompute * batch, "steps_per_measurement": steps,
+                            "pairs_vs_fare_step": precompute * batch / timing.median("FARE step")}),
             time_row("adpo", "AdPO step with online pairs (PGD-10 on the current encoder, y_l generated, reference "
                      "scoring, then the step) vs FARE step, same tower and batch", timing, "AdPO online step",
                      "FARE step", model="mini tower; VLM built from configs/pretrain_vlm.yaml", batch=batch,
-                     settings=settings, target=2.5, extra={"steps_per_measurement": steps})]
+                     settings=settings, target=2.5, device="cpu", extra={"steps_per_measurement": steps})]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vlm", default=None, help="a VLM spec (default: built from configs/pretrain_vlm.yaml)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--images", type=int, default=64, help="AdPO training images (pairs precomputed once)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--batch", type=int, default=32, help="images per step (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=64,
+                        help="training images of each method, >= --batch (AdPO's pairs precomputed once; "
+                             "default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for option, value in (("--batch", args.batch), ("--steps", args.steps), ("--images", args.images),
+                          ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{option}: expected a whole number >= 1, got {value}")
+    if args.images < args.batch:
+        parser.error(f"--images: expected at least one batch (--batch {args.batch}) of training images, "
+                     f"got {args.images}")
     torch.set_num_threads(args.threads)
     loop = TrainConfig(steps=args.steps, batch_size=args.batch, lr=3e-4, weight_decay=1e-4, log_every=args.steps)
     fare, method, online, precompute = build_methods(args.vlm, args.batch, args.images)

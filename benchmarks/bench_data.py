@@ -2,7 +2,9 @@
 
 ``MiniWorld.sample`` only uses its process pool from 2000 images on, so smaller counts measure the single-process
 path twice. Timings include the pool's start-up (spawned interpreters importing torch), which is what a caller
-pays. Run: ``python -m benchmarks --only data``.
+pays. Run: ``python -m benchmarks --only data``. The memory columns are the resident set of this (the parent)
+process only: the worker processes' memory is not counted, so the worker pool's side looks smaller than it is
+(each row's notes say so).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ WORKERS = 2
 
 
 def run(settings: Settings) -> list[Row]:
+    """One row per split kind: images/s of a pool of :data:`WORKERS` processes vs one process."""
     n = settings.pick(2000, 32)
     world = MiniWorld(WorldConfig(image_size=64))
     world.sample("typographic", 16, seed=0)  # warm the font cache
@@ -29,5 +32,7 @@ def run(settings: Settings) -> list[Row]:
                         "images/s", n / timing.median(f"{WORKERS} workers"), n / timing.median("1 process"),
                         1 / timing.ratio(f"{WORKERS} workers"), (ratios[0], ratios[-1]), len(ratios),
                         peak_mib={k: timing.peak_mib[k] for k in variants},
-                        growth_mib={k: timing.growth_mib[k] for k in variants}))
+                        growth_mib={k: timing.growth_mib[k] for k in variants},
+                        extra={"memory": f"peak RSS of the parent process only; the {WORKERS} workers' is not "
+                                         "counted"}))
     return rows

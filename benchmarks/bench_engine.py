@@ -10,7 +10,8 @@
 
     python -m benchmarks --only loop,parallel,memory
 
-This file is also the entry point of the worker processes (started by path, with the repository on PYTHONPATH).
+All three run on the CPU whatever ``--device`` says (the workers are started with no visible GPU), and their rows
+say so. This file is also the entry point of the worker processes (started by path, with the repository on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -75,15 +76,19 @@ def engine_seconds_per_step(batch: int, steps: int) -> float:
 
 def bare_seconds_per_step(batch: int, steps: int) -> float:
     """The same step written out by hand (the method's forward, no data loader, no checks, no logging, no
-    checkpoints), timed the same way."""
+    checkpoints), timed the same way, with the optimizer and schedule ``fit`` would use for this method (its
+    defaults, read from the library, so the two sides cannot drift apart)."""
     method = _method(batch)
     method.prepare(torch.device("cpu"))
     pref, _ = typographic_preference_data(batch, 1, seed=1)
     batch_dict = {"pref": {"pixels": pref.images, "chosen": pref.chosen, "rejected": pref.rejected,
                            "index": torch.arange(batch)}, "step": 0, "seed": 0}
-    params = [p for p in method.trainable_module().parameters() if p.requires_grad]
-    optimizer = torch.optim.Adamax(params, lr=CONFIG_LR)
-    scheduler = warmup_cosine(optimizer, steps + 2, 0.1)
+    train = TrainConfig(steps=steps + 2, batch_size=batch).resolved(method.default_train)
+    if train.optimizer != "adamax" or train.schedule != "cosine":
+        raise RuntimeError(f"the bare loop writes out Adamax and a warm-up + cosine schedule; fit now uses "
+                           f"{train.optimizer} and {train.schedule}: update bare_seconds_per_step")
+    optimizer = torch.optim.Adamax(method.param_groups(train.weight_decay), lr=train.lr, betas=train.betas)
+    scheduler = warmup_cosine(optimizer, train.steps, train.warmup_fraction)
     method.train()
     clock = StepClock(method)
     for _ in range(steps + 2):
@@ -93,9 +98,6 @@ def bare_seconds_per_step(batch: int, steps: int) -> float:
         optimizer.step()
         scheduler.step()
     return clock.seconds_per_step(time.perf_counter())
-
-
-CONFIG_LR = 1e-4  # the method's default for the full tower
 
 
 def _free_port() -> int:
@@ -204,7 +206,7 @@ def run_loop(settings: Settings) -> list[Row]:
     timing = timing_from_rounds(rounds, "bare loop", peaks, growth)
     row = time_row("loop", "full-tower DPO step, median over a run: fit (data loader, finite check, logging, "
                    "schedule) vs a bare hand-written loop calling the same method", timing, "fit", "bare loop",
-                   model="MiniCLIP (64 px, embedded)", batch=batch, settings=settings, target=1.03)
+                   model="MiniCLIP (64 px, embedded)", batch=batch, settings=settings, target=1.03, device="cpu")
     row.extra["steps_per_measurement"] = steps
     return [row]
 
@@ -224,7 +226,7 @@ def run_parallel(settings: Settings) -> list[Row]:
         ratios = sorted(1 / r for r in timing.ratios[two])
         rows.append(Row("parallel", f"full-tower DPO step through fit: {two} (accelerate launch, gloo) vs {baseline}, "
                         "same global batch", two, baseline, "MiniCLIP (64 px, embedded)", batch, "1 or 2 per process",
-                        settings.device, "training images/s", 1 / timing.median(two), 1 / timing.median(baseline),
+                        "cpu", "training images/s", 1 / timing.median(two), 1 / timing.median(baseline),
                         1 / timing.ratio(two), (ratios[0], ratios[-1]), len(ratios),
                         peak_mib={two: peaks[two], baseline: peaks[baseline]},
                         extra={"median_of_steps": steps, "memory": "peak RSS (VmHWM) of rank 0 / the process"}))
@@ -238,7 +240,7 @@ def run_memory(settings: Settings) -> list[Row]:
     small, large = peak_memory_mib(small_n, 3, batch), peak_memory_mib(large_n, 3, batch)
     row = Row("memory", f"peak resident memory of full-tower DPO (3 steps, images decoded lazily): {large_n:,}-image "
               f"folder vs {small_n:,}", f"{large_n} images", f"{small_n} images", "MiniCLIP (64 px, embedded)", batch,
-              2, settings.device, "peak MiB", large, small, large / small, target="≤ 1.5× (bounded)",
+              2, "cpu", "peak MiB", large, small, large / small, target="≤ 1.5× (bounded)",
               met=large / small <= 1.5, peak_mib={f"{large_n} images": large, f"{small_n} images": small})
     return [row]
 

@@ -205,14 +205,16 @@ def timing_from_rounds(rounds: list[dict[str, float]], baseline: str, peaks: dic
 
 def time_row(benchmark: str, compared: str, timing: Timing, variant: str, baseline: str, *, model: str,
              batch: int | str, settings: Settings, per_call: str = "ms per step", target: float | None = None,
-             target_text: str = "", extra: dict[str, Any] | None = None) -> Row:
+             target_text: str = "", extra: dict[str, Any] | None = None, device: str | None = None) -> Row:
     """A row comparing two timed variants: values in ms per call, ratio = variant time / baseline time.
 
     ``target`` is an upper bound on the ratio (e.g. 1.10 for "at most 10% slower"); ``target_text`` overrides
-    how it is shown (e.g. "≥ 50× faster").
+    how it is shown (e.g. "≥ 50× faster"). ``device`` is where the work ran (default: ``settings.device``; ``"cpu"``
+    for a benchmark that always runs on the CPU).
     """
     ratio = timing.ratio(variant)
-    return Row(benchmark, compared, variant, baseline, model, batch, settings.threads, settings.device, per_call,
+    return Row(benchmark, compared, variant, baseline, model, batch, settings.threads, device or settings.device,
+               per_call,
                1000 * timing.median(variant), 1000 * timing.median(baseline), ratio, timing.spread(variant),
                len(timing.ratios[variant]), target_text or (f"≤ {target:.2f}×" if target is not None else ""),
                None if target is None else ratio <= target,
@@ -220,7 +222,8 @@ def time_row(benchmark: str, compared: str, timing: Timing, variant: str, baseli
 
 
 def environment(settings: Settings) -> dict[str, Any]:
-    """What the numbers depend on: versions, threads, device, and the machine's load."""
+    """What the numbers depend on: versions (torchattacks: None when not installed), threads, device, ``--quick``
+    and the rounds."""
     import platform
 
     import transformers
@@ -230,6 +233,12 @@ def environment(settings: Settings) -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "threads": settings.threads, "device": settings.device,
         "quick": settings.quick, "repeats": settings.repeats,
     }
+    try:
+        import torchattacks
+
+        info["torchattacks"] = torchattacks.__version__
+    except ImportError:
+        info["torchattacks"] = None  # the pgd and apgd rows are skipped without it
     if torch.device(settings.device).type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

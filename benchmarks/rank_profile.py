@@ -21,22 +21,28 @@ from vlalign.models.adapters.rank_profile import weight_change_profile
 from vlalign.models.loading import load_model
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("base", help="the pre-trained model (a name, folder or hub id)")
     parser.add_argument("tuned", help="the fine-tuned model of the same architecture")
     parser.add_argument("--ranks", default="1,2,4,5,8,16", help="comma-separated ranks (default: %(default)s)")
     parser.add_argument("--prefix", default="", help="only parameters whose names start with this, e.g. visual.")
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         ranks = sorted({int(r) for r in args.ranks.split(",")})
     except ValueError:
         parser.error(f"--ranks must be comma-separated integers, got {args.ranks!r}")
     if not ranks or ranks[0] < 1:
         parser.error(f"--ranks must be integers >= 1, got {args.ranks!r}")
+    base = load_model(args.base)
+    names = [name for name, _ in base.named_parameters()]
+    if not any(name.startswith(args.prefix) for name in names):
+        tops = sorted({name.split(".")[0] + "." for name in names})
+        parser.error(f"--prefix {args.prefix!r}: no parameter of {args.base} starts with it; its parameters start "
+                     f"with {', '.join(tops)}")
     try:
-        changes = weight_change_profile(load_model(args.base), load_model(args.tuned), ranks, args.prefix)
+        changes = weight_change_profile(base, load_model(args.tuned), ranks, args.prefix)
     except ValueError as error:
         parser.error(str(error))
     header = f"{'weight':34s} {'shape':>16s} {'|ΔW|/|W0|':>9s}  " + "  ".join(f"r={r:<2d} (LoRA)" for r in ranks)

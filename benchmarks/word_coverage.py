@@ -16,7 +16,8 @@ import vlalign.data.mini_world as mini_world
 
 
 def visible_fractions(n: int, seed: int) -> np.ndarray:
-    """Per typographic test image ``0 .. n-1`` of ``seed``: the fraction of the object's pixels the word leaves visible."""
+    """Per typographic test image ``0 .. n-1`` of ``seed``: the fraction of the object's pixels the word leaves
+    visible."""
     masks: list[np.ndarray] = []
     painter = mini_world.paint_shape
 
@@ -36,13 +37,18 @@ def visible_fractions(n: int, seed: int) -> np.ndarray:
     return np.array([(obj & ~w).sum() / max(obj.sum(), 1) for obj, w in zip(masks, word)])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=1200)
-    parser.add_argument("--seed", type=int, default=7200)
-    args = parser.parse_args()
+    parser.add_argument("--n", type=int, default=1200, help="typographic test images (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=7200, help="their seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n: expected a number of images >= 1, got {args.n}")
+    if args.seed < 0:
+        parser.error(f"--seed: expected a seed >= 0, got {args.seed}")
     visible = visible_fractions(args.n, args.seed)
-    print("visible fraction of the object, quantiles 10/25/50/75%:", np.quantile(visible, [0.1, 0.25, 0.5, 0.75]).round(3))
+    quantiles = np.quantile(visible, [0.1, 0.25, 0.5, 0.75]).round(3)
+    print("visible fraction of the object, quantiles 10/25/50/75%:", quantiles)
     for threshold in (0.1, 0.25, 0.5):
         print(f"share of objects with < {threshold:.0%} visible: {np.mean(visible < threshold):.3f}")
 

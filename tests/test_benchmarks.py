@@ -132,13 +132,12 @@ def test_interleaved_ratios_are_per_round_and_peak_memory_sees_an_allocation():
     assert memory.growth >= 48 and memory.peak >= memory.start + memory.growth - 1e-6
 
 
-def test_adpo_row_times_both_steps_round_by_round(monkeypatch):
+def test_adpo_row_times_both_steps_round_by_round():
     """The runner's ``adpo`` rows (quick sizes): every step timed in every round, each ratio is its AdPO step over the
     same round's FARE step, and the one-off pair precomputation is reported beside the first."""
     from benchmarks.bench_adpo import run_adpo
     from benchmarks.common import Settings
 
-    monkeypatch.chdir(ROOT)  # the VLM is built from configs/pretrain_vlm.yaml
     offline, online = run_adpo(Settings(quick=True))
     assert (offline.variant, offline.baseline, offline.rounds) == ("AdPO step", "FARE step", 2)
     assert (online.variant, online.baseline, online.rounds) == ("AdPO online step", "FARE step", 2)
