@@ -21,11 +21,15 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, NewType, TypeVar, Union
 
 import yaml
 
 T = TypeVar("T")
+
+#: A field kept as text that YAML may also give as a plain number (an ε such as ``4/255`` or ``0.0157``): a number
+#: is accepted and stored as its shortest exact text, which the field's own parser reads back.
+NumberText = NewType("NumberText", str)
 
 
 class ConfigError(ValueError):
@@ -83,6 +87,8 @@ def _type_name(hint: Any) -> str:
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     if hint is type(None):
         return "null"
+    if hint is NumberText:
+        return "number or str"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -161,6 +167,13 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                     pass
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
+    if hint is NumberText:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return NumberText(repr(value))
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a number or a string such as 4/255, got {type(value).__name__} "
+                              f"{value!r}")
+        return NumberText(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 from pathlib import Path
 
 from vlalign.commands.common import add_command
@@ -37,9 +38,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _metrics(run_dir: Path) -> dict:
-    import json
+    from vlalign.io import read_json
 
-    return json.loads((run_dir / "metrics.json").read_text())
+    return read_json(run_dir / "metrics.json", ValueError, expect=dict)
+
+
+def _unreadable_json(run_dir: Path) -> list[str]:
+    """The JSON files of ``run_dir`` (and its subfolders) that do not parse."""
+    bad = []
+    for path in sorted(run_dir.rglob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            bad.append(str(path.relative_to(run_dir)))
+    return bad
+
+
+def builder_error(run_dir: Path, kind: str, exc: Exception) -> ValueError:
+    """A one-line error for a report builder that failed on the files of ``run_dir``, naming the file or the key."""
+    again = "re-run the command in its report.json to write it again"
+    if isinstance(exc, json.JSONDecodeError):
+        bad = _unreadable_json(run_dir)
+        return ValueError(f"{run_dir}: {', '.join(bad) or 'a JSON file'} is not valid JSON ({exc}); {again}")
+    if isinstance(exc, KeyError):
+        return ValueError(f"{run_dir}: its metrics.json (or another file of the run) lacks {exc.args[0]!r}, which "
+                          f"the {kind} report needs: written by an older vlalign, or edited? {again}")
+    return ValueError(f"{run_dir}: its files do not have the form the {kind} report expects "
+                      f"({type(exc).__name__}: {exc}): written by an older vlalign, or edited? {again}")
 
 
 def _eval_report(run_dir: Path) -> str:
@@ -65,11 +90,20 @@ def rebuild(run_dir: Path) -> Path:
     info = read_report_info(run_dir)
     kind = info.pop("kind")
     title = info.pop("title", None)
+    if kind in ("train", "pretrain") and not (run_dir / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run_dir / 'metrics.json'}: missing; the {kind} run in {run_dir} did not finish "
+                                "(re-run its command to resume it), so there is no result to report")
     if kind in BUILDERS:
         module, function = BUILDERS[kind].split(":")
-        body = getattr(importlib.import_module(module), function)(run_dir)
-    else:
+        try:
+            body = getattr(importlib.import_module(module), function)(run_dir)
+        except (KeyError, TypeError, IndexError, AttributeError, json.JSONDecodeError) as exc:
+            raise builder_error(run_dir, kind, exc) from exc
+    elif (run_dir / "report.md").is_file():
         body = report_body((run_dir / "report.md").read_text())
+    else:
+        raise FileNotFoundError(f"{run_dir}: its report.json names the kind {kind!r}, which this vlalign cannot "
+                                f"rebuild (known: {', '.join(sorted(BUILDERS))}), and there is no report.md to keep")
     return write_report(run_dir, kind, body, info, title)
 
 

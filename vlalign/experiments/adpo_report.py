@@ -3,11 +3,11 @@ folder's ``metrics.json`` (``vlalign report``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlalign.evaluation.uncertainty import standard_error
 from vlalign.experiments.adpo_eval import TARGETED_EPS
+from vlalign.io import read_json
 from vlalign.reporting.figures import save_figure
 from vlalign.reporting.tables import markdown_table, percent
 
@@ -45,7 +45,8 @@ def _plot(metrics: dict, path: Path) -> Path:
         for row, values in metrics[key].items():
             marker = "o" if row.startswith("adpo") else ("s" if row in ("tecoa", "fare") else "*")
             ax.scatter(values["clean"], values["robust"]["4/255"], s=70 if marker != "*" else 160, marker=marker,
-                       color=f"C{list(NAMES).index(row) if row in NAMES else 9}", label=NAMES.get(row, row))
+                       color=f"C{list(NAMES).index(row) if row in NAMES else 9}", label=NAMES.get(row, row),
+                       clip_on=False, zorder=3)  # a point at 0 sits on the axis, drawn whole
         if key == "methods":
             # the target check's two rows on their fresh questions: hollow, with ± one standard error
             for row, values in (metrics.get("confirm") or {}).items():
@@ -56,6 +57,10 @@ def _plot(metrics: dict, path: Path) -> Path:
         ax.set_title(f"Clean vs APGD 4/255 accuracy: {title}", fontsize=10)
         ax.set_xlabel("clean exact match")
         ax.grid(alpha=0.3)
+        # Exact match is a rate: the axes start at 0 even when every point lies there (matplotlib's autoscale
+        # would then centre them on it, down to -0.05).
+        ax.set_xlim(left=0, right=max(ax.get_xlim()[1], 0.05))
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 0.05))
     axes[0][0].set_ylabel("exact match under APGD-CE, ε = 4/255")
     for ax in axes[0]:
         ax.legend(fontsize=7, loc="best")
@@ -66,7 +71,7 @@ def _plot(metrics: dict, path: Path) -> Path:
 def report_from_run(run_dir: str | Path) -> str:
     """The Markdown report of a finished run folder (rebuilt by ``vlalign report``)."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json", ValueError, expect=dict)
     settings = metrics["settings"]
     figure = _plot(metrics, run_dir / "clean_vs_robust.png")
     loop = settings["loop"]

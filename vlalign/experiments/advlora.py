@@ -42,7 +42,7 @@ from typing import Any
 from vlalign.attacks.fgsm import FGSM
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps
-from vlalign.config import check_range, config_from_dict, config_to_dict, option
+from vlalign.config import NumberText, check_range, config_from_dict, config_to_dict, option
 from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.data.retrieval_world import RetrievalWorld, write_misleading_words
 from vlalign.evaluation.retrieval_eval import adversarial_pixels, evaluate_retrieval, recall_of_pixels, robust_retrieval
@@ -110,7 +110,7 @@ class AdvLoRAExperiment:
     val_seed: int = option(0, "seed of the val images")
     test_images: int = option(1000, "test gallery images (5 captions each)")
     test_seed: int = option(2, "seed of the test gallery (the shipped model's own evaluation used seed 1)")
-    eps: str = option("2/255", "ℓ∞ radius of the training and evaluation attacks")
+    eps: NumberText = option("2/255", "ℓ∞ radius of the training and evaluation attacks")
     train_attack_steps: int = option(3, "PGD steps of adversarial training (PGD-3)")
     eval_steps: int = option(10, "PGD steps of the white-box, transfer and compound evaluations (PGD-10)")
     attack_batch: int = option(100, "images attacked at once in the evaluation")

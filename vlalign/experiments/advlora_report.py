@@ -5,10 +5,10 @@ the run computes from its rows' metrics."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from vlalign.io import read_json
 from vlalign.reporting.figures import save_figure
 from vlalign.reporting.tables import markdown_table, percent
 
@@ -61,9 +61,10 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
     ax.set_xticks(range(len(rows)), [NAMES[r] for r in rows], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("mR (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("mR clean and under attack (test gallery)")
+    ax.set_title("mR clean and under attack (test gallery)", pad=22)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=len(CONDITIONS), loc="upper center")
+    # Above the axes, between them and the title: inside, it would cover the tallest bars.
+    ax.legend(fontsize=8, ncol=len(CONDITIONS), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     save_figure(fig, out / "robustness.png")
 
@@ -171,7 +172,7 @@ def command_line(name: str, quick: bool, seed: int) -> str:
 
 def report_from_run(run_dir: str | Path) -> str:
     """The Markdown report of a finished run folder, from its ``metrics.json``."""
-    return report_markdown(json.loads((Path(run_dir) / "metrics.json").read_text()))
+    return report_markdown(read_json(Path(run_dir) / "metrics.json", ValueError, expect=dict))
 
 
 def _criterion_words(metrics: dict[str, Any], s: dict[str, Any]) -> str:
@@ -205,7 +206,7 @@ def selection_report_markdown(metrics: dict[str, Any]) -> str:
 
 def selection_report_from_run(run_dir: str | Path) -> str:
     """The Markdown report of a finished selection run, from its ``metrics.json``."""
-    return selection_report_markdown(json.loads((Path(run_dir) / "metrics.json").read_text()))
+    return selection_report_markdown(read_json(Path(run_dir) / "metrics.json", ValueError, expect=dict))
 
 
 def targets(methods: dict[str, Any]) -> dict[str, Any]:

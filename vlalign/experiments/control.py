@@ -17,7 +17,7 @@ from vlalign.evaluation.control import is_monotonic, sweep_head_power  # noqa: E
 from vlalign.io import atomic_write_json  # noqa: E402
 from vlalign.reporting.run_report import run_info, write_report  # noqa: E402
 from vlalign.models.heads import HeadedCLIP  # noqa: E402
-from vlalign.reporting.tables import markdown_table  # noqa: E402
+from vlalign.reporting.tables import markdown_table, percent, points  # noqa: E402
 
 
 def control_sweep(model: HeadedCLIP, world: MiniWorld, ts: Sequence[float], n: int, seed: int) -> dict:
@@ -90,11 +90,12 @@ def write_control_report(model: HeadedCLIP, world: MiniWorld, ts: Sequence[float
 
 
 def _table(control: dict) -> str:
-    rows = [[t, c, ty, w] for t, c, ty, w in zip(control["t"], control["clean"], control["typographic"],
-                                                    control["written_label_rate"])]
+    rows = [[f"{t:g}", percent(c), percent(ty), percent(w)] for t, c, ty, w in
+            zip(control["t"], control["clean"], control["typographic"], control["written_label_rate"])]
     headers = ["t", "clean acc", "typographic acc", "written-label rate"]
     if "nonreading" in control:  # runs from before the non-reading control have no such column
-        rows = [row + [nr, nr - row[2]] for row, nr in zip(rows, control["nonreading"])]
+        rows = [row + [percent(nr), points(nr - ty, signed=True)]
+                for row, nr, ty in zip(rows, control["nonreading"], control["typographic"])]
         headers += ["non-reading acc", "reading effect"]
     return markdown_table(headers, rows)
 

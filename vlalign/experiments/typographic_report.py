@@ -3,7 +3,6 @@ built from a run's metrics, so that ``vlalign report RUN_DIR`` rebuilds the repo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from vlalign.evaluation.control import is_monotonic  # noqa: E402
 from vlalign.experiments.control import plot_frontier, plot_singular_values  # noqa: E402
+from vlalign.io import read_json  # noqa: E402
 from vlalign.reporting.figures import save_figure  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
 
@@ -30,7 +30,7 @@ def command(quick: bool, seed: int) -> str:
 
 def report_from_run(run_dir: str | Path) -> str:
     """The Markdown report of a finished run folder, from its ``metrics.json``."""
-    return report_text(json.loads((Path(run_dir) / "metrics.json").read_text()))
+    return report_text(read_json(Path(run_dir) / "metrics.json", ValueError, expect=dict))
 
 
 #: Issue 13's target range of the Σ^t sweep, and how far a step may go the wrong way and still count as monotone.

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlalign.attacks.threat_model import parse_eps
-from vlalign.config import check_range, config_to_dict, option
+from vlalign.config import NumberText, check_range, config_to_dict, option
 from vlalign.data.unlabelled import PromptedImageFolder
 from vlalign.data.vqa import CAPTION_PROMPT, MiniCaptions, MiniVQA
 from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
@@ -57,7 +57,7 @@ class AdPOEval:
 
     questions: int = option(200, "fresh questions, every one attacked (0: no evaluation, e.g. for a model that "
                                  "does not know the mini world)")
-    eps: list[str] = option(help="ℓ∞ radii of the evaluation attack", factory=lambda: ["2/255", "4/255"])
+    eps: list[NumberText] = option(help="ℓ∞ radii of the evaluation attack", factory=lambda: ["2/255", "4/255"])
     steps: int = option(20, "APGD-CE iterations")
     seed: int = option(4343, "seed of the evaluation questions and the attack (must differ from data.seed)")
 

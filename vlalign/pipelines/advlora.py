@@ -13,7 +13,7 @@ from typing import Literal
 
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps
-from vlalign.config import ConfigError, check_range, config_to_dict, option
+from vlalign.config import ConfigError, NumberText, check_range, config_to_dict, option
 from vlalign.data.karpathy import SPLITS, KarpathyDataset, load_karpathy_split
 from vlalign.data.retrieval_set import RetrievalSet
 from vlalign.data.retrieval_world import RetrievalWorld
@@ -59,7 +59,7 @@ class RetrievalEval:
     images: int = option(500, "gallery images (five captions each; 0: no evaluation)")
     split: str = option("test", "Karpathy: the split of the gallery (its first `images` images)")
     seed: int = option(2, "retrieval world: seed of the gallery (must differ from data.seed)")
-    eps: list[str] = option(help="ℓ∞ radii of the evaluation PGD (images attacked, captions clean)",
+    eps: list[NumberText] = option(help="ℓ∞ radii of the evaluation PGD (images attacked, captions clean)",
                             factory=lambda: ["2/255"])
     steps: int = option(10, "PGD iterations")
     attack_batch: int = option(100, "images attacked at once")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from vlalign.attacks.threat_model import format_eps, parse_eps
-from vlalign.config import check_range, config_to_dict, option
+from vlalign.config import NumberText, check_range, config_to_dict, option
 from vlalign.data.vqa import QUESTION_TYPES, MiniCaptions, MiniVQA, vlm_vocabulary
 from vlalign.evaluation.captioning import cider_d
 from vlalign.evaluation.vlm_robust import robust_evaluate_vlm
@@ -85,7 +85,7 @@ class VLMEval:
     captions: int = option(200, "evaluation captions (CIDEr-D needs at least 2)")
     seed: int = option(7, "seed of the evaluation images (must differ from data.seed)")
     attack: str = option("apgd-ce", "untargeted attack on the vision input")
-    attack_eps: str = option("4/255", "ℓ∞ radius of the attack")
+    attack_eps: NumberText = option("4/255", "ℓ∞ radius of the attack")
     attack_steps: int = option(20, "attack iterations")
     attack_questions: int = option(250, "the first N evaluation questions are attacked (0: no attack)")
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from vlalign.attacks.registry import split_attack_names
 from vlalign.attacks.threat_model import format_eps, parse_eps
-from vlalign.config import check_range, config_to_dict, option
+from vlalign.config import NumberText, check_range, config_to_dict, option
 from vlalign.data.datasets import ImageFolderDataset, MiniWorldDataset
 from vlalign.data.mini_world import MiniWorld, parse_split
 from vlalign.evaluation.robust import robust_evaluate
@@ -46,7 +46,7 @@ class RobustEval:
 
     images: int = option(256, "fresh clean test images")
     seed: int = option(4242, "their seed (must differ from data.seed)")
-    eps: list[str] = option(help="ℓ∞ radii to evaluate", factory=lambda: ["2/255", "4/255"])
+    eps: list[NumberText] = option(help="ℓ∞ radii to evaluate", factory=lambda: ["2/255", "4/255"])
     attacks: list[str] = option(help="attacks whose per-sample worst case is reported",
                                 factory=lambda: ["apgd-ce", "pgd"])
     steps: int = option(20, "iterations of each evaluation attack")

@@ -51,7 +51,8 @@ def attribute_sweep_figure(panels: Mapping[str, Mapping[str, object]], path: str
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left")
+        # Below the axes: inside, any corner can cover the crossing (t*) or a curve.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     return _save(fig, path)
 
 
@@ -75,7 +76,7 @@ def parity_gap_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float
         if window is not None:
             ax.plot([window[0], window[1]], [window[2], window[2]], color=line.get_color(), linewidth=5, alpha=0.6,
                     solid_capstyle="butt")
-    ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target (≤ {100 * target:.0f}%)")
+    ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target (≤ {100 * target:.1f}%)")
     ax.set_xlabel("t")
     ax.set_ylabel("retrieval parity gap")
     ax.set_ylim(-0.02, 1.02)

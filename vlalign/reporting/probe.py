@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vlalign.io import read_json  # noqa: E402
 from vlalign.reporting.figures import save_figure  # noqa: E402
 from vlalign.reporting.tables import markdown_table, percent  # noqa: E402
 
@@ -61,7 +61,7 @@ def probe_report(metrics: dict) -> str:
     rows = [[SPLIT_NAMES.get(name, name), percent(r["zero_shot"]), percent(r.get("written_label_rate")),
              percent(r["probe"]), percent(r["probe_train"])] for name, r in splits.items()]
     values, met = target_values(metrics), targets_met(metrics)
-    target_rows = [[name, f"{'≥' if at_least else '≤'} {bound:.2f}", f"{values[name]:.3f}",
+    target_rows = [[name, f"{'≥' if at_least else '≤'} {percent(bound)}", percent(values[name]),
                     "met" if met[name] else "**not met**"] for name, (bound, at_least) in READING_TARGETS.items()]
     penalty = (f"L2 {s['l2']}" if s["l2"] is not None else "L2 chosen per split on a quarter of the training draw: "
                + ", ".join(f"{name} {row['l2']}" for name, row in splits.items()))
@@ -89,4 +89,4 @@ boxes (occlusion and clutter, not reading).
 
 def report_from_run(run_dir: str | Path) -> str:
     """The Markdown body of a finished probe run, from its ``metrics.json``."""
-    return probe_report(json.loads((Path(run_dir) / "metrics.json").read_text()))
+    return probe_report(read_json(Path(run_dir) / "metrics.json", ValueError, expect=dict))

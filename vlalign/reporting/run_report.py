@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlalign.io import atomic_write_json, atomic_write_text, read_json
-from vlalign.reporting.html import markdown_to_html
+from vlalign.reporting.html import markdown_to_html_checked
 
 REPORT_INFO = "report.json"
 
@@ -68,12 +68,17 @@ def _run_section(info: dict[str, Any]) -> str:
 
 
 def write_report(out: str | Path, kind: str, text: str, info: dict[str, Any], title: str | None = None) -> Path:
-    """Write ``report.md`` (``text`` plus a "Run" section), ``report.html`` and ``report.json`` into ``out``."""
+    """Write ``report.md`` (``text`` plus a "Run" section), ``report.html`` and ``report.json`` into ``out``; a
+    figure the report shows whose file is missing is named in a warning on stderr."""
     out = Path(out)
     full = text.rstrip() + "\n\n" + _run_section(info)
     title = title or next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), kind)
     atomic_write_text(out / "report.md", full)
-    atomic_write_text(out / "report.html", markdown_to_html(full, out, title))
+    page, missing = markdown_to_html_checked(full, out, title)
+    atomic_write_text(out / "report.html", page)
+    if missing:
+        print(f"warning: {out / 'report.html'}: {len(missing)} figure(s) missing, shown as broken images: "
+              f"{', '.join(missing)}", file=sys.stderr)
     atomic_write_json(out / REPORT_INFO, {"kind": kind, "title": title, **info})
     return out / "report.md"
 

@@ -7,13 +7,18 @@ from typing import Any
 
 
 def _cell(value: object, digits: int) -> str:
+    """A table cell's text: floats rounded, None as a dash, ``|`` escaped and line breaks turned into spaces (so
+    a path or name holding them stays in its cell)."""
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return "—" if value is None else str(value)
+    if value is None:
+        return "—"
+    return " ".join(str(value).replace("|", "\\|").splitlines())
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table; floats are rounded to ``digits``."""
+    headers = [_cell(h, digits) for h in headers]
     text_rows = [[_cell(v, digits) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
@@ -22,8 +27,16 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], dig
 
 
 def percent(value: float | None) -> str:
-    """0.853 -> '85.3%'."""
+    """An accuracy or rate (a fraction) in percent, the reports' one unit for them: 0.853 -> '85.3%'."""
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def points(value: float | None, signed: bool = False) -> str:
+    """A difference of two rates (fractions) in percentage points, the reports' one unit for gaps, drops and
+    effects: 0.233 -> '23.3 pt'; ``signed`` (for a difference that can be negative) -> '+23.3 pt'."""
+    if value is None:
+        return "—"
+    return f"{100 * value:+.1f} pt" if signed else f"{100 * value:.1f} pt"
 
 
 def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -34,7 +47,7 @@ def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
                              else f"{prefix}{key}")
         return rows
     if isinstance(values, list):
-        return [(prefix.rstrip("."), ", ".join(str(v) for v in values))]
+        return [(prefix.rstrip("."), ", ".join(str(v) for v in values) if values else "none")]
     return [(prefix.rstrip("."), values)]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from vlalign.reporting.tables import metrics_table  # noqa: E402
+from vlalign.io import read_json  # noqa: E402
+from vlalign.reporting.tables import markdown_table, metrics_table  # noqa: E402
+from vlalign.training.loop import RESOLVED_FILE  # noqa: E402
 
 #: metrics.csv columns that are not loss terms.
 NOT_TERMS = ("step", "lr")
@@ -56,12 +57,38 @@ def training_curves(metrics_csv: str | Path, out_png: str | Path, title: str = "
     return Path(out_png)
 
 
+#: Section of a run config -> its section in ``resolved_config.json`` (:func:`vlalign.training.loop.resolved_settings`).
+_RESOLVED_SECTIONS = {"options": "method", "train": "train"}
+
+
+def resolved_nulls(config: dict, resolved: dict) -> list[tuple[str, object]]:
+    """``(section.field, value)`` for every field a run config leaves null whose value the run resolved (the
+    method's β/λ, the loop's lr/optimizer/betas/weight decay, the attack step), from ``resolved_config.json``."""
+    rows = []
+    for section, key in _RESOLVED_SECTIONS.items():
+        written, used = config.get(section), resolved.get(key)
+        if not isinstance(written, dict) or not isinstance(used, dict):
+            continue
+        rows += [(f"{section}.{name}", used[name]) for name, value in written.items()
+                 if value is None and used.get(name) is not None]
+    return rows
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return str(value)
+
+
 def training_report(run_dir: str | Path) -> str:
     """The Markdown report of a training run folder: results, curves, and the config it was trained with."""
     run_dir = Path(run_dir)
-    config = next((json.loads(p.read_text()) for p in (run_dir / "train_config.json", run_dir / "pretrain_config.json")
-                   if p.is_file()), {})
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    configs = (run_dir / "train_config.json", run_dir / "pretrain_config.json")
+    config = next((read_json(p, ValueError, expect=dict) for p in configs if p.is_file()), {})
+    metrics_path = run_dir / "metrics.json"
+    metrics = read_json(metrics_path, ValueError, expect=dict) if metrics_path.is_file() else {}
     name = config.get("method") or config.get("world_kind") or "training"
     lines = [f"# Training run: {name}", ""]
     if metrics:
@@ -72,6 +99,12 @@ def training_report(run_dir: str | Path) -> str:
             lines += ["## Loss terms and learning rate", "", f"![training curves]({curves.name})", ""]
     if config:
         lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+        resolved_path = run_dir / RESOLVED_FILE
+        resolved = read_json(resolved_path, ValueError) if resolved_path.is_file() else None
+        if isinstance(resolved, dict) and (rows := resolved_nulls(config, resolved)):
+            lines += ["Values the run used where the config says null (the method's defaults, recorded in "
+                      f"`{RESOLVED_FILE}`):", "", markdown_table(["field", "value"], [[k, _shown(v)] for k, v in rows]),
+                      ""]
     return "\n".join(lines)
 
 
@@ -79,8 +112,8 @@ def vlm_pretraining_report(run_dir: str | Path) -> str:
     """The Markdown report of ``vlalign pretrain-vlm``: results on fresh images, each stage's curves, the config."""
     run_dir = Path(run_dir)
     config_path, metrics_path = run_dir / "pretrain_config.json", run_dir / "metrics.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    config = read_json(config_path, ValueError, expect=dict) if config_path.is_file() else {}
+    metrics = read_json(metrics_path, ValueError, expect=dict) if metrics_path.is_file() else {}
     lines = ["# Mini VLM pretraining", ""]
     if metrics:
         lines += ["## Results (fresh images)", "", metrics_table(metrics), ""]

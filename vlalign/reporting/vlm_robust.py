@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from vlalign.attacks.threat_model import format_eps
 from vlalign.evaluation.vlm_robust import VLMRobustEvaluation
+from vlalign.reporting.robust import no_warning_text
 from vlalign.reporting.tables import markdown_table, percent
 
 
@@ -19,7 +20,8 @@ def vlm_robust_table(result: VLMRobustEvaluation) -> str:
     rows += [[name, *(_value(result, by_eps[e]) if e in by_eps else "—" for e in result.eps)]
              for name, by_eps in robust.items()]
     worst = result.worst_case()
-    rows.append(["**worst case**", *(f"**{_value(result, worst[e])}**" for e in result.eps)])
+    attacked = {e for by_eps in robust.values() for e in by_eps}  # an ε no attack used has no worst case
+    rows.append(["**worst case**", *(f"**{_value(result, worst[e])}**" if e in attacked else "—" for e in result.eps)])
     return markdown_table(["attack", *(f"ε = {format_eps(e)}" for e in result.eps)], rows)
 
 
@@ -44,8 +46,7 @@ def vlm_robust_report(result: VLMRobustEvaluation, title: str, command: str | No
     if result.warnings:
         lines += [f"- ⚠ {w}" for w in result.warnings]
     else:
-        lines.append("No warnings: scores fall with ε and with steps, no black-box attack beats the white-box ones, "
-                     "input gradients are finite and non-zero, and the model is deterministic.")
+        lines.append(no_warning_text(result.robust(), result.checks, "the score"))
     lines += ["", "## Settings", "", *(f"- {k}: {v}" for k, v in result.settings.items())]
     if command:
         lines += ["", "Reproduce:", "", f"    {command}"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from vlalign.config import ConfigError
 from vlalign.data.datasets import dataset_fingerprint
+from vlalign.io import atomic_write_json
 from vlalign.training import distributed
 from vlalign.training.averaging import WeightAverager
 from vlalign.training.method import Method
@@ -81,6 +83,33 @@ def run_identity(method: Method, train: TrainConfig, run_config: dict[str, Any] 
     identity["train"] = loop
     identity["streams"] = {name: dataset_fingerprint(stream.dataset) for name, stream in method.streams().items()}
     return identity
+
+
+#: The file of a run folder that records the values its config's nulls resolved to (:func:`resolved_settings`).
+RESOLVED_FILE = "resolved_config.json"
+
+
+def resolved_settings(method: Method, train: TrainConfig) -> dict[str, Any]:
+    """What a run trains with where its config may say null: ``train``, the loop settings after the method's
+    defaults (lr, optimizer, betas, weight decay), and ``method``, the method's config with each null field filled
+    in by the config's ``effective_<field>`` property (β and λ of the preference objectives) or, for
+    ``attack_step_size``, by the step of the method's training attack."""
+    method_config = getattr(method, "config", None)
+    values: dict[str, Any] = {}
+    if dataclasses.is_dataclass(method_config):
+        values = asdict(method_config)
+    elif isinstance(method_config, dict):
+        values = dict(method_config)
+    for name, value in list(values.items()):
+        if value is not None:
+            continue
+        if hasattr(type(method_config), f"effective_{name}"):
+            values[name] = getattr(method_config, f"effective_{name}")
+        elif name == "attack_step_size" and isinstance(getattr(getattr(method, "attack", None), "step_size", None),
+                                                       float):
+            values[name] = method.attack.step_size
+    loop = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(train).items()}
+    return {"method": {"class": type(method).__name__, **values}, "train": loop}
 
 
 def _optimizer(train: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -191,6 +220,9 @@ def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_
     _check_streams(method, train)  # before any work: a bad batch size fails at once
     state_dir = Path(out) / "state" if out is not None else None
     meta = _start(state_dir, identity, overwrite, processes)
+    if out is not None and processes.is_main:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out) / RESOLVED_FILE, resolved_settings(method, train))
 
     torch.manual_seed(train.seed)
     method.prepare(device)
@@ -300,6 +332,8 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
                     sums[key] = sums.get(key, 0.0) + value.detach().double() / train.accumulation
             if train.grad_clip is not None:
                 sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, train.grad_clip).detach().double()
+            # The rate this step trained with, read before the scheduler moves it on to the next step's.
+            step_lr = float(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
             if averagers:
@@ -308,7 +342,7 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
                     averager.update(current)
             if step % train.log_every == 0 or step == train.steps - 1:
                 sums.update({f"skipped_{name}": torch.tensor(float(n), device=device) for name, n in skipped.items()})
-                row = _log_row(sums, step, scheduler)
+                row = _log_row(sums, step, step_lr)
                 history.append(row)
                 if logger is not None:
                     logger.log(**row)
@@ -354,14 +388,16 @@ def _skipped_totals(skipped: dict[str, int], device: torch.device) -> dict[str, 
     return {n: int(v) for n, v in zip(names, summed.tolist())}
 
 
-def _log_row(sums: dict[str, torch.Tensor], step: int, scheduler: Any) -> dict[str, float]:
+def _log_row(sums: dict[str, torch.Tensor], step: int, lr: float) -> dict[str, float]:
+    """A metrics row: the step, every term (averaged over processes; skipped counts summed) and the learning rate
+    ``lr`` the step's update used (the first parameter group's)."""
     names = list(sums)
     values = torch.stack([sums[n].reshape(()).double() for n in names])
     if distributed.world_size() > 1:
         per_process = distributed.gather(values[None].to(distributed_device(values)))
         totals = torch.tensor([n.startswith("skipped_") for n in names], device=per_process.device)
         values = torch.where(totals, per_process.sum(0), per_process.mean(0))  # counts add up, losses average
-    return {"step": step, **{n: float(v) for n, v in zip(names, values)}, "lr": scheduler.get_last_lr()[0]}
+    return {"step": step, **{n: float(v) for n, v in zip(names, values)}, "lr": lr}
 
 
 def distributed_device(tensor: torch.Tensor) -> torch.device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -18,7 +19,16 @@ from vlalign.models.heads import HeadedCLIP
 from vlalign.reporting.bias_plots import (
     attribute_sweep_figure, parity_gap_figure, retrieval_mix_figure, retrieval_strip,
 )
-from vlalign.reporting.tables import markdown_table, percent
+from vlalign.reporting.tables import markdown_table, percent, points
+
+
+def target_label(name: str) -> str:
+    """A target's name as metrics.json keys it, with its rate bound in percent: 'flipped rate >= 0.88' ->
+    'flipped rate ≥ 88%' (a bound that is not a trailing fraction, such as '0.5 x pretrained', is kept)."""
+    match = re.fullmatch(r"(.*) (>=|<=) (0?\.\d+|1(?:\.0+)?)", name)
+    if match is None:
+        return name.replace(">=", "≥").replace("<=", "≤").replace(" x ", " × ")
+    return f"{match[1]} {'≥' if match[2] == '>=' else '≤'} {100 * float(match[3]):g}%"
 
 
 def attribute_figures(out: Path, test: PeopleSet, image_emb: torch.Tensor, text: PeopleTextEmbeddings, sweeps: dict[str, dict],
@@ -70,7 +80,7 @@ def miss_numbers(summary: dict) -> str:
     return (f"flipped rate {fmt_percent(summary['flipped_rate'])} vs ≥ {100 * TARGETS['flipped_rate_min']:.0f}%; "
             f"neutralized gap {fmt_percent(gaps['neutralized'])} vs ≤ {percent(summary['retrieval_parity_gap_max'])} "
             f"= {TARGETS['parity_gap_max_fraction']:g} × {percent(gaps['original'])}; max activity drop "
-            f"{100 * summary['max_activity_drop']:.1f} vs ≤ {100 * TARGETS['activity_drop_max']:.0f} pts")
+            f"{points(summary['max_activity_drop'])} vs ≤ {points(TARGETS['activity_drop_max'])}")
 
 
 def _fmt_t(t: float | None) -> str:
@@ -201,16 +211,16 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
                      "—" if summary["t_star"] is None else f"{summary['t_star']:.3f}",
                      fmt_percent(summary["attribute_a_rate_at_t_star"]), fmt_percent(summary["retrieval_parity_gap"]["neutralized"]),
                      fmt_percent(summary["retrieval_parity_gap_at_t_star"]),
-                     f"{100 * summary['max_activity_drop']:.1f} pts",
+                     points(summary['max_activity_drop']),
                      f"{sum(checks.values())}/{len(checks)}"])
     lines += [markdown_table(["method", f"flipped rate (≥ {100 * TARGETS['flipped_rate_min']:.0f}%)",
                               "flipped, visible figures", "t*", "A rate at t*",
                               f"neutralized parity gap (≤ {percent(metrics['retrieval_parity_gap_max'])})",
-                              "gap at t* alone", f"max activity drop (≤ {100 * TARGETS['activity_drop_max']:.0f} pts)",
+                              "gap at t* alone", f"max activity drop (≤ {points(TARGETS['activity_drop_max'])})",
                               "targets met"], rows), ""]
     any_missed = False
     for method, summary in metrics["methods"].items():
-        missed = [name for name, ok in summary["targets_met"].items() if not ok]
+        missed = [target_label(name) for name, ok in summary["targets_met"].items() if not ok]
         if missed:
             any_missed = True
             lines.append(f"- {method.upper()} misses: {'; '.join(missed)}. Its figures: {miss_numbers(summary)}.")
@@ -231,8 +241,8 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
         "## Pretrained model",
         "",
         f"Activity accuracy {percent(pre['activity_accuracy'])}, attribute accuracy {percent(pre['original_rate'])}, "
-        f"mean |per-activity skew| {100 * pre['mean_abs_skew']:.1f} pts (max {100 * pre['max_abs_skew']:.1f}), "
-        f"skew towards the stereotype {100 * pre['stereotype_skew']:+.1f} pts, retrieval parity gap "
+        f"mean |per-activity skew| {points(pre['mean_abs_skew'])} (max {points(pre['max_abs_skew'])}), "
+        f"skew towards the stereotype {points(pre['stereotype_skew'], signed=True)}, retrieval parity gap "
         f"{percent(pre['retrieval_parity_gap'])} (stereotyped share of retrievals {percent(pre['retrieval_stereotype_share'])}).",
         "",
         f"## Σ^t sweep ({primary.upper()})",
@@ -267,8 +277,8 @@ def attribute_report(metrics: dict, figures: dict[str, str], model_spec: str | N
                      f"{fmt_percent(s.get('retrieval_parity_gap_at_t_star'))} (t* ± "
                      f"{cfg.get('neutral_half_width', NEUTRAL_HALF_WIDTH):g}: {fmt_percent(gaps['neutralized'])})",
                      "—" if s["stereotype_skew"]["neutralized"] is None else f"{100 * s['stereotype_skew']['neutralized']:+.1f}"])
-    lines += [markdown_table(["activity prompt", "stereotype", "A share: original", "skew (pts)", "A share: flipped",
-                              "skew (pts)", "A share: neutralized", "skew (pts)"], ret_rows), "",
+    lines += [markdown_table(["activity prompt", "stereotype", "A share: original", "skew (pt)", "A share: flipped",
+                              "skew (pt)", "A share: neutralized", "skew (pt)"], ret_rows), "",
               "Skew: P(predicted A | activity) − P(A | activity) on the balanced test set, in points.", ""]
     if len(metrics["methods"]) > 1:
         side = []

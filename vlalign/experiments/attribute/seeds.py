@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vlalign.experiments.attribute.config import TARGETS, AttributeExperimentConfig
-from vlalign.experiments.attribute.report import fmt_percent, miss_numbers
+from vlalign.experiments.attribute.report import fmt_percent, miss_numbers, target_label
 from vlalign.experiments.attribute.run import attribute_experiment
 from vlalign.io import atomic_write_json
 from vlalign.reporting.run_report import run_info, write_report
@@ -60,7 +60,7 @@ HEADLINE: dict[str, tuple[str, Callable[[dict], float | None], bool]] = {
     "retrieval_parity_gap_at_t_star": ("parity gap at t* alone", lambda s: s["retrieval_parity_gap_at_t_star"], True),
     "retrieval_parity_gap_flipped": ("parity gap, flipped (t = 1)",
                                      lambda s: s["retrieval_parity_gap"]["flipped"], True),
-    "max_activity_drop": ("max activity-accuracy drop over t", lambda s: s["max_activity_drop"], True),
+    "max_activity_drop": ("max activity-accuracy drop over t", lambda s: s["max_activity_drop"], "pt"),
 }
 
 
@@ -104,14 +104,15 @@ def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
     }
 
 
-def _fmt(stats: dict, as_percent: bool) -> str:
-    """'mean ± std [min, max]' in percent or plain numbers."""
+def _fmt(stats: dict, as_percent: bool | str) -> str:
+    """'mean ± std [min, max]' in percent, in percentage points (``as_percent == "pt"``: a drop or gap) or plain
+    numbers."""
     if stats["n"] == 0:
         return "—"
     f = (lambda v: f"{100 * v:.1f}") if as_percent else (lambda v: f"{v:.3f}")
     std = "" if stats["std"] is None else f" ± {f(stats['std'])}"
     missing = f" (none on {stats['missing']} of {stats['n'] + stats['missing']} seeds)" if stats["missing"] else ""
-    unit = "%" if as_percent else ""
+    unit = " pt" if as_percent == "pt" else ("%" if as_percent else "")
     return f"{f(stats['mean'])}{std}{unit} [{f(stats['min'])}, {f(stats['max'])}]{missing}"
 
 
@@ -148,7 +149,7 @@ def seeds_report(agg: dict, per_seed: dict[int, dict], figures: dict[str, str], 
             target_rows.append([m.upper(), str(seed)] + ["yes" if met[n] else "**no**" for n in names])
         target_rows.append([f"**{m.upper()}: every seed**", ""] +
                            ["**yes**" if entry["targets_met_every_seed"][n] else "**no**" for n in names])
-    lines += [markdown_table(["method", "seed"] + names, target_rows), ""]
+    lines += [markdown_table(["method", "seed"] + [target_label(n) for n in names], target_rows), ""]
     for m in methods:
         for seed in seeds:
             summary = per_seed[seed]["methods"][m]

@@ -77,7 +77,7 @@ from vlalign.attacks.base import eval_mode
 from vlalign.attacks.objectives import EmbeddingObjective, ResponseObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
-from vlalign.config import check_range, option
+from vlalign.config import NumberText, check_range, option
 from vlalign.losses import preference as po
 from vlalign.losses.language import language_modeling_loss
 from vlalign.models.vlm import GenerativeVLM
@@ -107,9 +107,9 @@ class AdPOConfig(LinfTrainingAttack):
         "constant", "λ over training: constant, or linear / cosine from la_weight_start to la_weight")
     la_weight_start: float = option(2.0, "λ at step 0 of a linear or cosine schedule")
     schedule_steps: int = option(0, "steps over which a schedule moves (the run's steps; required for a schedule)")
-    eps: str = option("4/255", "ℓ∞ radius of the training attack on [0, 1] pixels (the paper: 2/255 or 4/255)")
+    eps: NumberText = option("4/255", "ℓ∞ radius of the training attack on [0, 1] pixels (the paper: 2/255 or 4/255)")
     attack_steps: int = option(10, "PGD iterations (PGD-10)")
-    attack_step_size: str | None = option(None, "PGD step size (null: ε/4)")
+    attack_step_size: NumberText | None = option(None, "PGD step size (null: ε/4)")
     max_new_tokens: int = option(24, "longest greedy response y_w / y_l")
     attack_seed: int = option(0, "seed of the training attack's random starts (one per image)")
     attack_on: Literal["reference", "policy"] = option(

@@ -39,7 +39,7 @@ from vlalign.attacks.base import eval_mode
 from vlalign.attacks.objectives import RetrievalObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import parse_eps
-from vlalign.config import check_range, option
+from vlalign.config import NumberText, check_range, option
 from vlalign.data.retrieval_set import collate_retrieval
 from vlalign.losses.contrastive import clip_contrastive_loss
 from vlalign.models.adapters.advlora import AdapterSpec, AdvLoRAAdapter, apply_advlora, write_peft_adapter
@@ -91,9 +91,10 @@ class AdvLoRAConfig:
     alpha_lr_scale: float = option(1.0, "α's learning rate as a multiple of the run's (> 0; 1: the factors' rate). "
                                         "Under Adam a scalar moves by about its rate each step, whatever its gradient")
     adversarial: bool = option(True, "train on PGD adversarial images (else on clean images)")
-    eps: str = option("2/255", "ℓ∞ radius of the training attack on [0, 1] images, in (0, 1], e.g. 2/255")
+    eps: NumberText = option("2/255", "ℓ∞ radius of the training attack on [0, 1] images, in (0, 1], e.g. 2/255")
     attack_steps: int = option(3, "PGD iterations of the training attack (PGD-3 in the paper), 1..100")
-    attack_step_size: str | None = option(None, "PGD step size, e.g. 1/255 (null: 2.5·ε/steps, Madry et al.'s rule)")
+    attack_step_size: NumberText | None = option(None, "PGD step size, e.g. 1/255 (null: 2.5·ε/steps, Madry et "
+                                                       "al.'s rule)")
     clean_weight: float = option(0.0, "weight of the clean-image InfoNCE added to the adversarial one (>= 0)")
     kmeans_iterations: int = option(50, "Lloyd iterations of the clustering init (>= 1)")
     seed: int = option(0, "seed of the adapters' init: the clustering init's k-means, plain LoRA's random A (batches, "

@@ -37,6 +37,11 @@ from vlalign.training.train_config import TrainConfig
 DEFAULT_LR = {"head": 2e-3, "full": 1e-4, "lora": 1e-3}
 
 
+def preference_train_defaults(trainable: str) -> dict[str, Any]:
+    """The loop settings a preference run leaves to its method (``train.lr`` etc. null), by trainable part."""
+    return {"optimizer": "adamax", "lr": DEFAULT_LR[trainable], "weight_decay": 0.0}
+
+
 @dataclass
 class PreferenceConfig:
     """The preference objective and what it trains; ``beta`` / ``lam`` left null take the method's defaults."""
@@ -104,7 +109,7 @@ class ContrastivePreference(Method):
                  config: PreferenceConfig, reg_prompts: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.config = config
-        self.default_train = {"optimizer": "adamax", "lr": DEFAULT_LR[config.trainable], "weight_decay": 0.0}
+        self.default_train = preference_train_defaults(config.trainable)
         self.prompts, self.reg_prompts = tuple(prompts), tuple(reg_prompts or prompts)
         self.pref_data, self.reg_data = pref, reg
         self.use_reg = reg is not None and len(reg) > 0 and config.effective_lam > 0

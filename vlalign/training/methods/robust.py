@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from vlalign.attacks.objectives import EmbeddingObjective, LogitObjective
 from vlalign.attacks.pgd import PGD
 from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
-from vlalign.config import check_range, option
+from vlalign.config import NumberText, check_range, option
 from vlalign.data.datasets import collate_for
 from vlalign.models.base import ContrastiveModel
 from vlalign.models.embeddings import class_text_embeddings
@@ -55,9 +55,10 @@ class RobustConfig(LinfTrainingAttack):
 
     method: Literal["tecoa", "fare"] = option("tecoa", "tecoa: adversarial CE on zero-shot logits; fare: "
                                                        "unsupervised embedding-space adversarial training")
-    eps: str = option("4/255", "ℓ∞ radius of the training attack on [0, 1] images, e.g. 4/255")
+    eps: NumberText = option("4/255", "ℓ∞ radius of the training attack on [0, 1] images, e.g. 4/255")
     attack_steps: int = option(10, "PGD iterations of the training attack (PGD-10 in both papers)")
-    attack_step_size: str | None = option(None, "PGD step size (null: ε/4, 1/255 at ε = 4/255 as in both papers)")
+    attack_step_size: NumberText | None = option(None, "PGD step size (null: ε/4, 1/255 at ε = 4/255 as in both "
+                                                       "papers)")
     templates: list[str] = option(help="prompt templates of TeCoA's class embeddings",
                                   factory=lambda: ["a photo of a {}"])
 
