@@ -115,3 +115,82 @@ def test_mini_world_dataset_needs_items():
     with pytest.raises(ValueError, match="n must be >= 1"):
         MiniWorldDataset("clean", 0, 1)
     assert len(MiniWorld().sample("clean", 0, 1)) == 0
+
+
+def test_content_digest_follows_the_records_and_image_sizes(folder, tmp_path):
+    from vlalign.data.datasets import dataset_fingerprint
+
+    path, _ = folder
+    first = dataset_fingerprint(ImageFolderDataset(path, 32))
+    assert first == dataset_fingerprint(ImageFolderDataset(path, 32)) and len(first["content"]) == 16
+    meta = path / "metadata.jsonl"
+    lines = [json.loads(line) for line in meta.read_text().splitlines()]
+    lines[0]["label"], lines[1]["label"] = lines[1]["label"], lines[0]["label"]  # same count, same classes
+    meta.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    edited = dataset_fingerprint(ImageFolderDataset(path, 32))
+    assert edited["content"] != first["content"] and {k: v for k, v in edited.items() if k != "content"} == {
+        k: v for k, v in first.items() if k != "content"}
+    image = path / "images" / "000003.png"
+    image.write_bytes(image.read_bytes() + b"\0")  # another image of another size under the same name
+    assert dataset_fingerprint(ImageFolderDataset(path, 32))["content"] != edited["content"]
+
+
+def _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch):
+    """A DPO run on an image folder stopped (as by Ctrl-C) at step 2, and a function that builds its method again."""
+    from vlalign.training.loop import fit
+    from vlalign.training.methods.preference import ContrastivePreference, PreferenceConfig
+    from vlalign.training.train_config import TrainConfig
+
+    path, _ = folder
+    loop = TrainConfig(steps=4, batch_size=4, checkpoint_every=1, log_every=1)
+
+    def method():
+        data = ImageFolderDataset(path, 32)
+        prompts = tuple(f"a photo of a {c}" for c in data.classnames)
+        return ContrastivePreference(tiny_mini_clip, PreferenceView(data), prompts, data, PreferenceConfig())
+
+    real = ContrastivePreference.forward
+
+    def stop(self, batch):
+        if batch["step"] == 2:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(ContrastivePreference, "forward", stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(method(), loop, tmp_path / "run", progress=False)
+    monkeypatch.setattr(ContrastivePreference, "forward", real)
+    return method, lambda: fit(method(), loop, tmp_path / "run", progress=False)
+
+
+def test_a_run_does_not_resume_onto_edited_data(folder, tmp_path, tiny_mini_clip, monkeypatch):
+    from vlalign.training.loop import ConfigMismatchError
+
+    _, resume = _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch)
+    path, _ = folder
+    meta = path / "metadata.jsonl"
+    lines = [json.loads(line) for line in meta.read_text().splitlines()]
+    lines[0]["label"], lines[1]["label"] = lines[1]["label"], lines[0]["label"]
+    meta.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ConfigMismatchError, match=r"streams\.pref\.base\.content"):
+        resume()
+
+
+def test_a_state_written_before_content_digests_still_resumes(folder, tmp_path, tiny_mini_clip, monkeypatch):
+    """A state whose recorded config has no content digests (an earlier vlalign's) is compared without them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from vlalign.training.state import config_hash
+
+    _, resume = _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch)
+    state = tmp_path / "run" / "state" / "train_state.safetensors"
+    with safe_open(str(state), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k, v in metadata.items() if '"config_hash"' in v)
+    meta = json.loads(metadata[key])
+    strip = lambda v: {k: strip(x) for k, x in v.items() if k != "content"} if isinstance(v, dict) else v  # noqa: E731
+    meta["config"]["streams"] = strip(meta["config"]["streams"])
+    meta["config_hash"] = config_hash(meta["config"])
+    save_file(tensors, str(state), metadata={**metadata, key: json.dumps(meta)})
+    assert resume().start_step == 2

@@ -9,8 +9,9 @@ folders and preference files are decoded one image at a time, and the procedural
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vlalign.data.folder import METADATA_FILE, DatasetError, _read_metadata, _written_words, load_image, read_classes
+from vlalign.data.folder import (
+    CLASSES_FILE, METADATA_FILE, DatasetError, _read_metadata, _written_words, load_image, read_classes,
+)
 from vlalign.data.mini_world import MiniWorld, WorldConfig
 from vlalign.data.people import PeopleConfig, PeopleWorld
 
@@ -134,6 +137,10 @@ class ImageFolderDataset(Dataset):
             self.captions.append(record["caption"])
             self.where.append(where)
 
+    def content_sources(self) -> tuple[list[Path], list[Path]]:
+        """The files this set is read from (``metadata.jsonl``, ``classes.json``) and its images."""
+        return [self.folder / METADATA_FILE, self.folder / CLASSES_FILE], [self.folder / f for f in self.files]
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -178,6 +185,10 @@ class PreferenceJsonlDataset(Dataset):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
         self.path, self.image_size, self.rows, self.prompts, self.on_error = Path(path), image_size, rows, prompts, on_error
 
+    def content_sources(self) -> tuple[list[Path], list[Path]]:
+        """The triplet JSONL and the images its rows name."""
+        return [self.path], [self.path.parent / row[0] for row in self.rows]
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -203,13 +214,39 @@ def collate_skipping(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     return batch
 
 
+def content_digest(record_files: Iterable[Path], image_files: Iterable[Path]) -> str:
+    """A short sha256 over the bytes of the files a dataset's records are read from and the path and byte size of
+    each of its images (a missing file counts as size -1): cheap next to training, and it changes when a
+    ``metadata.jsonl``, a triplet JSONL or an annotation JSON is edited, or an image is replaced by another size."""
+    digest = hashlib.sha256()
+    for path in record_files:
+        digest.update(f"{path}\0".encode())
+        try:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError:
+            digest.update(b"\0missing")
+    for path in image_files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{path}\0{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
-    """What identifies a dataset in a run's config: its class, size and, where known, its source."""
+    """What identifies a dataset in a run's config: its class, size, where known its source and, for a dataset read
+    from files (one with ``content_sources()``: its record files and image files), a :func:`content_digest` of
+    them, so that a run does not resume onto edited data."""
     info: dict[str, Any] = {"class": type(dataset).__name__, "n": len(dataset)}
     for attr in ("split", "seed", "classes", "word_classes", "folder", "path"):
         if hasattr(dataset, attr):
             value = getattr(dataset, attr)
             info[attr] = str(value) if isinstance(value, Path) else value
+    if hasattr(dataset, "content_sources"):
+        info["content"] = content_digest(*dataset.content_sources())
     if hasattr(dataset, "base"):
         info["base"] = dataset_fingerprint(dataset.base)
     return json.loads(json.dumps(info, default=str))

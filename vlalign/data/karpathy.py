@@ -105,6 +105,10 @@ class KarpathyDataset(Dataset):
         self.paths = [path for path, _ in entries]
         self.captions = [captions for _, captions in entries]
 
+    def content_sources(self) -> tuple[list[Path], list[Path]]:
+        """The Karpathy JSON and the images of this split."""
+        return [self.json_path], [self.image_root / path for path in self.paths]
+
     def __len__(self) -> int:
         return len(self.paths)
 

@@ -28,6 +28,10 @@ class UnlabelledImages(Dataset):
             raise DatasetError(f"{self.folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.image_size = image_size
 
+    def content_sources(self) -> tuple[list[Path], list[Path]]:
+        """No record file; the images."""
+        return [], list(self.paths)
+
     def __len__(self) -> int:
         return len(self.paths)
 

@@ -94,6 +94,7 @@ class VQADataset(Dataset):
     def __init__(self, questions: str | Path, annotations: str | Path, image_root: str | Path,
                  image_size: int | None = None) -> None:
         questions, annotations, self.image_root = Path(questions), Path(annotations), Path(image_root)
+        self.sources = (questions, annotations)
         q_data = _read_json(questions, "VQAv2 questions")
         a_data = _read_json(annotations, "VQAv2 annotations")
         q_subtype, a_subtype = _subtype(q_data, questions), _subtype(a_data, annotations)
@@ -132,6 +133,10 @@ class VQADataset(Dataset):
         raise DatasetError(f"{source} questions[{number}]: image {self.image_root / stem}"
                            f"{{{','.join(_IMAGE_SUFFIXES)}}} not found")
 
+    def content_sources(self) -> tuple[list[Path], list[Path]]:
+        """The questions and annotations JSON files and the images they name."""
+        return list(self.sources), [path for _, _, path in self.items]
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -153,6 +158,7 @@ class CocoCaptionsDataset(Dataset):
     def __init__(self, annotations: str | Path, image_root: str | Path, image_size: int | None = None,
                  prompt: str = CAPTION_PROMPT) -> None:
         annotations, self.image_root = Path(annotations), Path(image_root)
+        self.sources = (annotations,)
         data = _read_json(annotations, "COCO captions")
         images = _records(data, "images", {"id": int, "file_name": str}, annotations)
         notes = _records(data, "annotations", {"image_id": int, "caption": str}, annotations, text=("caption",))
@@ -174,6 +180,10 @@ class CocoCaptionsDataset(Dataset):
             if image["id"] not in captions:
                 raise DatasetError(f"{annotations}: images[{number}] (id {image['id']}) has no caption")
             self.items.append((image["id"], path, captions[image["id"]]))
+
+    def content_sources(self) -> tuple[list[Path], list[Path]]:
+        """The captions JSON and the images it names."""
+        return list(self.sources), [path for _, path, _ in self.items]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -185,7 +185,7 @@ def _start(state_dir: Path | None, identity: dict, overwrite: bool, processes: _
         processes.barrier()
         return None
     meta = read_state_meta(state_dir)
-    if meta is not None and meta.get("config_hash") != config_hash(identity) and not _same_but_eval(meta, identity):
+    if meta is not None and not _same_run(meta, identity):
         differences = config_differences(meta.get("config", {}), identity)
         raise ConfigMismatchError(
             f"{state_dir.parent}: holds a run trained with another config ({'; '.join(differences[:8])}"
@@ -193,14 +193,34 @@ def _start(state_dir: Path | None, identity: dict, overwrite: bool, processes: _
     return meta
 
 
-def _same_but_eval(meta: dict, identity: dict) -> bool:
-    """Whether a state differs from ``identity`` only by an ``eval`` section that ``identity`` does not have: the
-    run pipelines stopped counting the evaluation settings as part of a run (they do not change training), and a
-    state written before that is still the same run."""
+def _same_run(meta: dict, identity: dict) -> bool:
+    """Whether a state belongs to the run ``identity`` describes, allowing for what states written by an earlier
+    vlalign recorded differently: an ``eval`` section (the run pipelines stopped counting the evaluation settings as
+    part of a run: they do not change training) and the datasets' content digests (not recorded before; such a
+    state is compared without them)."""
+    if meta.get("config_hash") == config_hash(identity):
+        return True
     saved = meta.get("config")
-    if "eval" in identity or not isinstance(saved, dict) or "eval" not in saved:
+    if not isinstance(saved, dict):
         return False
-    return config_hash({k: v for k, v in saved.items() if k != "eval"}) == config_hash(identity)
+    current = dict(identity)
+    if "eval" in saved and "eval" not in current:
+        saved = {k: v for k, v in saved.items() if k != "eval"}
+    if not _has_content_digest(saved.get("streams")):
+        current["streams"] = _without_content_digest(current.get("streams"))
+    return config_hash(saved) == config_hash(current)
+
+
+def _has_content_digest(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "content" in value or any(_has_content_digest(v) for v in value.values())
+    return False
+
+
+def _without_content_digest(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_content_digest(v) for k, v in value.items() if k != "content"}
+    return value
 
 
 def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_config: dict[str, Any] | None = None,
