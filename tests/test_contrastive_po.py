@@ -195,6 +195,12 @@ def test_head_power_zero_is_the_pretrained_model_and_one_the_trained_head(mini_m
 def test_parse_range_and_monotonic():
     assert parse_range("-1:1:0.5") == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert parse_range("0,0.5,1") == [0.0, 0.5, 1.0]
+    assert len(parse_range("0:99.9:0.1")) == 1000
+    for bad, message in [("nan", "finite"), ("0:inf:1", "finite"), ("-inf,0", "finite"), ("101", r"\[-100, 100\]"),
+                         ("0:100:0.1", "gives 1,001 values; at most 1000"), ("0:1:1e-300", "at most 1000"),
+                         (",".join(["0"] * 1001), "1001 values; at most 1000"), ("0:1", "START:STOP:STEP")]:
+        with pytest.raises(ValueError, match=message):
+            parse_range(bad, "--t")
     with pytest.raises(ValueError, match="START:STOP:STEP"):
         parse_range("1:0:0.5")
     assert is_monotonic([0.1, 0.2, 0.2, 0.5]) and is_monotonic([3, 2, 1]) and not is_monotonic([1, 3, 2])
@@ -357,3 +363,10 @@ def test_a_finished_preference_run_is_evaluated_again_with_new_eval_settings_and
     capsys.readouterr()
     assert main(["train", "--config", str(config), "--out", str(out)]) == 0
     assert "this run already finished" in capsys.readouterr().out
+    # A finished run whose saved model was truncated is written again from its training state, not trained again.
+    model_file = next(out.glob("*.safetensors"))
+    intact = model_file.read_bytes()
+    model_file.write_bytes(intact[:1000])
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 0
+    assert model_file.read_bytes() == intact
+    assert (out / "state" / "train_state.safetensors").read_bytes() == state

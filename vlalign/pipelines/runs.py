@@ -51,9 +51,11 @@ def outcome_without_evaluation(result: "FitResult", out: Path, config: dict[str,
     The ``eval`` section of a run config does not identify the run (it does not change training), so a run that
     had already finished is evaluated again, without training, when ``config["eval"]`` differs from the one in
     ``out/train_config.json`` or when an extra average (``train.extra_averaging``) has no metrics yet; otherwise
-    it is only reported. Under ``accelerate launch`` only the main process evaluates and writes.
+    it is only reported. A finished run whose saved model files (``*.safetensors`` in ``out`` or in an extra
+    average's folder) cannot be read is written and evaluated again from its training state, which holds the
+    final weights. Under ``accelerate launch`` only the main process evaluates and writes.
     """
-    if result.already_finished and (out / "metrics.json").is_file():
+    if result.already_finished and (out / "metrics.json").is_file() and _models_readable(out, result.alternates):
         saved = read_json_object(out / "train_config.json")
         metrics = read_json_object(out / "metrics.json")
         same_eval = config is None or saved.get("eval") == as_json(config.get("eval"))
@@ -63,6 +65,20 @@ def outcome_without_evaluation(result: "FitResult", out: Path, config: dict[str,
     if distributed.rank() != 0:
         return RunOutcome(out, start_step=result.start_step)
     return None
+
+
+def _models_readable(out: Path, alternates: dict[str, Any]) -> bool:
+    """Whether every ``*.safetensors`` file of a finished run's model folders has a readable, complete header."""
+    from safetensors import SafetensorError, safe_open
+
+    for folder in [out, *(out / kind for kind in alternates)]:
+        for path in folder.glob("*.safetensors"):
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except (SafetensorError, OSError):  # a truncated or garbled file
+                return False
+    return True
 
 
 def write_alternates(alternates: dict[str, nn.Module], out: Path, save: Callable[[nn.Module, Path], None],
