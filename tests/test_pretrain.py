@@ -276,3 +276,18 @@ def test_resuming_with_other_parameter_groups_names_the_state_file(tmp_path):
         load_training_state(tmp_path, model, regrouped, None)
     same = torch.optim.AdamW(model.parameters(), lr=0.1)
     assert load_training_state(tmp_path, model, same, None)["step"] == 1
+
+
+def test_a_finished_run_with_an_unreadable_metrics_file_is_evaluated_again(tmp_path, uninterrupted):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    expected = read_metrics(out)
+    (out / "metrics.json").write_text("{")
+    with pytest.raises(ValueError, match=r"metrics\.json: not valid JSON"):
+        read_metrics(out)
+    state = (out / "state" / "train_state.safetensors").read_bytes()
+    assert pretrain_mini_clip(tiny_config(), out, progress=False) == expected
+    assert read_metrics(out) == expected
+    assert (out / "state" / "train_state.safetensors").read_bytes() == state  # not trained again

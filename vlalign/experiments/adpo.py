@@ -50,6 +50,7 @@ from vlalign.experiments.adpo_report import report_from_run, results_table
 from vlalign.experiments.adpo_targets import CONFIRM_EPS, check_question_seeds, most_robust, targets
 from vlalign.processes import run_in_workers
 from vlalign.io import atomic_write_json, save_tensors
+from vlalign.pipelines.runs import read_json_object
 from vlalign.models.checkpoint import load_state_checked, load_tensors
 from vlalign.models.loading import load_model
 from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
@@ -194,8 +195,9 @@ def _kept_timing(out: Path, timing: dict, already_finished: bool) -> dict:
     """A row's timing, written beside its run; a finished run that is loaded, not trained, reports the timing it
     recorded when it was trained (a resumed run times only the steps it trained)."""
     path = out / "timing.json"
-    if already_finished and path.is_file():
-        return json.loads(path.read_text())
+    recorded = read_json_object(path) if already_finished else {}
+    if recorded:  # an unreadable timing.json is written again with this call's timing
+        return recorded
     atomic_write_json(path, timing)
     return timing
 

@@ -8,7 +8,6 @@ data, the vocabulary, the caption length and the final evaluation depend on it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 import time
@@ -30,7 +29,7 @@ from vlalign.evaluation.people import evaluate_people_pretraining
 from vlalign.evaluation.probe import object_probe
 from vlalign.evaluation.retrieval_eval import evaluate_retrieval
 from vlalign.evaluation.typographic import evaluate_typographic_phenomena
-from vlalign.io import atomic_write_json
+from vlalign.io import atomic_write_json, read_json
 from vlalign.pipelines.runs import read_json_object
 from vlalign.reporting.run_report import run_info, write_report
 from vlalign.reporting.training import training_report
@@ -196,16 +195,16 @@ def pretrain_mini_clip(config: PretrainConfig, out: str | Path, progress: bool =
     began = time.perf_counter()
     out = Path(out)
     model, result, evaluate = pretrain(config, out, progress, overwrite)
-    metrics_path = out / "metrics.json"
-    if result.already_finished and metrics_path.is_file() and _same_evaluation(out, config):
-        return read_metrics(out)  # else evaluated again with the new eval_images / eval_seed, not trained
+    saved = read_json_object(out / "metrics.json")  # {} when missing or unreadable: then evaluated again
+    if result.already_finished and saved and _same_evaluation(out, config):
+        return saved  # else evaluated again with the new eval_images / eval_seed, not trained
     if distributed.rank() != 0:  # under accelerate launch only the main process evaluates and writes
         return {}
     metrics = evaluate(model.cpu())
     save_mini_clip(model, out)
     # metrics.json first: if the run stops between the two writes, the config still holds the earlier eval settings,
     # so the next run evaluates again instead of reporting stale metrics.
-    atomic_write_json(metrics_path, metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "pretrain_config.json", config_to_dict(config))
     write_report(out, "pretrain", training_report(out), run_info(seconds=time.perf_counter() - began))
     return metrics
@@ -218,5 +217,6 @@ def _same_evaluation(out: Path, config: PretrainConfig) -> bool:
 
 
 def read_metrics(folder: str | Path) -> dict:
-    """The ``metrics.json`` written beside a checkpoint."""
-    return json.loads((Path(folder) / "metrics.json").read_text())
+    """The ``metrics.json`` written beside a checkpoint (a ``ValueError`` names the file when it is missing or
+    not a JSON object)."""
+    return read_json(Path(folder) / "metrics.json", expect=dict)

@@ -11,7 +11,6 @@ trained again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +205,10 @@ def pretrain_vlm(config: PretrainVLMConfig, out: str | Path, overwrite: bool = F
         trained = train.steps - result.start_step
         timing[f"{stage}_step"] = result.seconds / trained if trained else None
         finished = finished and result.already_finished
-    if finished and (out / "metrics.json").is_file() and (out / "model.safetensors").is_file() \
+    saved = read_json_object(out / "metrics.json")  # {} when missing or unreadable: then evaluated again
+    if finished and saved and (out / "model.safetensors").is_file() \
             and read_json_object(out / "pretrain_config.json").get("eval") == as_json(config_to_dict(config)["eval"]):
-        return json.loads((out / "metrics.json").read_text())  # else evaluated again (eval changed), not trained
+        return saved  # else evaluated again (eval changed), not trained
     model = method.finish().cpu()
     timing["pretraining_total"] = time.perf_counter() - began
     evaluation_start = time.perf_counter()
