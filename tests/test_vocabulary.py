@@ -27,7 +27,25 @@ def test_unknown_words_are_listed_with_the_vocabulary_size(tiny_mini_clip):
     message = str(info.value)
     assert message.startswith(f"class prompts: 2 word(s) unknown to the model (its vocabulary of {size} words): "
                               "'cat', 'dog'")
-    assert "--allow-unknown-words" in message
+    # a caller without an option to allow them (vlalign train) must not point at one it lacks
+    assert "--allow-unknown-words" not in message
+    assert message.endswith("or change the texts to use known words")
+    with pytest.raises(UnknownWordsError, match="or allow them with --allow-unknown-words$"):
+        class_text_embeddings(tiny_mini_clip, ["dog", "star"], allow_option="--allow-unknown-words")
+
+
+def test_empty_chosen_or_rejected_is_refused(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "chosen": " ", "rejected": "star"}) + "\n")
+    with pytest.raises(DatasetError, match=r"prefs.jsonl line 1: \"chosen\" must be a non-empty class name"):
+        load_preference_jsonl(path, 32)
+
+
+def test_non_utf8_preference_file_names_the_file(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(DatasetError, match=r"prefs.jsonl: not UTF-8 text \(invalid start byte at byte 0\)"):
+        load_preference_jsonl(path, 32)
 
 
 def test_the_failure_is_real_unknown_prompts_are_identical(tiny_mini_clip):

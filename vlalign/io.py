@@ -75,6 +75,16 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
         raise
 
 
+def read_utf8(path: str | Path, error: type[Exception] = ValueError) -> str:
+    """The text of ``path``, which must be UTF-8: otherwise ``error`` with a message naming the file and the byte
+    (Python's own message names neither the file nor what was expected)."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def read_json(path: str | Path, error: type[Exception] = ValueError, missing: str | None = None,
               expect: type | None = None) -> Any:
     """The JSON value in ``path``. A missing file (``missing`` says what was expected there), text that is not JSON

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlalign.commands.common import add_command, check_device, check_output
+from vlalign.commands.common import add_command, check_device, check_output, parse_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--run", type=Path, required=True, help="output folder of a `vlalign train` run with trainable: head")
     parser.add_argument("--t", default="-4:4:0.5", help="START:STOP:STEP (inclusive) or a comma-separated list")
     parser.add_argument("--n", type=int, default=600, help="test images per split")
-    parser.add_argument("--seed", type=int, default=5000, help="seed of the test images")
+    parser.add_argument("--seed", type=parse_seed, default=5000, help="seed of the test images")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/control)")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.set_defaults(handler=run)
@@ -31,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1 (test images per split), got {args.n}")
     out = args.out or args.run / "control"
     check_device(args.device)
-    check_output(out, [("--run", args.run)], nested_ok=("--run",))
+    ts = parse_range(args.t, "--t")
+    check_output(out, [("--run", args.run)], nested_ok=("--run",), kind="control")
     model = load_model(args.run, args.device)
     if not isinstance(model, HeadedCLIP):
         raise ValueError(f"{args.run}: not a linear-head run (trainable: head); Σ^t control needs the head W")
-    write_control_report(model, MiniWorld(), parse_range(args.t), args.n, args.seed, out)
+    write_control_report(model, MiniWorld(), ts, args.n, args.seed, out)
     return 0

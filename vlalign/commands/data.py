@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -11,7 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlalign.commands.common import add_command, add_out_argument, check_output
+from vlalign.commands.common import add_command, add_out_argument, check_output, parse_seed
+
+OVERWRITE_HELP = ("replace a dataset already in --out: its metadata.jsonl, classes.json, dataset.json, "
+                  "questions.json, annotations.json, captions.json and images/ are removed first")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "and test images of the retrieval world as a Karpathy-split dataset.json), retrieval-test, …; or vqa (VQAv2 format) or captions (COCO-captions "
                              "format) for generative VLMs")
     export.add_argument("--n", type=int, default=240, help="number of images (per part, for --split retrieval)")
-    export.add_argument("--seed", type=int, default=0, help="seed of the images")
+    export.add_argument("--seed", type=parse_seed, default=0, help="seed of the images")
+    export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     add_out_argument(export)
     export.set_defaults(handler=run_export)
 
@@ -37,21 +42,48 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "never modified: --out must be a different folder, outside it.")
     typo.add_argument("--data", type=Path, required=True, help="image folder with metadata.jsonl")
     typo.add_argument("--instances", type=int, default=1, help="words written per image")
-    typo.add_argument("--seed", type=int, default=0, help="seed of the words' choice, font, size and place")
+    typo.add_argument("--seed", type=parse_seed, default=0, help="seed of the words' choice, font, size and place")
+    typo.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     add_out_argument(typo)
     typo.set_defaults(handler=run_typographic)
+
+
+def check_dataset_output(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an ``--out`` that holds a run of any kind, or a dataset unless ``--overwrite``."""
+    from vlalign.data.folder import existing_dataset_entries
+
+    check_output(args.out, [("--data", getattr(args, "data", None))], kind="data")
+    found = existing_dataset_entries(args.out) if args.out.is_dir() else []
+    if found and not args.overwrite:
+        raise ValueError(f"--out {args.out} already holds a dataset ({', '.join(found)}); writing another there would "
+                         "overwrite it and leave its extra images behind: choose another folder, or pass --overwrite "
+                         "to remove those files first")
+
+
+def clear_dataset_output(args: argparse.Namespace) -> None:
+    """With ``--overwrite``, remove the earlier dataset in ``--out`` (just before the new one is written)."""
+    from vlalign.data.folder import remove_dataset_entries
+
+    if args.overwrite and args.out.is_dir():
+        removed = remove_dataset_entries(args.out)
+        if removed:
+            print(f"--overwrite: removed the earlier dataset in {args.out} ({', '.join(removed)})", file=sys.stderr)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from vlalign.data.folder import export_image_set
     from vlalign.data.mini_world import MiniWorld
 
-    check_output(args.out)
+    if args.n < 1:
+        what = "images per part" if args.split.startswith("retrieval") else "images"
+        raise ValueError(f"--n must be >= 1 ({what} to export), got {args.n}")
+    check_dataset_output(args)
     if args.split.startswith("retrieval"):
         return _export_retrieval(args)
     if args.split in ("vqa", "captions"):
         return _export_generative(args)
     images = MiniWorld().sample(args.split, args.n, args.seed)
+    clear_dataset_output(args)
     export_image_set(images, args.out, progress=True)
     print(f"wrote {len(images)} images of split {args.split!r} to {args.out}")
     return 0
@@ -67,6 +99,7 @@ def _export_retrieval(args: argparse.Namespace) -> int:
                          f"{[f'retrieval-{p}' for p in RETRIEVAL_SPLITS]}")
     world = RetrievalWorld()
     parts = {p: world.sample(p, args.n, args.seed) for p in ([part] if part else list(RETRIEVAL_SPLITS))}
+    clear_dataset_output(args)
     path = export_karpathy(parts, args.out, progress=True)
     print(f"wrote {sum(len(p) for p in parts.values())} images ({', '.join(parts)}) and {path}")
     return 0
@@ -79,7 +112,7 @@ def run_typographic(args: argparse.Namespace) -> int:
     from vlalign.data.image_set import ImageSet
     from vlalign.data.typographic import WordClippedWarning, typographic_attack
 
-    check_output(args.out, [("--data", args.data)])
+    check_dataset_output(args)
     source = load_image_folder(args.data)
     attacked, written, clipped = [], [], []
     for i in range(len(source)):
@@ -112,6 +145,7 @@ def run_typographic(args: argparse.Namespace) -> int:
                       else torch.tensor([w + [-1] * (width - len(w)) for w in written]))
     result = ImageSet(torch.stack(attacked), source.labels, source.classnames, written_tensor, source.captions,
                       files=source.files)
+    clear_dataset_output(args)
     export_image_set(result, args.out, progress=True)
     print(f"wrote {len(result)} typographically attacked images to {args.out}")
     return 0
@@ -121,8 +155,7 @@ def _export_generative(args: argparse.Namespace) -> int:
     from vlalign.data.vqa import MiniCaptions, MiniVQA
     from vlalign.data.vqa_formats import export_captions, export_vqa
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+    clear_dataset_output(args)
     if args.split == "vqa":
         export_vqa(MiniVQA(args.n, args.seed), args.out, progress=True)
         print(f"wrote {args.n} mini-world questions in VQAv2 format (questions.json, annotations.json, images/) to {args.out}")

@@ -6,7 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
+from vlalign.commands.common import (
+    add_command, add_model_argument, add_out_argument, check_device, check_output, check_template, parse_seed,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "(held-out classes) or indomain-… prefixes")
     source.add_argument("--data", type=Path, help="an image folder with metadata.jsonl instead of a split")
     parser.add_argument("--n", type=int, default=1200, help="images to generate for a split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated split")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the generated split")
     parser.add_argument("--template", default="a photo of a {}", help="class prompt template")
     parser.add_argument("--reference", default=None,
                         help="also report kl_to_reference: mean KL(π_model ‖ π_reference) of the zero-shot policies")
@@ -45,15 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.reporting.run_report import run_info, write_report
     from vlalign.reporting.tables import markdown_table, zero_shot_report
 
-    if "{}" not in args.template:
-        raise ValueError(f"--template must contain '{{}}' where the class name goes, got {args.template!r}")
+    check_template(args.template, "--template")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.n < 1:
         raise ValueError(f"--n must be >= 1 (images of the generated split), got {args.n}")
     check_device(args.device)
     check_output(args.out, [("--model", args.model), ("--reference", args.reference), ("--data", args.data)],
-                 nested_ok=("--model", "--reference"))
+                 nested_ok=("--model", "--reference"), kind="eval")
     model = load_model(args.model, args.device)
     if args.data is not None:
         images = load_image_folder(args.data, image_size=model.image_size)
@@ -63,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
         source = f"mini-world split {args.split}"
     prompts = [args.template.format(c) for c in images.classnames]
     class_emb = class_text_embeddings(model, images.classnames, (args.template,),
-                                      allow_unknown_words=args.allow_unknown_words)
+                                      allow_unknown_words=args.allow_unknown_words,
+                                      allow_option="--allow-unknown-words")
     reference = None
     if args.reference is not None:
         reference = load_model(args.reference, args.device)
-        check_known_words(reference, prompts, "class prompts (--reference)", allow=args.allow_unknown_words)
+        check_known_words(reference, prompts, "class prompts (--reference)", allow=args.allow_unknown_words,
+                          allow_option="--allow-unknown-words")
     result = zero_shot_evaluate(model, images, class_emb)
     metrics = {"model": str(args.model), "source": source, "seed": args.seed, **result.metrics()}
     unknown = sorted(set(model.unknown_words(prompts)) | set(reference.unknown_words(prompts) if reference else []))

@@ -13,7 +13,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from vlalign.commands.common import add_command, check_output
+from vlalign.commands.common import add_command, check_output, parse_seed
 
 EXPERIMENTS: dict[str, str] = {
     "typographic": "vlalign.experiments.typographic:run_typographic_experiment",
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0, help="seed of the data and of the training")
+    seeds.add_argument("--seed", type=parse_seed, default=0, help="seed of the data and of the training")
     seeds.add_argument("--seeds", default=None,
                        help="comma-separated seeds, e.g. 0,1,2: one run each plus the mean and spread "
                             f"({', '.join(MULTI_SEED)} only)")
@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.name!r}; expected one of {sorted(EXPERIMENTS)}")
-    check_output(args.out)
+    kind = f"experiment-{args.name}" + ("-seeds" if args.seeds is not None else "")
+    check_output(args.out, kind=kind)
     if args.seeds is not None:
         if args.name not in MULTI_SEED:
             raise ValueError(f"--seeds is supported by {sorted(MULTI_SEED)} only; use --seed for {args.name!r}")

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_out_argument, check_device, check_output
+from vlalign.commands.common import (
+    add_command, add_out_argument, check_config_fields, check_device, check_output, parse_seed,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Pretrain a MiniCLIP; re-running into the same --out resumes.")
     parser.add_argument("--config", type=Path, required=True, help="YAML file (see configs/pretrain_mini.yaml)")
     parser.add_argument("--device", default=None, help="override the config's train.device (cpu, cuda)")
-    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--seed", type=parse_seed, default=None, help="override the config's seed")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out and start over")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
@@ -27,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.reporting.tables import markdown_table
 
     check_device(args.device)
-    check_output(args.out)
+    check_output(args.out, kind="pretrain")
     config = load_config(args.config, PretrainConfig)
+    check_config_fields(config, args.config)
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
     if args.device is not None:

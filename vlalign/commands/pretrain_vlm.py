@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vlalign.commands.common import add_command, add_out_argument, check_device, check_output
+from vlalign.commands.common import (
+    add_command, add_out_argument, check_config_fields, check_device, check_output, parse_seed,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML file (see configs/pretrain_vlm.yaml)")
     parser.add_argument("--tower", default=None, help="override the config's MiniCLIP tower ('mini' or a folder)")
     parser.add_argument("--device", default=None, help="override both stages' device (cpu, cuda)")
-    parser.add_argument("--seed", type=int, default=None, help="override the config's seed (initial weights)")
+    parser.add_argument("--seed", type=parse_seed, default=None, help="override the config's seed (initial weights)")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out and start over")
     add_out_argument(parser)
     parser.set_defaults(handler=run)
@@ -27,15 +29,17 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.reporting.tables import markdown_table
 
     check_device(args.device)
-    check_output(args.out, [("--tower", args.tower)], nested_ok=("--tower",))
+    check_output(args.out, [("--tower", args.tower)], nested_ok=("--tower",), kind="pretrain-vlm")
     config = load_config(args.config, PretrainVLMConfig)
+    check_config_fields(config, args.config)
     overrides = {k: v for k, v in (("tower", args.tower), ("seed", args.seed)) if v is not None}
     config = dataclasses.replace(config, **overrides)
     if args.device is not None:
         config = config.with_device(args.device)
     for stage in ("projector", "full"):
         check_device(getattr(config, stage).device, f"{args.config}: {stage}.device")
-    check_output(args.out, [(f"{args.config}: tower", config.tower)], nested_ok=(f"{args.config}: tower",))
+    check_output(args.out, [(f"{args.config}: tower", config.tower)], nested_ok=(f"{args.config}: tower",),
+                 kind="pretrain-vlm")
     metrics = pretrain_vlm(config, args.out, overwrite=args.overwrite)
     rows = [[kind, f"{value:.3f}"] for kind, value in metrics["exact_match"].items()]
     rows.append(["CIDEr-D (captions)", f"{metrics['cider']:.3f}"])

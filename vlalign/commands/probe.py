@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from vlalign.commands.common import add_command, add_model_argument, add_out_argument, check_device, check_output
+from vlalign.commands.common import (
+    add_command, add_model_argument, add_out_argument, check_device, check_output, parse_seed,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_argument(parser)
     parser.add_argument("--n-train", type=int, default=2400, help="images per split the probe is trained on")
     parser.add_argument("--n-test", type=int, default=1200, help="images per split it is tested on (another draw)")
-    parser.add_argument("--train-seed", type=int, default=7100, help="seed of the training draw")
-    parser.add_argument("--test-seed", type=int, default=7200, help="seed of the test draw")
+    parser.add_argument("--train-seed", type=parse_seed, default=7100, help="seed of the training draw")
+    parser.add_argument("--test-seed", type=parse_seed, default=7200, help="seed of the test draw")
     parser.add_argument("--l2", type=float, default=None,
                         help="L2 penalty on the probe's weights (whitened features); default: chosen per split from "
                              "1e-3, 1e-2, 1e-1, 1 on a quarter of the training draw")
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.train_seed == args.test_seed:
         raise ValueError("--train-seed and --test-seed must differ: the probe is tested on another draw")
     check_device(args.device)
-    check_output(args.out, [("--model", args.model)], nested_ok=("--model",))
+    check_output(args.out, [("--model", args.model)], nested_ok=("--model",), kind="probe")
 
     from vlalign.evaluation.probe import object_probe
     from vlalign.io import atomic_write_json

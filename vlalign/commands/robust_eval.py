@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlalign.commands.common import (
     DTYPES, add_command, add_dtype_argument, add_model_argument, add_out_argument, check_device, check_output,
+    check_template, parse_seed,
 )
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--split", default="clean", help="mini-world split (clean, zeroshot-clean, ...)")
     source.add_argument("--data", type=Path, help="an image folder with metadata.jsonl instead of a split")
     parser.add_argument("--n", type=int, default=256, help="images to generate for a split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the images and of the attacks")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the images and of the attacks")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward/attack batch")
     parser.add_argument("--template", default="a photo of a {}", help="class prompt template")
     parser.add_argument("--top-k", type=int, default=5, help="classes with their probability per image in predictions.jsonl")
@@ -64,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task != "classify":
         return _run_generative(args)
-    if "{}" not in args.template:
-        raise ValueError(f"--template must contain '{{}}' where the class name goes, got {args.template!r}")
+    check_template(args.template, "--template")
     attacks = split_attack_names(args.attack)
     eps = [parse_eps(e) for e in args.eps.split(",") if e.strip()]
     if args.n < 1:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                          "is evaluated in float32")
     check_device(args.device)
     check_output(args.out, [("--model", args.model), ("--surrogate", args.surrogate), ("--data", args.data)],
-                 nested_ok=("--model", "--surrogate"))
+                 nested_ok=("--model", "--surrogate"), kind="robust-eval")
     torch.manual_seed(args.seed)
     model = load_model(args.model, args.device)
     if args.data is not None:
@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         images = MiniWorld().sample(args.split, args.n, args.seed)
     class_emb = class_text_embeddings(model, images.classnames, (args.template,),
-                                      allow_unknown_words=args.allow_unknown_words)
+                                      allow_unknown_words=args.allow_unknown_words,
+                                      allow_option="--allow-unknown-words")
     result = robust_evaluate(model, images, attacks, eps, steps=args.steps, restarts=args.restarts,
                              queries=args.queries, batch_size=args.batch_size, seed=args.seed,
                              class_embeddings=class_emb, templates=(args.template,), surrogate=args.surrogate,
@@ -129,7 +130,8 @@ def _run_generative(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     check_device(args.device)
-    check_output(args.out, [("--model", args.model), ("--data", args.data)], nested_ok=("--model",))
+    check_output(args.out, [("--model", args.model), ("--data", args.data)], nested_ok=("--model",),
+                 kind="robust-eval-vlm")
     torch.manual_seed(args.seed)
     spec = "mini-vlm" if args.model == "mini" else args.model
     model = load_vlm(spec, args.device, dtype=DTYPES[args.dtype])

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlalign.commands.common import add_out_argument, check_device, check_output, HelpFormatter
+from vlalign.commands.common import add_out_argument, check_config_fields, check_device, check_output, HelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
     from vlalign.training.distributed import rank
 
-    check_output(args.out)
+    check_output(args.out, kind="train")
     config = load_training_config(args.config)
+    check_config_fields(config, args.config)
     check_device(getattr(getattr(config, "train", None), "device", None), f"{args.config}: train.device")
-    check_output(args.out, _config_inputs(config, args.config), nested_ok=(f"{args.config}: model",))
+    check_output(args.out, _config_inputs(config, args.config), nested_ok=(f"{args.config}: model",), kind="train")
     outcome = run_training(config, args.out, overwrite=args.overwrite)
     if rank() != 0:  # under accelerate launch the main process reports
         return 0

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from vlalign.models.vlm_loading import load_vlm
 
     # Model folders are only read: a sub-folder of one may hold the output, the folder itself may not.
-    check_output(args.out, [("--encoder", args.encoder), ("--into", args.into)], nested_ok=("--encoder", "--into"))
+    check_output(args.out, [("--encoder", args.encoder), ("--into", args.into)], nested_ok=("--encoder", "--into"),
+                 kind="transfer")
     target = load_vlm(args.into, dtype=DTYPES[args.dtype])
     transfer_vision_encoder(args.encoder, target)
     target.save(args.out)

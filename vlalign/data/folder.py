@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlalign.data.image_set import ImageSet
 from vlalign.data.pixels import to_rgb
-from vlalign.io import atomic_write_bytes, atomic_write_json, read_json
+from vlalign.io import atomic_write_bytes, atomic_write_json, read_json, read_utf8
 
 METADATA_FILE = "metadata.jsonl"
 CLASSES_FILE = "classes.json"
@@ -79,6 +79,39 @@ def _export_names(images: ImageSet) -> list[str]:
     return [str(n) for n in names]
 
 
+#: What a dataset export writes into its folder, in any of its formats (image folder, Karpathy JSON, VQAv2,
+#: COCO captions): an export into a folder that holds one of them would overwrite or mix with that dataset.
+DATASET_ENTRIES = (METADATA_FILE, CLASSES_FILE, "dataset.json", "questions.json", "annotations.json", "captions.json",
+                   "images")
+
+
+def existing_dataset_entries(folder: str | Path) -> list[str]:
+    """The :data:`DATASET_ENTRIES` present in ``folder`` (an ``images`` folder only when it is not empty)."""
+    folder = Path(folder)
+    found = []
+    for name in DATASET_ENTRIES:
+        path = folder / name
+        if (path.is_dir() and any(path.iterdir())) or path.is_file():
+            found.append(name + ("/" if path.is_dir() else ""))
+    return found
+
+
+def remove_dataset_entries(folder: str | Path) -> list[str]:
+    """Remove the :data:`DATASET_ENTRIES` of ``folder`` (the files of an earlier export; nothing else in it);
+    returns what was removed."""
+    import shutil
+
+    folder = Path(folder)
+    removed = existing_dataset_entries(folder)
+    for name in DATASET_ENTRIES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    return removed
+
+
 def export_image_set(images: ImageSet, folder: str | Path, progress: bool = False) -> Path:
     """Write ``images`` as PNG files with ``metadata.jsonl`` and ``classes.json``; returns the folder.
 
@@ -116,7 +149,7 @@ def _read_metadata(folder: Path) -> list[dict]:
         raise DatasetError(f"{meta_path}: missing; an image folder needs {METADATA_FILE} with one JSON object per image")
     records = []
     # "\n" only: str.splitlines would also split at U+2028 / U+0085, which JSON strings may hold raw.
-    for number, line in enumerate(meta_path.read_text(encoding="utf-8").split("\n"), start=1):
+    for number, line in enumerate(read_utf8(meta_path, DatasetError).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -125,6 +158,9 @@ def _read_metadata(folder: Path) -> list[dict]:
             raise DatasetError(f"{meta_path} line {number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict) or not isinstance(record.get("file_name"), str) or not isinstance(record.get("label"), str):
             raise DatasetError(f"{meta_path} line {number}: expected an object with string fields \"file_name\" and \"label\", got {line[:120]}")
+        if not record["label"].strip():
+            raise DatasetError(f"{meta_path} line {number}: \"label\" must be a non-empty class name, got "
+                               f"{record['label']!r}")
         caption = record.get("caption")
         if caption is not None and not isinstance(caption, str):
             raise DatasetError(f"{meta_path} line {number}: \"caption\" must be a string (or null / absent for "
@@ -147,6 +183,8 @@ def read_classes(folder: Path, records: list[dict]) -> tuple[str, ...]:
         raise DatasetError(f"{path}: expected a JSON list of class names")
     if not classes:
         raise DatasetError(f"{path}: class list is empty")
+    if any(not c.strip() for c in classes):
+        raise DatasetError(f"{path}: class names must be non-empty, got {[c for c in classes if not c.strip()]}")
     dupes = sorted({c for c in classes if classes.count(c) > 1})
     if dupes:
         raise DatasetError(f"{path}: class list has duplicates {dupes}")

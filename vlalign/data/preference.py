@@ -15,6 +15,7 @@ import torch
 from vlalign.data.folder import DatasetError, load_image
 from vlalign.data.image_set import ImageSet
 from vlalign.data.mini_world import INDOMAIN_CLASSES, MiniWorld
+from vlalign.io import read_utf8
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 
@@ -129,7 +130,7 @@ def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, cla
         raise DatasetError(f"{path}: preference file not found")
     rows = []
     # "\n" only: str.splitlines would also split at U+2028 / U+0085, which JSON strings may hold raw.
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    for number, line in enumerate(read_utf8(path, DatasetError).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -138,6 +139,10 @@ def read_preference_rows(path: str | Path, template: str = DEFAULT_TEMPLATE, cla
             raise DatasetError(f"{path} line {number}: not valid JSON ({exc})") from None
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("image", "chosen", "rejected")):
             raise DatasetError(f"{path} line {number}: expected string fields \"image\", \"chosen\", \"rejected\"")
+        for key in ("chosen", "rejected"):
+            if not row[key].strip():
+                raise DatasetError(f"{path} line {number}: \"{key}\" must be a non-empty class name or prompt, got "
+                                   f"{row[key]!r}")
         rows.append((number, row))
     if not rows:
         raise DatasetError(f"{path}: no preference triplets")

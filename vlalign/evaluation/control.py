@@ -14,18 +14,47 @@ from vlalign.models.embeddings import image_embeddings
 from vlalign.models.heads import HeadedCLIP
 
 
-def parse_range(spec: str) -> list[float]:
-    """``'-4:4:0.5'`` -> [-4.0, -3.5, …, 4.0] (inclusive); ``'0,0.5,1'`` -> [0.0, 0.5, 1.0]."""
+#: The most values of t one sweep takes (each costs an SVD power and a pass over the cached features).
+MAX_T_VALUES = 1000
+#: The largest |t|: Σ^t of a head's singular values (around 1, up to a few) overflows float32 not far beyond.
+MAX_ABS_T = 100.0
+
+
+def parse_range(spec: str, option: str = "t") -> list[float]:
+    """``'-4:4:0.5'`` -> [-4.0, -3.5, …, 4.0] (inclusive); ``'0,0.5,1'`` -> [0.0, 0.5, 1.0].
+
+    Every value must be finite and in [-MAX_ABS_T, MAX_ABS_T], and there may be at most :data:`MAX_T_VALUES` of
+    them; errors name ``option``.
+    """
+    expected = f"{option}: expected START:STOP:STEP with STEP > 0 or a comma-separated list of numbers"
     try:
-        if ":" in spec:
-            start, stop, step = (float(v) for v in spec.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            count = int(round((stop - start) / step)) + 1
-            return [round(start + i * step, 10) for i in range(count)]
-        return [float(v) for v in spec.split(",") if v.strip()]
+        parts = [float(v) for v in spec.split(":")] if ":" in spec else [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"expected START:STOP:STEP with STEP > 0 or a comma-separated list, got {spec!r}") from None
+        raise ValueError(f"{expected}, got {spec!r}") from None
+    if ":" in spec and len(parts) != 3:
+        raise ValueError(f"{expected}, got {spec!r}")
+    bad = [v for v in parts if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{option}: expected finite values, got {bad[0]} in {spec!r}")
+    large = [v for v in parts if abs(v) > MAX_ABS_T]
+    if large:
+        raise ValueError(f"{option}: values must lie in [-{MAX_ABS_T:g}, {MAX_ABS_T:g}] (Σ^t overflows beyond), "
+                         f"got {large[0]:g} in {spec!r}")
+    if ":" not in spec:
+        if not parts:
+            raise ValueError(f"{expected}, got {spec!r}")
+        if len(parts) > MAX_T_VALUES:
+            raise ValueError(f"{option}: {len(parts)} values; at most {MAX_T_VALUES}")
+        return parts
+    start, stop, step = parts
+    if step <= 0 or stop < start:
+        raise ValueError(f"{expected}, got {spec!r}")
+    span = (stop - start) / step
+    count = int(round(span)) + 1 if span < 1e15 else math.inf
+    if count > MAX_T_VALUES:
+        shown = f"{count:,}" if count != math.inf else f"{span:.3g}"
+        raise ValueError(f"{option} {spec} gives {shown} values; at most {MAX_T_VALUES} (use a larger STEP)")
+    return [round(start + i * step, 10) for i in range(count)]
 
 
 @torch.no_grad()

@@ -126,7 +126,12 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> Contrast
     """``mini`` (the embedded default), ``mini-people`` (the embedded people-world model), ``mini-retrieval``
     (the embedded retrieval-world model), a MiniCLIP folder, a transformers CLIP or BLIP-retrieval folder, or a
     hub id (dispatched on its config's ``model_type``)."""
+    from vlalign.models.vlm_loading import EMBEDDED_VLMS
+
     spec_str = str(spec)
+    if spec_str in EMBEDDED_VLMS and not Path(spec_str).exists():
+        raise CheckpointError(f"{spec_str} is an embedded generative VLM; this needs a contrastive (CLIP-style) model: "
+                              f"{', '.join(EMBEDDED_MODELS)}, a model folder or a cached hub id")
     if spec_str in EMBEDDED_MODELS:
         model: ContrastiveModel = load_mini_clip(EMBEDDED_MODELS[spec_str]())
     elif Path(spec_str).is_dir() and (Path(spec_str) / HEAD_FILE).is_file():

@@ -44,9 +44,12 @@ def load_vlm(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.
     ``dtype`` is a LLaVA's projector and decoder type (float32 by default, whatever the checkpoint stores); its
     vision tower, the part AdPO trains, stays float32. Mini VLMs are float32.
     """
-    from vlalign.models.loading import did_you_mean, locate_hub_checkpoint
+    from vlalign.models.loading import EMBEDDED_MODELS, did_you_mean, locate_hub_checkpoint
 
     spec_str = str(spec)
+    if spec_str in EMBEDDED_MODELS and not Path(spec_str).exists():
+        raise CheckpointError(f"{spec_str} is an embedded contrastive (CLIP-style) model; this needs a generative VLM: "
+                              f"{', '.join(EMBEDDED_VLMS)}, a MiniVLM or LLaVA folder, or a cached LLaVA hub id")
     if spec_str in EMBEDDED_VLMS:
         folder = embedded_vlm_dir(spec_str)
         if not (folder / CONFIG_FILE).is_file():

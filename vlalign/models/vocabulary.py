@@ -27,9 +27,13 @@ def _listing(words: Sequence[str], limit: int = 20) -> str:
 
 
 def check_known_words(model: ContrastiveModel, texts: Sequence[str], what: str = "texts",
-                      allow: bool = False) -> list[str]:
+                      allow: bool = False, allow_option: str | None = None) -> list[str]:
     """The words of ``texts`` that ``model`` cannot represent; raise :class:`UnknownWordsError` if any, or warn
-    (:class:`UnknownWordsWarning`) when ``allow`` is set. ``what`` names the texts in the message."""
+    (:class:`UnknownWordsWarning`) when ``allow`` is set. ``what`` names the texts in the message.
+
+    ``allow_option`` is the command-line option that allows them (``--allow-unknown-words``), named in the error
+    only when the caller has one: a command without it (``vlalign train``) must not point at an option it lacks.
+    """
     unknown = model.unknown_words(list(texts))
     if not unknown:
         return []
@@ -40,5 +44,5 @@ def check_known_words(model: ContrastiveModel, texts: Sequence[str], what: str =
     if allow:
         warnings.warn(message, UnknownWordsWarning, stacklevel=2)
         return unknown
-    raise UnknownWordsError(f"{message}. Use a model that knows these words (e.g. a transformers CLIP), or allow "
-                            "them with --allow-unknown-words")
+    remedy = f", or allow them with {allow_option}" if allow_option else ", or change the texts to use known words"
+    raise UnknownWordsError(f"{message}. Use a model that knows these words (e.g. a transformers CLIP){remedy}")
