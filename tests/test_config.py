@@ -280,3 +280,19 @@ def test_pretraining_trial_configs_load(path):
     config = load_config(path, PretrainConfig)
     assert config.train.batch_size == 128 and config.seed == 0
     assert (config.init == "mini-v1") == path.name.startswith("continue")
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfemethod: dpo\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not UTF-8 text \(invalid start byte at byte 0\)"):
+        load_config(path, PretrainConfig)
+
+
+def test_regularization_is_refused_where_it_would_be_ignored():
+    from vlalign.pipelines.preference import PreferenceRun
+
+    with pytest.raises(ConfigError, match="regularization is read only when path is a preference JSONL"):
+        config_from_dict(PreferenceRun, {"method": "dpo", "data": {"path": "folder", "regularization": "clean"}})
+    run = config_from_dict(PreferenceRun, {"method": "dpo", "data": {"path": "triplets.JSONL", "regularization": "c"}})
+    assert run.data.is_jsonl

@@ -123,3 +123,21 @@ def test_a_saved_weight_average_that_does_not_fit_the_run_is_refused_by_name(tmp
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match="'ema' weight average does not fit this run: .*'weight'"):
         fit(Dropped(), loop, tmp_path, progress=False)
+
+
+def test_a_ctrl_c_right_after_a_checkpoint_was_written_names_that_checkpoint(tmp_path, monkeypatch):
+    """A Ctrl-C that lands after the state file was replaced but before the loop noted it must not say that
+    nothing was saved: the next run resumes from that checkpoint."""
+    from vlalign.training import loop
+
+    real = loop.save_training_state
+
+    def save_then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_training_state", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt, match=r"the last checkpoint \(step 2\) in .* is kept"):
+        fit(Dropped(), SGD, tmp_path, progress=False)
+    monkeypatch.setattr(loop, "save_training_state", real)
+    assert fit(Dropped(), SGD, tmp_path, progress=False).start_step == 2

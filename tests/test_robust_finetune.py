@@ -35,6 +35,11 @@ def tiny_folder(tmp_path, tiny_mini_clip) -> Path:
 
 
 def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match=r"eval: eps must list at least one radius for the bounded attacks"):
+        config_from_dict(RobustRun, {"method": "tecoa", "eval": {"eps": []}})
+    assert config_from_dict(RobustRun, {"eval": {"eps": [], "attacks": ["typographic"]}}).eval.eps == []
+    with pytest.raises(ConfigError, match=r"options: templates\[1\] must contain exactly one '\{\}'"):
+        config_from_dict(RobustRun, {"method": "tecoa", "options": {"templates": ["a {}", "a {} {x}"]}})
     with pytest.raises(ConfigError, match="method: expected one of"):
         config_from_dict(RobustRun, {"method": "trades"})
     with pytest.raises(ConfigError, match="did you mean 4/255"):

@@ -271,7 +271,11 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
     except _DuplicateKeyError as exc:
         raise ConfigError(f"{path}: {exc}; remove one of them") from None
     except yaml.YAMLError as exc:

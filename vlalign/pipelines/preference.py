@@ -44,6 +44,15 @@ class PreferenceData:
     def __post_init__(self) -> None:
         check_range("n_pref", self.n_pref, 1)
         check_range("n_reg", self.n_reg, 0)
+        if self.regularization is not None and not self.is_jsonl:
+            raise ValueError("regularization is read only when path is a preference JSONL (an image folder's own "
+                             "images regularize, and the mini world draws its own): remove it, or point path at a "
+                             "JSONL")
+
+    @property
+    def is_jsonl(self) -> bool:
+        """Whether ``path`` names a preference JSONL (any case of the suffix), not an image folder."""
+        return self.path is not None and self.path.lower().endswith(".jsonl")
 
 
 @dataclass
@@ -78,11 +87,11 @@ class PreferenceRun:
                 raise ValueError(f"options.method is {self.options.method!r} but method is {self.method!r}; "
                                  "set only the top-level method")
             self.options = dataclasses.replace(self.options, method=self.method)
-        if (self.data.path or "").endswith(".jsonl") and self.options.effective_lam > 0 and not self.data.regularization:
+        if self.data.is_jsonl and self.options.effective_lam > 0 and not self.data.regularization:
             raise ValueError(f"data.path is a preference JSONL and the KL weight lam = {self.options.effective_lam} > 0: "
                              "the regularizer needs clean images; set data.regularization to an image folder, or "
                              "options.lam: 0")
-        if self.options.method == "ce" and (self.data.path or "").endswith(".jsonl") and not self.data.regularization:
+        if self.options.method == "ce" and self.data.is_jsonl and not self.data.regularization:
             raise ValueError("the ce baseline trains on labelled clean images: set data.regularization")
         if self.data.path is None and self.data.n_reg == 0:
             if self.options.method == "ce":
@@ -102,7 +111,7 @@ def build_preference_data(run: PreferenceRun, model: ContrastiveModel
         reg_data = TensorImageDataset(reg.images, label=reg.labels) if len(reg) else None
         return (TensorImageDataset(pref.images, chosen=pref.chosen, rejected=pref.rejected), pref.prompts,
                 reg_data, reg.prompts)
-    if data.path.endswith(".jsonl"):
+    if data.is_jsonl:
         rows, prompts = read_preference_rows(data.path)
         pref = PreferenceJsonlDataset(data.path, model.image_size, rows, prompts, data.on_error)
         if data.regularization is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from vlalign.attacks.registry import split_attack_names
+from vlalign.attacks.registry import is_bounded, split_attack_names
 from vlalign.attacks.threat_model import format_eps, parse_eps
 from vlalign.config import NumberText, check_range, config_to_dict, option
 from vlalign.data.datasets import ImageFolderDataset, MiniWorldDataset
@@ -56,7 +56,9 @@ class RobustEval:
         check_range("steps", self.steps, 1)
         for e in self.eps:
             parse_eps(e)
-        split_attack_names(self.attacks)
+        bounded = [name for name in split_attack_names(self.attacks) if is_bounded(name)]
+        if bounded and not self.eps:
+            raise ValueError(f"eps must list at least one radius for the bounded attacks {bounded}, e.g. ['4/255']")
 
 
 def _robust_train() -> TrainConfig:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from vlalign.config import ConfigError
 from vlalign.data.datasets import dataset_fingerprint
 from vlalign.io import atomic_write_json
+from vlalign.models.checkpoint import CheckpointError
 from vlalign.training import distributed
 from vlalign.training.averaging import WeightAverager
 from vlalign.training.method import Method
@@ -376,6 +377,11 @@ def _train(method: Method, train: TrainConfig, processes: _Processes, optimizer:
                 last_saved = step + 1
                 processes.barrier()
     except KeyboardInterrupt:
+        if state_dir is not None:
+            # A Ctrl-C can land after a checkpoint was written but before last_saved was updated.
+            with contextlib.suppress(CheckpointError, OSError, ValueError, KeyError, TypeError):
+                meta = read_state_meta(state_dir)
+                last_saved = max(last_saved, int(meta["step"])) if meta is not None else last_saved
         where = (f"the last checkpoint (step {last_saved}) in {state_dir} is kept: re-run the same command to "
                  "resume" if state_dir is not None and last_saved > 0 else "nothing was saved")
         raise RunInterrupted(f"interrupted at step {step}; {where}") from None

@@ -30,7 +30,7 @@ from vlalign.attacks.threat_model import LinfTrainingAttack, parse_eps
 from vlalign.config import NumberText, check_range, option
 from vlalign.data.datasets import collate_for
 from vlalign.models.base import ContrastiveModel
-from vlalign.models.embeddings import class_text_embeddings
+from vlalign.models.embeddings import class_text_embeddings, template_problem
 from vlalign.training.frozen import precompute
 from vlalign.training.method import Method, Stream
 from vlalign.training.sampling import item_seeds
@@ -67,8 +67,12 @@ class RobustConfig(LinfTrainingAttack):
         if self.attack_step_size is not None:
             parse_eps(self.attack_step_size)
         check_range("attack_steps", self.attack_steps, 1)
-        if not self.templates or any("{}" not in t for t in self.templates):
-            raise ValueError(f"templates must be a non-empty list of strings containing '{{}}', got {self.templates!r}")
+        if not self.templates:
+            raise ValueError("templates must be a non-empty list of prompt templates, got []")
+        for i, template in enumerate(self.templates):
+            problem = template_problem(template)
+            if problem is not None:
+                raise ValueError(f"templates[{i}] {problem}")
 
 
 class RobustFinetune(Method):
