@@ -100,6 +100,14 @@ def test_advlora_on_a_karpathy_json_through_the_cli(mini_folder, karpathy, tmp_p
     torch.testing.assert_close(_features(restored), _features(merged), atol=1e-5, rtol=0)
     # A second call finds the finished run and only reports it.
     assert main(["train", "--config", str(tmp_path / "advlora.yaml"), "--out", str(out)]) == 0
+    assert metrics["peft_adapter"] == "peft"
+    # Trained again with BMA: the average of merged weights is no rank-r adapter, so the folder keeps none (the
+    # earlier run's adapter would not be this model's).
+    settings = yaml.safe_load((tmp_path / "advlora.yaml").read_text())
+    settings["train"]["averaging"] = "bma"
+    config = _write(tmp_path / "advlora_bma.yaml", settings)
+    assert main(["train", "--config", str(config), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["peft_adapter"] is None and not (out / "peft").exists()
 
 
 def test_plain_lora_on_a_transformers_clip_from_a_config(karpathy, tmp_path):

@@ -209,7 +209,7 @@ def test_seeds_flag(tmp_path, capsys):
     from vlalign.commands.experiment import parse_seeds
 
     assert parse_seeds("0,1,2") == [0, 1, 2]
-    for bad in ("0,a", "1,1", "-1"):
+    for bad in ("0,a", "1,1", "-1", "0,99999999999999999999"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
     assert main(["experiment", "robust", "--out", str(tmp_path), "--seeds", "0,1"]) == 2

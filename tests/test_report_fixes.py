@@ -238,3 +238,10 @@ def test_rates_are_percent_and_differences_points_across_reports():
     targets = probe_report(metrics).split("## Targets")[1]
     assert "≥ 85.0%" in targets and "94.2%" in targets and "0.942" not in targets and "0.85" not in targets
     assert target_label("flipped rate >= 0.88") == "flipped rate ≥ 88%"
+
+
+def test_no_warning_text_reads_with_one_check():
+    from vlalign.reporting.robust import no_warning_text
+
+    text = no_warning_text({"typographic": {"unbounded": 0.5}}, {})
+    assert text.startswith("No warnings: the model is deterministic.") and "  " not in text

@@ -13,7 +13,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from vlalign.commands.common import add_command, check_output, parse_seed
+from vlalign.commands.common import add_command, check_output, parse_seed, seed_problem
 
 EXPERIMENTS: dict[str, str] = {
     "typographic": "vlalign.experiments.typographic:run_typographic_experiment",
@@ -34,8 +34,8 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise ValueError(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds: expected distinct non-negative integers, got {text!r}")
+    if any(seed_problem(s) is not None for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct integers in [0, 2**63 - 1], got {text!r}")
     return seeds
 
 SUMMARIES: dict[str, str] = {

@@ -6,6 +6,7 @@ saves the merged model as a plain model of its backend and, for the LoRA modes, 
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,8 @@ def train_advlora_run(run: AdvLoRARun, out: Path, progress: bool = True, overwri
     save(model, out)
     if method.adapter_export is not None:
         method.save_peft_adapter(out / "peft")
+    elif (out / "peft").is_dir():  # an earlier run's adapter (--overwrite): it is not this model's
+        shutil.rmtree(out / "peft")
     if run.options.trainable != "full":  # a weight average of adapted weights is no rank-r adapter
         metrics["peft_adapter"] = "peft" if method.adapter_export is not None else None
     if result.alternates:  # merged models only: the peft adapter is the main model's

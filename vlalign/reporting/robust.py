@@ -64,7 +64,8 @@ def no_warning_text(robust: Mapping[str, Mapping[Any, float]], checks: Mapping[s
     if "zero_gradient_samples" in checks:
         passed.append("input gradients are finite and non-zero")
     passed.append("the model is deterministic")
-    text = "No warnings: " + ", ".join(passed[:-1]) + " and " + passed[-1] + "."
+    listed = passed[0] if len(passed) == 1 else ", ".join(passed[:-1]) + " and " + passed[-1]
+    text = "No warnings: " + listed + "."
     if skipped:
         text += " Not checked: " + "; ".join(skipped) + "."
     return text
