@@ -126,8 +126,9 @@ def test_cluster_init_builds_the_kmeans_reconstruction(base):
     penalties = [float(alignment_penalty(adapter.delta(r).detach(), r.layer.get_base_layer().weight + adapter.initial_delta(r),
                                          r.layer.get_base_layer().weight + adapter.initial_delta(r))) for r in adapter.layers]
     assert penalties[0] == pytest.approx(residual, rel=1e-4)
-    assert float(adapter.alignment_penalty("pretrained")) == pytest.approx(sum(penalties) / len(penalties), rel=1e-5)
-    assert float(adapter.alignment_penalty("init")) == pytest.approx(0.0, abs=1e-10)
+    penalty = float(adapter.alignment_penalty("pretrained").detach())
+    assert penalty == pytest.approx(sum(penalties) / len(penalties), rel=1e-5)
+    assert float(adapter.alignment_penalty("init").detach()) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_plain_lora_init_and_penalty_without_clustering(base):
