@@ -135,7 +135,7 @@ def test_content_digest_follows_the_records_and_image_sizes(folder, tmp_path):
     assert dataset_fingerprint(ImageFolderDataset(path, 32))["content"] != edited["content"]
 
 
-def _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch):
+def _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch, trainable: str = "full"):
     """A DPO run on an image folder stopped (as by Ctrl-C) at step 2, and a function that builds its method again."""
     from vlalign.training.loop import fit
     from vlalign.training.methods.preference import ContrastivePreference, PreferenceConfig
@@ -147,7 +147,8 @@ def _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch):
     def method():
         data = ImageFolderDataset(path, 32)
         prompts = tuple(f"a photo of a {c}" for c in data.classnames)
-        return ContrastivePreference(tiny_mini_clip, PreferenceView(data), prompts, data, PreferenceConfig())
+        return ContrastivePreference(tiny_mini_clip, PreferenceView(data), prompts, data,
+                                     PreferenceConfig(trainable=trainable))
 
     real = ContrastivePreference.forward
 
@@ -163,16 +164,17 @@ def _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch):
     return method, lambda: fit(method(), loop, tmp_path / "run", progress=False)
 
 
-def test_a_run_does_not_resume_onto_edited_data(folder, tmp_path, tiny_mini_clip, monkeypatch):
+@pytest.mark.parametrize("trainable", ["full", "head"])  # head mode reads cached features by index
+def test_a_run_does_not_resume_onto_edited_data(folder, tmp_path, tiny_mini_clip, monkeypatch, trainable):
     from vlalign.training.loop import ConfigMismatchError
 
-    _, resume = _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch)
+    _, resume = _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch, trainable)
     path, _ = folder
     meta = path / "metadata.jsonl"
     lines = [json.loads(line) for line in meta.read_text().splitlines()]
     lines[0]["label"], lines[1]["label"] = lines[1]["label"], lines[0]["label"]
     meta.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    with pytest.raises(ConfigMismatchError, match=r"streams\.pref\.base\.content"):
+    with pytest.raises(ConfigMismatchError, match=r"streams\.pref\.(base\.)+content"):
         resume()
 
 

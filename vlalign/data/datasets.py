@@ -155,6 +155,20 @@ class ImageFolderDataset(Dataset):
                 "label": self.labels[index], "written": self.written[index], "caption": self.captions[index]}
 
 
+class IndexView(Dataset):
+    """The indices of ``base``'s items and nothing else (``{"index": i}``): for a method that reads everything it
+    needs from frozen features cached by index. ``base`` still identifies the data in the run's config."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"index": index}
+
+
 class PreferenceView(Dataset):
     """Preference triplets over any labelled image dataset whose items carry a written class: chosen = the true
     class, rejected = the written one (a typographic image folder, say)."""

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vlalign.config import check_range
-from vlalign.data.datasets import TensorImageDataset, collate_for
+from vlalign.data.datasets import IndexView, TensorImageDataset, collate_for
 from vlalign.data.preference import PreferenceSet, RegularizationSet
 from vlalign.losses.preference import kl_divergence
 from vlalign.models.base import ContrastiveModel
@@ -54,9 +54,10 @@ class _FeatureMethod(Method):
         self.frozen: dict[str, torch.Tensor] = {}
 
     def streams(self) -> dict[str, Stream]:
-        streams = {"pref": Stream(TensorImageDataset(None, n=len(self.pref_data)))}
+        # Cached features are read by index; the views keep the data's own fingerprint in the run's config.
+        streams = {"pref": Stream(IndexView(self.pref_data))}
         if self.reg_data is not None:
-            streams["reg"] = Stream(TensorImageDataset(None, n=len(self.reg_data)))
+            streams["reg"] = Stream(IndexView(self.reg_data))
         return streams
 
     def prepare(self, device: torch.device) -> None:

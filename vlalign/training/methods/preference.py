@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vlalign.config import check_range, option
-from vlalign.data.datasets import TensorImageDataset, collate_for
+from vlalign.data.datasets import IndexView, TensorImageDataset, collate_for
 from vlalign.data.preference import PreferenceSet, RegularizationSet
 from vlalign.losses.objectives import DEFAULT_BETA_LAMBDA, PREFERENCE_OBJECTIVES, ObjectiveParams, preference_objective
 from vlalign.losses.preference import gather, log_policy, regularization_kl
@@ -142,7 +142,7 @@ class ContrastivePreference(Method):
     def _stream(self, data: Dataset) -> Stream:
         # Head mode reads cached features by index, so its batches need no pixels decoded.
         if self.config.trainable == "head":
-            return Stream(TensorImageDataset(None, n=len(data)))
+            return Stream(IndexView(data))
         return Stream(data, collate=collate_for(data))
 
     def prepare(self, device: torch.device) -> None:
