@@ -10,7 +10,7 @@ from vlalign.commands.common import DTYPES, add_command, add_dtype_argument, add
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = add_command(sub, "transfer", help="replace a VLM's vision encoder by one trained with vlalign",
-                         example="vlalign transfer --encoder runs/adpo/encoder --into mini-vlm-large --out runs/transferred")
+                         example="vlalign transfer --encoder runs/adpo --into mini-vlm-large --out runs/transferred")
     parser.add_argument("--encoder", required=True,
                         help="the trained encoder: a MiniCLIP, MiniVLM, CLIP or LLaVA folder (or 'mini')")
     parser.add_argument("--into", required=True,
