@@ -1,4 +1,4 @@
-"""Helpers shared by the command-line tests."""
+"""Helpers shared by the tests: command-line errors, folder digests, interrupted runs."""
 
 from __future__ import annotations
 
@@ -22,3 +22,17 @@ def digest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder``, by relative path: to check that a command wrote nothing there."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def interrupt_at(monkeypatch, method_class, step: int):
+    """Make ``method_class.forward`` raise KeyboardInterrupt (as Ctrl-C would) when it reaches ``step``; returns a
+    function that puts the real ``forward`` back."""
+    real = method_class.forward
+
+    def forward(self, batch):
+        if batch["step"] == step:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(method_class, "forward", forward)
+    return lambda: monkeypatch.setattr(method_class, "forward", real)

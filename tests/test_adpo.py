@@ -16,6 +16,7 @@ from vlalign.training.loop import fit
 from vlalign.training.methods.adpo import AdPO, AdPOConfig, PromptedImages, sequence_preference_loss
 from vlalign.training.train_config import TrainConfig
 
+from cli_helpers import interrupt_at
 from vlm_helpers import count_calls, prepared_with_reference, tiny_adpo, with_moved_vision
 
 torch.set_num_threads(1)
@@ -208,17 +209,10 @@ def test_a_resumed_adpo_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path,
     loop = TrainConfig(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2, log_every=1, averaging="bma")
     method = lambda: _method(loss="kto", la_schedule="linear", schedule_steps=4, attack_on=attack_on)  # noqa: E731
     straight = fit(method(), loop, tmp_path / "a", progress=False)
-    real = AdPO.forward
-
-    def forward(self, batch):
-        if batch["step"] == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(AdPO, "forward", forward)
+    restore = interrupt_at(monkeypatch, AdPO, 3)
     with pytest.raises(KeyboardInterrupt, match="interrupted at step 3"):
         fit(method(), loop, tmp_path / "b", progress=False)
-    monkeypatch.setattr(AdPO, "forward", real)
+    restore()
     resumed = fit(method(), loop, tmp_path / "b", progress=False)
     assert resumed.start_step == 2
     a, b = straight.model.state_dict(), resumed.model.state_dict()

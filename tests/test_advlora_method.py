@@ -17,6 +17,8 @@ from vlalign.models.mini_clip import MiniCLIP, MiniCLIPConfig
 from vlalign.training.method import Method
 from vlalign.training.methods.advlora import AdvLoRAConfig, AdvLoRAMethod, sample_captions
 
+from cli_helpers import interrupt_at
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -251,17 +253,10 @@ def test_trains_through_the_loop_and_resumes_exactly(model, data, tmp_path, monk
     train = TrainConfig(steps=4, batch_size=4, lr=1e-2, checkpoint_every=2, log_every=1)
     straight = fit(AdvLoRAMethod(model, data, config), train, tmp_path / "straight", progress=False).model
     assert isinstance(straight, MiniCLIP) and not any("lora_" in k for k in straight.state_dict())
-    real = AdvLoRAMethod.forward
-
-    def forward(self, batch):
-        if batch["step"] == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(AdvLoRAMethod, "forward", forward)
+    restore = interrupt_at(monkeypatch, AdvLoRAMethod, 3)
     with pytest.raises(KeyboardInterrupt):
         fit(AdvLoRAMethod(model, data, config), train, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(AdvLoRAMethod, "forward", real)
+    restore()
     resumed = fit(AdvLoRAMethod(model, data, config), train, tmp_path / "resumed", progress=False).model
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

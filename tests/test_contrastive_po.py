@@ -17,6 +17,8 @@ from vlalign.training.methods.preference import PreferenceConfig, train_preferen
 from vlalign.training.paint import interpolate_state, paint
 from vlalign.training.train_config import TrainConfig
 
+from cli_helpers import interrupt_at
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -146,19 +148,6 @@ def test_lora_weight_average_is_the_average_of_merged_weights(tiny_mini_clip, mo
         torch.testing.assert_close(merged[name].double(), explicit, atol=1e-6, rtol=0)
         last_moved = max(last_moved, float((snapshots[-1][name] - explicit).abs().max()))
     assert last_moved > 1e-3  # the average is not just the last weights
-
-
-def interrupt_at(monkeypatch, method_class, step):
-    """Make ``method_class.forward`` raise KeyboardInterrupt (as Ctrl-C would) when it reaches ``step``."""
-    real = method_class.forward
-
-    def forward(self, batch):
-        if batch["step"] == step:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(method_class, "forward", forward)
-    return lambda: monkeypatch.setattr(method_class, "forward", real)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_model, data, tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ from vlalign.data.mini_world import MiniWorld
 from vlalign.data.preference import read_preference_rows
 from vlalign.training.frozen import precompute
 
+from cli_helpers import interrupt_at
+
 
 def test_mini_world_items_are_the_rendered_split(world):
     expected = world.sample("typographic", 6, 9, classes=("star", "heart", "moon"))
@@ -150,17 +152,10 @@ def _interrupted_folder_run(folder, tmp_path, tiny_mini_clip, monkeypatch, train
         return ContrastivePreference(tiny_mini_clip, PreferenceView(data), prompts, data,
                                      PreferenceConfig(trainable=trainable))
 
-    real = ContrastivePreference.forward
-
-    def stop(self, batch):
-        if batch["step"] == 2:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(ContrastivePreference, "forward", stop)
+    restore = interrupt_at(monkeypatch, ContrastivePreference, 2)
     with pytest.raises(KeyboardInterrupt):
         fit(method(), loop, tmp_path / "run", progress=False)
-    monkeypatch.setattr(ContrastivePreference, "forward", real)
+    restore()
     return method, lambda: fit(method(), loop, tmp_path / "run", progress=False)
 
 

@@ -23,6 +23,8 @@ from vlalign.training.methods.robust import RobustConfig, RobustFinetune
 from vlalign.training.sampling import StepBatchSampler, batch_indices, process_slice
 from vlalign.training.train_config import TrainConfig
 
+from cli_helpers import interrupt_at
+
 
 # ------------------------------------------------------------------------------------------------ sampling
 def test_batches_visit_every_example_once_per_epoch_and_span_epochs():
@@ -172,17 +174,10 @@ def test_weight_averages_are_restored_on_resume(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- exact resume, every method
 def _interrupt(monkeypatch, method_class: type, step: int, run) -> None:
-    real = method_class.forward
-
-    def forward(self, batch):
-        if batch["step"] == step:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(method_class, "forward", forward)
+    restore = interrupt_at(monkeypatch, method_class, step)
     with pytest.raises(KeyboardInterrupt, match=f"interrupted at step {step}"):
         run()
-    monkeypatch.setattr(method_class, "forward", real)
+    restore()
 
 
 def _preference(model, mode):

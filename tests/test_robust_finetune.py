@@ -16,6 +16,8 @@ from vlalign.pipelines.robust import RobustRun
 from vlalign.pipelines.train import load_training_config, run_training
 from vlalign.training.methods.robust import fare_loss, tecoa_loss
 
+from cli_helpers import interrupt_at
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -188,14 +190,7 @@ def test_ctrl_c_in_training_is_one_line_that_says_how_to_resume(tmp_path, tiny_f
     config.write_text(yaml.safe_dump({"method": "fare", "model": str(tiny_folder), "options": {"attack_steps": 1},
                                       "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2},
                                       "data": {"images": 32}}))
-    real = RobustFinetune.forward
-
-    def forward(self, batch):
-        if batch["step"] == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(RobustFinetune, "forward", forward)
+    interrupt_at(monkeypatch, RobustFinetune, 3)
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vlalign train: interrupted at step 3; the last checkpoint (step 2)")
