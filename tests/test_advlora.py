@@ -136,7 +136,7 @@ def test_plain_lora_init_and_penalty_without_clustering(base):
     adapter = apply_advlora(model, AdapterSpec(rank=4, cluster_init=False, adaptive_alpha=False))
     assert max_diff(outputs(model), outputs(base)) == 0.0  # peft's B = 0
     assert all(float(r.layer.lora_B["default"].weight.abs().max()) == 0 for r in adapter.layers)
-    assert float(adapter.alignment_penalty("pretrained")) == pytest.approx(1.0)  # ‖W₀ − 0‖² / ‖W₀‖²
+    assert float(adapter.alignment_penalty("pretrained").detach()) == pytest.approx(1.0)  # ‖W₀ − 0‖² / ‖W₀‖²
     assert adapter.alphas() == {r.path: 1.0 for r in adapter.layers}
 
 
