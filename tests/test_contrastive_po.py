@@ -95,9 +95,10 @@ def _lora_trajectory(monkeypatch):
 
     def record(method):
         tower = method.trainable_module()
+        layers = [(name, layer) for name, layer in tower.named_modules() if isinstance(layer, LoraLayer)]
         snapshots.append({f"{name}.weight": (layer.get_base_layer().weight + layer.scaling["default"]
-                                             * layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().double()
-                          for name, layer in tower.named_modules() if isinstance(layer, LoraLayer)})
+                                             * layer.lora_B["default"].weight @ layer.lora_A["default"].weight)
+                          .detach().double() for name, layer in layers})
 
     class Recording(real):
         def __init__(self, weights, *args, **kwargs):
