@@ -54,21 +54,9 @@ def method_train_defaults(config: object) -> dict[str, Any]:
     return dict(method.default_train) if method is not None else {}
 
 
-def _option_null(section: object, name: str) -> Any:
-    """What a null ``name`` of a method's options section stands for (None when it is not resolved there)."""
-    from vlalign.attacks.pgd import PGD
-    from vlalign.attacks.threat_model import parse_eps
-
-    if hasattr(type(section), f"effective_{name}"):
-        return getattr(section, f"effective_{name}")
-    if name == "attack_step_size" and hasattr(section, "eps") and hasattr(section, "attack_steps"):
-        step = getattr(section, "step_size", None)  # configs with an ε/4 rule; else PGD's own 2.5·ε/steps
-        return step if step is not None else PGD(parse_eps(section.eps), steps=section.attack_steps).step_size
-    return None
-
-
 def null_values(config: object) -> dict[str, dict[str, Any]]:
     """Per section of a run config (``train``, ``options``), the value each of its null fields stands for."""
+    from vlalign.training.run_identity import null_stands_for
     from vlalign.training.train_config import METHOD_DEFAULTED, TrainConfig
 
     values: dict[str, dict[str, Any]] = {}
@@ -83,7 +71,7 @@ def null_values(config: object) -> dict[str, dict[str, Any]]:
             value = getattr(options, f.name)
             if f.name in getattr(options, "RESOLVED_IN_POST_INIT", ()):
                 values["options"][f.name] = value  # filled in by __post_init__; the editable default is null
-            elif value is None and (resolved_value := _option_null(options, f.name)) is not None:
+            elif value is None and (resolved_value := null_stands_for(options, f.name)) is not None:
                 values["options"][f.name] = resolved_value
     return values
 

@@ -13,7 +13,7 @@ import yaml  # noqa: E402
 
 from vlalign.io import read_json  # noqa: E402
 from vlalign.reporting.tables import markdown_table, metrics_table  # noqa: E402
-from vlalign.training.loop import RESOLVED_FILE  # noqa: E402
+from vlalign.training.run_identity import RESOLVED_FILE  # noqa: E402
 
 #: metrics.csv columns that are not loss terms.
 NOT_TERMS = ("step", "lr")
@@ -57,7 +57,7 @@ def training_curves(metrics_csv: str | Path, out_png: str | Path, title: str = "
     return Path(out_png)
 
 
-#: Section of a run config -> its section in ``resolved_config.json`` (:func:`vlalign.training.loop.resolved_settings`).
+#: Section of a run config -> its section in ``resolved_config.json`` (:func:`vlalign.training.run_identity.resolved_settings`).
 _RESOLVED_SECTIONS = {"options": "method", "train": "train"}
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,19 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from vlalign.config import ConfigError
-from vlalign.data.datasets import dataset_fingerprint
 from vlalign.io import atomic_write_json
 from vlalign.models.checkpoint import CheckpointError
 from vlalign.training import distributed
 from vlalign.training.averaging import WeightAverager
 from vlalign.training.method import Method
 from vlalign.training.metrics_log import MetricsLogger
+from vlalign.training.run_identity import RESOLVED_FILE, resolved_settings, run_identity, same_run
 from vlalign.training.sampling import StepBatchSampler
 from vlalign.training.schedule import warmup_cosine
 from vlalign.training.state import (
-    config_differences, config_hash, load_training_state, read_state_meta, save_training_state,
+    config_differences, load_training_state, read_state_meta, save_training_state,
 )
-from vlalign.training.train_config import RUN_ONLY_FIELDS, TrainConfig
+from vlalign.training.train_config import TrainConfig
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,47 +69,6 @@ class FitResult:
     #: Whether the run had already finished, so this call trained nothing.
     already_finished: bool = False
     seconds: float = 0.0
-
-
-def run_identity(method: Method, train: TrainConfig, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config a run is identified by: the caller's ``run_config`` (data, evaluation, ...), the method's own
-    config, the resolved loop settings (without the run-only ones) and the size of every stream."""
-    loop = {k: v for k, v in asdict(train).items() if k not in RUN_ONLY_FIELDS}
-    method_config = getattr(method, "config", None)
-    if method_config is not None and not isinstance(method_config, dict):
-        method_config = asdict(method_config)
-    identity = dict(run_config or {})
-    identity["method"] = {"class": type(method).__name__, **(method_config or {})}
-    identity["train"] = loop
-    identity["streams"] = {name: dataset_fingerprint(stream.dataset) for name, stream in method.streams().items()}
-    return identity
-
-
-#: The file of a run folder that records the values its config's nulls resolved to (:func:`resolved_settings`).
-RESOLVED_FILE = "resolved_config.json"
-
-
-def resolved_settings(method: Method, train: TrainConfig) -> dict[str, Any]:
-    """What a run trains with where its config may say null: ``train``, the loop settings after the method's
-    defaults (lr, optimizer, betas, weight decay), and ``method``, the method's config with each null field filled
-    in by the config's ``effective_<field>`` property (β and λ of the preference objectives) or, for
-    ``attack_step_size``, by the step of the method's training attack."""
-    method_config = getattr(method, "config", None)
-    values: dict[str, Any] = {}
-    if dataclasses.is_dataclass(method_config):
-        values = asdict(method_config)
-    elif isinstance(method_config, dict):
-        values = dict(method_config)
-    for name, value in list(values.items()):
-        if value is not None:
-            continue
-        if hasattr(type(method_config), f"effective_{name}"):
-            values[name] = getattr(method_config, f"effective_{name}")
-        elif name == "attack_step_size" and isinstance(getattr(getattr(method, "attack", None), "step_size", None),
-                                                       float):
-            values[name] = method.attack.step_size
-    loop = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(train).items()}
-    return {"method": {"class": type(method).__name__, **values}, "train": loop}
 
 
 def _optimizer(train: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -186,42 +144,12 @@ def _start(state_dir: Path | None, identity: dict, overwrite: bool, processes: _
         processes.barrier()
         return None
     meta = read_state_meta(state_dir)
-    if meta is not None and not _same_run(meta, identity):
+    if meta is not None and not same_run(meta, identity):
         differences = config_differences(meta.get("config", {}), identity)
         raise ConfigMismatchError(
             f"{state_dir.parent}: holds a run trained with another config ({'; '.join(differences[:8])}"
             f"{'; …' if len(differences) > 8 else ''}); use another --out, or --overwrite to start over")
     return meta
-
-
-def _same_run(meta: dict, identity: dict) -> bool:
-    """Whether a state belongs to the run ``identity`` describes, allowing for what states written by an earlier
-    vlalign recorded differently: an ``eval`` section (the run pipelines stopped counting the evaluation settings as
-    part of a run: they do not change training) and the datasets' content digests (not recorded before; such a
-    state is compared without them)."""
-    if meta.get("config_hash") == config_hash(identity):
-        return True
-    saved = meta.get("config")
-    if not isinstance(saved, dict):
-        return False
-    current = dict(identity)
-    if "eval" in saved and "eval" not in current:
-        saved = {k: v for k, v in saved.items() if k != "eval"}
-    if not _has_content_digest(saved.get("streams")):
-        current["streams"] = _without_content_digest(current.get("streams"))
-    return config_hash(saved) == config_hash(current)
-
-
-def _has_content_digest(value: Any) -> bool:
-    if isinstance(value, dict):
-        return "content" in value or any(_has_content_digest(v) for v in value.values())
-    return False
-
-
-def _without_content_digest(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_content_digest(v) for k, v in value.items() if k != "content"}
-    return value
 
 
 def fit(method: Method, config: TrainConfig, out: str | Path | None = None, run_config: dict[str, Any] | None = None,
