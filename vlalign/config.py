@@ -25,6 +25,8 @@ from typing import Any, NewType, TypeVar, Union
 
 import yaml
 
+from vlalign.io import read_utf8
+
 T = TypeVar("T")
 
 #: A field kept as text that YAML may also give as a plain number (an ε such as ``4/255`` or ``0.0157``): a number
@@ -270,10 +272,7 @@ def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_utf8(path, ConfigError)
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
     except _DuplicateKeyError as exc:
